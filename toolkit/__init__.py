@@ -1,0 +1,13 @@
+"""Hardware-aware one-shot NAS for LLaMA-family models.
+
+The data flow is the architecture::
+
+    profile (profiles.py)  ->  calibrate (predictor.py)  ->  search (search.py)  ->  export (export/)
+      device YAML                predictor JSON               journal + pareto.json     artifact + manifest
+
+Importing this package is cheap: it starts no CUDA and imports neither pymoo, onnx nor gptqmodel.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,1 @@
+"""The ``toolkit`` command line: one file per subcommand, each exposing ``register(subparsers)``."""

@@ -1,0 +1,72 @@
+"""Entry point of the ``toolkit`` command.
+
+Each subcommand lives in its own module under ``toolkit.cli`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` (called with the parsed args, returns an exit code). Modules
+import their heavy dependencies inside ``func`` so ``toolkit --help`` stays fast.
+
+A :class:`toolkit.errors.UserError` becomes one line on stderr and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# The data flow, in order: profile -> calibrate -> search -> export (+ the tools around it).
+SUBCOMMANDS = (
+    "info",
+    "profile",
+    "calibrate",
+    "predict",
+    "eval",
+    "finetune",
+    "search",
+    "report",
+    "export",
+    "verify",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from toolkit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="toolkit",
+        description="Find the best smaller version of a LLaMA-family model for a given machine.\n"
+        "Stages: profile -> calibrate -> search -> export; each reads the previous stage's file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"toolkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"toolkit.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"toolkit.cli.{name}":
+                continue  # not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from toolkit.errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Extract a standalone sub-network from a parent, and save/load it as a Hugging Face folder.
+
+``extract(parent, cfg, importance)`` returns a new model whose weight tensors are truly smaller (so
+timings measure the real thing), built on the meta device and filled by indexing the parent's tensors:
+no weights are reloaded and the parent is never modified (there is no "active sub-network" state).
+
+Per kept layer, it keeps the ``cfg.mlp[i]`` most important MLP channels (rows of gate/up, columns of
+down) and the ``cfg.heads[i] / G`` most important GQA head groups (the group's ``G`` query heads in
+q_proj rows and o_proj columns, and its kv head in k_proj/v_proj rows); see :mod:`toolkit.space`.
+
+Saved folders: a uniform sub-network is a plain ``LlamaConfig`` folder that stock transformers loads;
+a heterogeneous one is an ``elastic_llama`` folder with ``modeling_elastic_llama.py`` beside it, loaded
+by stock transformers only with ``trust_remote_code=True`` (the toolkit loads it without). Either way
+``subnet.json`` records the sub-network and the parent it came from.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toolkit.errors import UserError
+from toolkit.fileio import atomic_directory, atomic_write_json
+from toolkit.importance import Importance
+from toolkit.space import ParentShape, SearchSpace, SubnetConfig
+
+_ATTN_BIAS_NAMES = ("q_proj", "k_proj", "v_proj")
+
+
+def _layer_shapes(model) -> list[tuple[int, int]]:
+    """(MLP width, query heads) of each layer of a (possibly heterogeneous) model."""
+    head_dim = model.model.layers[0].self_attn.head_dim
+    return [(l.mlp.down_proj.in_features, l.self_attn.o_proj.in_features // head_dim) for l in model.model.layers]
+
+
+def check_fits(parent, cfg: SubnetConfig) -> None:
+    """Raise a one-line error naming the field if ``cfg`` does not fit inside ``parent``."""
+    shapes = _layer_shapes(parent)
+    group = parent.config.num_attention_heads // parent.config.num_key_value_heads
+    if cfg.layers[-1] >= len(shapes):
+        from toolkit.errors import ConfigError
+
+        raise ConfigError("layers", f"layer index {cfg.layers[-1]} out of range for a {len(shapes)}-layer parent")
+    from toolkit.errors import ConfigError
+
+    for i, (layer, m, h) in enumerate(zip(cfg.layers, cfg.mlp, cfg.heads)):
+        pm, ph = shapes[layer]
+        if m > pm:
+            raise ConfigError(f"mlp[{i}]", f"width {m} exceeds the parent layer {layer}'s {pm}")
+        if h % group:
+            raise ConfigError(f"heads[{i}]", f"{h} query heads break the GQA groups of {group}")
+        if h > ph:
+            raise ConfigError(f"heads[{i}]", f"{h} heads exceed the parent layer {layer}'s {ph}")
+
+
+def subnet_hf_config(parent_config, cfg: SubnetConfig):
+    """The transformers config of a sub-network: plain Llama if uniform, elastic_llama otherwise."""
+    from transformers import LlamaConfig
+
+    from toolkit.models.modeling_elastic_llama import ElasticLlamaConfig
+
+    base = parent_config.to_dict()
+    for key in ("layer_intermediate_sizes", "layer_num_attention_heads", "auto_map", "architectures",
+                "model_type", "transformers_version", "_name_or_path", "quantization_config", "dtype", "torch_dtype"):
+        base.pop(key, None)
+    group = parent_config.num_attention_heads // parent_config.num_key_value_heads
+    head_dim = getattr(parent_config, "head_dim", None) or parent_config.hidden_size // parent_config.num_attention_heads
+    base["head_dim"] = head_dim  # must stay explicit: hidden_size // heads changes with heads
+    base["num_hidden_layers"] = cfg.depth
+    base.pop("layer_types", None)
+    if cfg.is_uniform():
+        base.update(intermediate_size=cfg.mlp[0], num_attention_heads=cfg.heads[0], num_key_value_heads=cfg.heads[0] // group)
+        config = LlamaConfig(**base)
+        config.architectures = ["LlamaForCausalLM"]
+    else:
+        # Keep the parent's head counts as the reference for the GQA ratio; per-layer lists hold the truth.
+        base.update(intermediate_size=max(cfg.mlp))
+        config = ElasticLlamaConfig(layer_intermediate_sizes=list(cfg.mlp), layer_num_attention_heads=list(cfg.heads), **base)
+        config.architectures = ["ElasticLlamaForCausalLM"]
+    config._attn_implementation = parent_config._attn_implementation
+    return config
+
+
+@torch.no_grad()
+def extract(parent, cfg: SubnetConfig, importance: Importance | None = None):
+    """A standalone sub-network of ``parent`` (a LlamaForCausalLM) with the given shape.
+
+    ``importance`` decides which channels/groups are kept; ``None`` keeps the first ones (use that for a
+    super-network whose weights are already sorted by importance).
+    """
+    from transformers import LlamaForCausalLM
+
+    from toolkit.models.modeling_elastic_llama import ElasticLlamaForCausalLM
+
+    check_fits(parent, cfg)
+    if importance is None:
+        importance = Importance.identity(parent.config)
+    if importance.num_layers != len(parent.model.layers):
+        raise UserError(f"importance: has {importance.num_layers} layers, the parent has {len(parent.model.layers)}")
+    config = subnet_hf_config(parent.config, cfg)
+    cls = LlamaForCausalLM if cfg.is_uniform() else ElasticLlamaForCausalLM
+    with torch.device("meta"):
+        child = cls(config)
+
+    group = parent.config.num_attention_heads // parent.config.num_key_value_heads
+    head_dim = parent.model.layers[0].self_attn.head_dim
+    state: dict[str, torch.Tensor] = {}
+    src = parent.model
+    state["model.embed_tokens.weight"] = src.embed_tokens.weight.detach().clone()
+    state["model.norm.weight"] = src.norm.weight.detach().clone()
+    if not config.tie_word_embeddings:
+        state["lm_head.weight"] = parent.lm_head.weight.detach().clone()
+    for new_i, (old_i, width, heads) in enumerate(zip(cfg.layers, cfg.mlp, cfg.heads)):
+        layer = src.layers[old_i]
+        p = f"model.layers.{new_i}."
+        ch = importance.mlp_keep(old_i, width)
+        groups = importance.groups_keep(old_i, heads // group)
+        kv_idx = (groups[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)  # rows of k/v
+        q_heads = (groups[:, None] * group + torch.arange(group)).reshape(-1)
+        q_idx = (q_heads[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)  # rows of q, cols of o
+        attn, mlp = layer.self_attn, layer.mlp
+        state[p + "self_attn.q_proj.weight"] = attn.q_proj.weight.index_select(0, q_idx)
+        state[p + "self_attn.k_proj.weight"] = attn.k_proj.weight.index_select(0, kv_idx)
+        state[p + "self_attn.v_proj.weight"] = attn.v_proj.weight.index_select(0, kv_idx)
+        state[p + "self_attn.o_proj.weight"] = attn.o_proj.weight.index_select(1, q_idx)
+        for name, idx in zip(_ATTN_BIAS_NAMES, (q_idx, kv_idx, kv_idx)):
+            b = getattr(attn, name).bias
+            if b is not None:
+                state[p + f"self_attn.{name}.bias"] = b.index_select(0, idx)
+        if attn.o_proj.bias is not None:
+            state[p + "self_attn.o_proj.bias"] = attn.o_proj.bias.detach().clone()
+        state[p + "mlp.gate_proj.weight"] = mlp.gate_proj.weight.index_select(0, ch)
+        state[p + "mlp.up_proj.weight"] = mlp.up_proj.weight.index_select(0, ch)
+        state[p + "mlp.down_proj.weight"] = mlp.down_proj.weight.index_select(1, ch)
+        for name in ("gate_proj", "up_proj"):
+            b = getattr(mlp, name).bias
+            if b is not None:
+                state[p + f"mlp.{name}.bias"] = b.index_select(0, ch)
+        if mlp.down_proj.bias is not None:
+            state[p + "mlp.down_proj.bias"] = mlp.down_proj.bias.detach().clone()
+        state[p + "input_layernorm.weight"] = layer.input_layernorm.weight.detach().clone()
+        state[p + "post_attention_layernorm.weight"] = layer.post_attention_layernorm.weight.detach().clone()
+    missing, unexpected = child.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"extract: state mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if config.tie_word_embeddings:
+        child.lm_head.weight = child.model.embed_tokens.weight
+    # Non-persistent buffers (rotary inv_freq) are not in the state dict: take the parent's.
+    child.model.rotary_emb = copy.deepcopy(src.rotary_emb)
+    for new_i, layer in enumerate(child.model.layers):
+        layer.self_attn.layer_idx = new_i
+    child.generation_config = copy.deepcopy(parent.generation_config)
+    return child.to(parent.dtype).eval()
+
+
+# -- save / load ----------------------------------------------------------------------------------
+def save_subnet(model, folder: str | Path, tokenizer=None, cfg: SubnetConfig | None = None,
+                parent_hash: str | None = None, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
+    """Write a sub-network as a HF folder (safetensors), atomically."""
+    folder = Path(folder)
+    with atomic_directory(folder, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if model.config.model_type == "elastic_llama":
+            # save_pretrained copies the modeling file for classes registered for auto classes; make sure.
+            from toolkit.models import modeling_elastic_llama
+
+            target = tmp / "modeling_elastic_llama.py"
+            if not target.exists():
+                shutil.copy(modeling_elastic_llama.__file__, target)
+            cfg_json = json.loads((tmp / "config.json").read_text())
+            cfg_json["auto_map"] = {
+                "AutoConfig": "modeling_elastic_llama.ElasticLlamaConfig",
+                "AutoModelForCausalLM": "modeling_elastic_llama.ElasticLlamaForCausalLM",
+            }
+            atomic_write_json(tmp / "config.json", cfg_json)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if cfg is not None:
+            atomic_write_json(tmp / "subnet.json", {"config": cfg.to_dict(), "parent_hash": parent_hash, **(extra or {})})
+    return folder
+
+
+def parent_shape(model) -> ParentShape:
+    return ParentShape.from_hf_config(model.config)
+
+
+def default_space(model, importance: Importance | None = None, **kw) -> SearchSpace:
+    """The default search space of a loaded parent (layer order from block influence when known)."""
+    order = importance.layer_order() if importance is not None else None
+    return SearchSpace.from_parent(parent_shape(model), layer_order=order, **kw)

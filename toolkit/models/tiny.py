@@ -1,0 +1,48 @@
+"""Tiny random Llama models with literal sizes, for tests (a test reads like a spec)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def llama_tiny_config(num_layers: int = 4, **overrides):
+    from transformers import LlamaConfig
+
+    kw = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # GQA: groups of 2 query heads
+        head_dim=16,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    kw.update(overrides)
+    return LlamaConfig(**kw)
+
+
+def llama_tiny(num_layers: int = 4, seed: int = 0, **overrides):
+    """A 4-layer, hidden-64 random LlamaForCausalLM in fp32 eval mode.
+
+    Weights are drawn with a fixed seed and a larger std than the HF default (0.02) so that layers,
+    heads and channels matter to the output and the tests can tell them apart.
+    """
+    from transformers import LlamaForCausalLM
+
+    config = llama_tiny_config(num_layers, **overrides)
+    config._attn_implementation = "eager"
+    gen = torch.Generator().manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.15 * torch.randn(p.shape, generator=gen))
+    return model.eval()
