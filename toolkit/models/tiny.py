@@ -46,3 +46,20 @@ def llama_tiny(num_layers: int = 4, seed: int = 0, **overrides):
             else:
                 p.copy_(0.15 * torch.randn(p.shape, generator=gen))
     return model.eval()
+
+
+def byte_tokenizer():
+    """A 256-token byte-level tokenizer (no merges) matching ``llama_tiny``'s vocabulary.
+
+    Ids 0-2 double as pad/bos/eos, as in the tiny config. Real enough for save/load and evaluator tests.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()  # the 256 printable stand-ins for bytes
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    inv = {i: ch for ch, i in vocab.items()}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=inv[0], bos_token=inv[1], eos_token=inv[2])

