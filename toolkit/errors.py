@@ -22,5 +22,12 @@ class ConfigError(UserError):
     def __init__(self, field: str, problem: str, file: str | None = None):
         self.field = field
         self.file = file
+        self.problem = problem
         where = f"{file}: " if file else ""
         super().__init__(f"{where}{field}: {problem}")
+
+    def with_file(self, file: str | None) -> "ConfigError":
+        """The same error attributed to ``file`` (for checks run deep inside a loader)."""
+        if self.file is not None or file is None:
+            return self
+        return ConfigError(self.field, self.problem, file)

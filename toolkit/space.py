@@ -112,9 +112,7 @@ class SubnetConfig:
                 version=data.get("version", SUBNET_VERSION),
             )
         except ConfigError as exc:
-            if exc.file is None and file is not None:
-                raise ConfigError(exc.field, str(exc).split(": ", 1)[1], file) from None
-            raise
+            raise exc.with_file(file) from None
 
     @classmethod
     def from_json(cls, text: str, file: str | None = None) -> "SubnetConfig":

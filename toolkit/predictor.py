@@ -1,0 +1,354 @@
+"""Latency and memory predictor: a roofline prior corrected by a few measured sub-networks.
+
+For a sub-network on a device profile's workload (batch ``B``, prompt ``T``, ``N`` generated tokens),
+three targets are predicted:
+
+* ``prefill_ms``: forward pass over the prompt with the KV cache on, logits for the last token only;
+* ``decode_ms_per_token`` (reported as ``decode_tokens_per_s``): one cached generation step, averaged
+  over the ``N`` steps;
+* ``peak_mem_bytes``: weights + KV cache + activations.
+
+**Design.** Each target is linear in a handful of *per-layer additive* features, each a roofline time
+(FLOPs / peak FLOP/s for prefill, bytes read / bandwidth for decode) or byte count summed over the kept
+layers, split by part so heterogeneous layers predict well::
+
+    prefill_ms      = c0 + c1*depth + c2*sum_i attn_flops_i/peak + c3*sum_i mlp_flops_i/peak
+    decode_ms       = c0 + c1*depth + c2*sum_i attn_bytes_i/bw   + c3*sum_i mlp_bytes_i/bw
+    peak_mem_bytes  = c0 + c1*weight_bytes + c2*kv_cache_bytes + c3*activation_bytes
+
+``c0`` holds the embedding/LM-head cost and fixed overheads, ``c1`` the per-layer framework overhead
+(large on CPUs for small models), ``c2``, ``c3`` are inverse efficiencies. With no calibration the
+prior is the pure roofline (``c2 = c3 = 1``, LM-head roofline in ``c0``); calibration fits the
+coefficients by non-negative least squares (scipy) on a few measured sub-networks chosen to fill the
+space. Four coefficients per target is why ~10-20 samples suffice (HELP-like sample counts), where
+one-hot regressors (DyNAS-T) need hundreds.
+
+Why hand-written: nn-Meter / HELP predict CNN kernels or need meta-training; the transformer cost model
+here is a few lines of algebra and NNLS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from toolkit.errors import ConfigError, UserError
+from toolkit.fileio import atomic_write_json
+from toolkit.space import ParentShape, SearchSpace, SubnetConfig
+
+PREDICTOR_VERSION = 1
+TARGETS = ("prefill_ms", "decode_ms_per_token", "peak_mem_bytes")
+FEATURE_NAMES = {
+    "prefill_ms": ("const", "depth", "attn_roofline_ms", "mlp_roofline_ms"),
+    "decode_ms_per_token": ("const", "depth", "attn_roofline_ms", "mlp_roofline_ms"),
+    "peak_mem_bytes": ("const", "weight_bytes", "kv_cache_bytes", "activation_bytes"),
+}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one deployment call does: prompt tokens in, generated tokens out, batch size."""
+
+    prompt_tokens: int = 128
+    generate_tokens: int = 32
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"workload.{f.name}", f"must be a positive integer, got {v!r}")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """The device figures the roofline needs (taken from a DeviceProfile)."""
+
+    peak_flops: float  # FLOP/s at the runtime dtype
+    bandwidth_bytes_per_s: float
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if not (self.peak_flops > 0 and self.bandwidth_bytes_per_s > 0):
+            raise ConfigError("hardware", "peak FLOP/s and bandwidth must be positive")
+        if self.dtype not in DTYPE_BYTES:
+            raise ConfigError("runtime.dtype", f"unsupported dtype {self.dtype!r}")
+
+    @property
+    def bytes_per_element(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+
+def features(shape: ParentShape, cfg: SubnetConfig, hw: Hardware, wl: Workload) -> dict[str, np.ndarray]:
+    """The per-target feature vectors (see the module docstring) of one sub-network."""
+    B, T, N = wl.batch_size, wl.prompt_tokens, wl.generate_tokens
+    D, hd, V, e = shape.hidden_size, shape.head_dim, shape.vocab_size, hw.bytes_per_element
+    g = shape.group_size
+    heads = np.asarray(cfg.heads, dtype=np.float64)
+    kv = heads / g
+    mlp = np.asarray(cfg.mlp, dtype=np.float64)
+    attn_params = D * hd * (2 * heads + 2 * kv)
+    mlp_params = 3 * D * mlp
+    ctx = T + (N - 1) / 2  # mean context length during decode
+    # Prefill: matmuls over B*T tokens + causal attention scores/values (~2*T^2*hd per head, x2 for AV).
+    attn_flops_prefill = 2 * B * T * attn_params + 4 * B * heads * T * T * hd / 2
+    mlp_flops_prefill = 2 * B * T * mlp_params
+    head_flops = 2 * B * D * V  # last-token logits only
+    # Decode: every weight is read once per step, plus the layer's KV cache.
+    attn_bytes_decode = attn_params * e + 2 * B * kv * hd * ctx * e
+    mlp_bytes_decode = mlp_params * e
+    head_bytes = D * V * e
+    weight_bytes = shape.num_params(cfg) * e
+    kv_bytes = float(2 * B * kv.sum() * hd * (T + N) * e)
+    act_bytes = float(B * T * (D * 4 + max(mlp.max(), heads.max() * hd) * 3) * e + B * V * 4)
+    to_ms = 1e3
+    return {
+        "prefill_ms": np.array([1.0, cfg.depth, attn_flops_prefill.sum() / hw.peak_flops * to_ms,
+                                mlp_flops_prefill.sum() / hw.peak_flops * to_ms]),
+        "decode_ms_per_token": np.array([1.0, cfg.depth, attn_bytes_decode.sum() / hw.bandwidth_bytes_per_s * to_ms,
+                                         mlp_bytes_decode.sum() / hw.bandwidth_bytes_per_s * to_ms]),
+        "peak_mem_bytes": np.array([1.0, float(weight_bytes), kv_bytes, act_bytes]),
+        "_head": np.array([head_flops / hw.peak_flops * to_ms, head_bytes / hw.bandwidth_bytes_per_s * to_ms]),
+    }
+
+
+def roofline_prior(shape: ParentShape, hw: Hardware, wl: Workload) -> dict[str, list[float]]:
+    """Coefficients of the uncalibrated predictor: pure roofline, no overheads."""
+    f = features(shape, shape.full_config(), hw, wl)
+    head_prefill_ms, head_decode_ms = f["_head"]
+    return {
+        "prefill_ms": [float(head_prefill_ms), 0.0, 1.0, 1.0],
+        "decode_ms_per_token": [float(head_decode_ms), 0.0, 1.0, 1.0],
+        "peak_mem_bytes": [0.0, 1.0, 1.0, 1.0],
+    }
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One sub-network measured on the device."""
+
+    config: SubnetConfig
+    prefill_ms: float
+    decode_ms_per_token: float
+    peak_mem_bytes: float
+    spread: Mapping[str, float] = field(default_factory=dict)  # relative spread per target
+    flagged: bool = False  # too noisy even after re-measuring
+
+    def value(self, target: str) -> float:
+        return float(getattr(self, target))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "prefill_ms": self.prefill_ms,
+                "decode_ms_per_token": self.decode_ms_per_token,
+                "decode_tokens_per_s": 1e3 / self.decode_ms_per_token,
+                "peak_mem_bytes": self.peak_mem_bytes, "spread": dict(self.spread), "flagged": self.flagged}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], file: str | None = None) -> "Measurement":
+        try:
+            return cls(SubnetConfig.from_dict(d["config"], file), float(d["prefill_ms"]),
+                       float(d["decode_ms_per_token"]), float(d["peak_mem_bytes"]),
+                       dict(d.get("spread", {})), bool(d.get("flagged", False)))
+        except KeyError as exc:
+            raise ConfigError(f"measurements[].{exc.args[0]}", "missing required field", file) from None
+
+
+def fit_coefficients(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares on relative error (rows scaled by 1/y, so small models count equally)."""
+    from scipy.optimize import nnls
+
+    w = 1.0 / np.maximum(np.abs(y), 1e-12)
+    scale = np.maximum(np.abs(X).max(axis=0), 1e-30)  # column scaling for conditioning
+    coef, _ = nnls((X * w[:, None]) / scale, y * w)
+    return coef / scale
+
+
+def error_report(y_true: Sequence[float], y_pred: Sequence[float]) -> dict[str, float]:
+    """MAPE (%), share within +-10 %, Kendall tau."""
+    from scipy.stats import kendalltau
+
+    t, p = np.asarray(y_true, float), np.asarray(y_pred, float)
+    rel = np.abs(p - t) / np.abs(t)
+    tau = kendalltau(t, p).statistic if len(t) > 1 else float("nan")
+    return {"mape_pct": float(100 * rel.mean()), "within_10pct": float((rel <= 0.10).mean()),
+            "kendall_tau": float(tau), "n": int(len(t))}
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """Fitted (or prior-only) predictor for one model on one device profile. JSON, no pickle."""
+
+    model_hash: str
+    profile_name: str
+    profile_fingerprint: str
+    shape: ParentShape
+    hardware: Hardware
+    workload: Workload
+    coefficients: Mapping[str, Sequence[float]]
+    measurements: tuple[Measurement, ...] = ()
+    cv: Mapping[str, Any] = field(default_factory=dict)
+    version: int = PREDICTOR_VERSION
+
+    def __post_init__(self) -> None:
+        for t in TARGETS:
+            if t not in self.coefficients or len(self.coefficients[t]) != len(FEATURE_NAMES[t]):
+                raise ConfigError(f"coefficients.{t}", f"expected {len(FEATURE_NAMES[t])} coefficients")
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.measurements)
+
+    # -- prediction -------------------------------------------------------------------------------
+    def predict(self, cfg: SubnetConfig) -> dict[str, float]:
+        f = features(self.shape, cfg, self.hardware, self.workload)
+        out = {t: float(np.dot(self.coefficients[t], f[t])) for t in TARGETS}
+        out["decode_tokens_per_s"] = 1e3 / out["decode_ms_per_token"] * self.workload.batch_size
+        out["params"] = float(self.shape.num_params(cfg))
+        return out
+
+    def check_model(self, model_hash: str, where: str = "predictor") -> None:
+        if model_hash != self.model_hash:
+            raise UserError(f"{where}: model_hash: predictor was calibrated for model {self.model_hash}, not {model_hash}")
+
+    # -- fitting ----------------------------------------------------------------------------------
+    @classmethod
+    def prior(cls, model_hash: str, profile_name: str, profile_fingerprint: str, shape: ParentShape,
+              hw: Hardware, wl: Workload) -> "Predictor":
+        return cls(model_hash, profile_name, profile_fingerprint, shape, hw, wl, roofline_prior(shape, hw, wl))
+
+    def fit(self, measurements: Sequence[Measurement], folds: int | None = None) -> "Predictor":
+        """Fit all targets from measurements (no new timing); cross-validate; return a new Predictor."""
+        ms = [m for m in measurements if not m.flagged] or list(measurements)
+        if len(ms) < 4:
+            raise UserError(f"calibration: need at least 4 measured sub-networks to fit, got {len(ms)}")
+        feats = [features(self.shape, m.config, self.hardware, self.workload) for m in ms]
+        coefs = {}
+        for t in TARGETS:
+            X = np.stack([f[t] for f in feats])
+            y = np.array([m.value(t) for m in ms])
+            coefs[t] = [float(c) for c in fit_coefficients(X, y)]
+        cv = self.cross_validate(ms, folds)
+        prior = dataclasses.replace(self, coefficients=roofline_prior(self.shape, self.hardware, self.workload), measurements=())
+        cv["uncalibrated"] = prior.evaluate(ms)
+        return dataclasses.replace(self, coefficients=coefs, measurements=tuple(measurements), cv=cv)
+
+    def cross_validate(self, ms: Sequence[Measurement], folds: int | None = None) -> dict[str, Any]:
+        """k-fold (default leave-one-out) held-out error of each target."""
+        n = len(ms)
+        k = min(folds or n, n)
+        idx = np.arange(n)
+        preds = {t: np.zeros(n) for t in TARGETS}
+        feats = [features(self.shape, m.config, self.hardware, self.workload) for m in ms]
+        for fold in range(k):
+            test = idx[idx % k == fold]
+            train = idx[idx % k != fold]
+            for t in TARGETS:
+                X = np.stack([feats[i][t] for i in train])
+                y = np.array([ms[i].value(t) for i in train])
+                c = fit_coefficients(X, y)
+                for i in test:
+                    preds[t][i] = float(np.dot(c, feats[i][t]))
+        return {"folds": k, **{t: error_report([m.value(t) for m in ms], preds[t]) for t in TARGETS}}
+
+    def evaluate(self, ms: Sequence[Measurement]) -> dict[str, Any]:
+        """Error of this predictor on measurements it may not have seen."""
+        out = {}
+        for t in TARGETS:
+            out[t] = error_report([m.value(t) for m in ms], [self.predict(m.config)[t] for m in ms])
+        tps_true = [1e3 / m.decode_ms_per_token * self.workload.batch_size for m in ms]
+        tps_pred = [self.predict(m.config)["decode_tokens_per_s"] for m in ms]
+        out["decode_tokens_per_s"] = error_report(tps_true, tps_pred)
+        return out
+
+    # -- JSON -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "model_hash": self.model_hash,
+            "profile": {"name": self.profile_name, "fingerprint": self.profile_fingerprint},
+            "shape": dataclasses.asdict(self.shape),
+            "hardware": dataclasses.asdict(self.hardware),
+            "workload": dataclasses.asdict(self.workload),
+            "features": {t: list(FEATURE_NAMES[t]) for t in TARGETS},
+            "coefficients": {t: list(map(float, self.coefficients[t])) for t in TARGETS},
+            "cv": self.cv,
+            "measurements": [m.to_dict() for m in self.measurements],
+        }
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], file: str | None = None) -> "Predictor":
+        if not isinstance(d, Mapping):
+            raise ConfigError("<root>", "expected a JSON object", file)
+        if d.get("version") != PREDICTOR_VERSION:
+            raise ConfigError("version", f"unsupported predictor version {d.get('version')!r}", file)
+        try:
+            return cls(
+                model_hash=str(d["model_hash"]),
+                profile_name=str(d["profile"]["name"]),
+                profile_fingerprint=str(d["profile"]["fingerprint"]),
+                shape=ParentShape(**d["shape"]),
+                hardware=Hardware(**d["hardware"]),
+                workload=Workload(**d["workload"]),
+                coefficients={t: [float(c) for c in d["coefficients"][t]] for t in TARGETS},
+                measurements=tuple(Measurement.from_dict(m, file) for m in d.get("measurements", [])),
+                cv=d.get("cv", {}),
+            )
+        except KeyError as exc:
+            raise ConfigError(str(exc.args[0]), "missing required field", file) from None
+        except ConfigError as exc:
+            raise exc.with_file(file) from None
+        except TypeError as exc:
+            raise ConfigError("<root>", f"malformed predictor ({exc})", file) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Predictor":
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError("<file>", f"cannot read ({exc.strerror})", str(path)) from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"line {exc.lineno}", f"invalid JSON ({exc.msg})", str(path)) from None
+        return cls.from_dict(data, str(path))
+
+
+def choose_calibration_configs(space: SearchSpace, n: int, seed: int = 0, pool: int = 4000) -> list[SubnetConfig]:
+    """``n`` sub-networks that cover the space: the parent, the smallest, then greedy max-min distance
+    over (depth, mean heads, mean MLP width, heterogeneity) among a seeded random pool that mixes
+    uniform and heterogeneous configs."""
+    if n < 2:
+        raise UserError(f"--samples: need at least 2 calibration sub-networks, got {n}")
+    rng = np.random.default_rng(seed)
+    cands = [space.largest(), space.smallest()]
+    for i in range(pool):
+        cfg = space.sample(rng)
+        if i % 2:  # a uniform config at a random size: covers the diagonal of the space
+            d = int(rng.choice(space.depth_choices))
+            layers = space.kept_layers(d)
+            cfg = SubnetConfig(layers, (int(rng.choice(space.mlp_choices)),) * d, (int(rng.choice(space.head_choices)),) * d)
+        cands.append(cfg)
+
+    def vec(c: SubnetConfig) -> np.ndarray:
+        p = space.parent
+        return np.array([c.depth / p.num_layers, np.mean(c.heads) / p.num_heads,
+                         np.mean(c.mlp) / p.intermediate_size, np.std(c.mlp) / p.intermediate_size])
+
+    V = np.stack([vec(c) for c in cands])
+    chosen = [0, 1]
+    dist = np.minimum(np.linalg.norm(V - V[0], axis=1), np.linalg.norm(V - V[1], axis=1))
+    while len(chosen) < min(n, len(cands)):
+        j = int(np.argmax(dist))
+        if dist[j] <= 0:
+            break
+        chosen.append(j)
+        dist = np.minimum(dist, np.linalg.norm(V - V[j], axis=1))
+    return [cands[i] for i in chosen]
