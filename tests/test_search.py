@@ -1,0 +1,153 @@
+"""NSGA-II search: determinism, constraints, failures, and kill -9 / resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from toolkit.errors import UserError
+from toolkit.search import Journal, Searcher, SearchSettings, load_evaluations, pareto_front
+from toolkit.space import ParentShape, SearchSpace
+
+TINY = ParentShape(num_layers=6, hidden_size=64, intermediate_size=256, num_heads=4, num_kv_heads=2,
+                   head_dim=16, vocab_size=256, tie_word_embeddings=True)
+SPACE = SearchSpace.from_parent(TINY, layer_order=[0, 5, 1, 4, 2, 3], mlp_step=32)
+FULL = TINY.num_params(TINY.full_config())
+
+
+def accuracy(cfg):
+    """Deterministic stand-in for a task evaluation: bigger is better, with config-specific jitter."""
+    jitter = (zlib.crc32(cfg.to_json().encode()) % 1000) / 1000 * 0.02
+    return {"accuracy": 0.3 + 0.5 * (TINY.num_params(cfg) / FULL) ** 0.7 + jitter, "accuracy_stderr": 0.01}
+
+
+def predict(cfg):
+    p = TINY.num_params(cfg)
+    return {"decode_tokens_per_s": 1e7 / (p + 2e4 * cfg.depth), "params": float(p), "peak_mem_bytes": 4.0 * p,
+            "prefill_ms": p / 1e4}
+
+
+def run(tmp, name, resume=False, acc=accuracy, **kw):
+    settings = SearchSettings(evals=kw.pop("evals", 60), population=kw.pop("population", 12), seed=kw.pop("seed", 7), **kw)
+    s = Searcher(SPACE, settings, acc, predict, tmp / name, resume=resume)
+    return s.run(), s
+
+
+def front_keys(res):
+    return [e.key for e in res.front]
+
+
+def test_same_seed_same_front(tmp_path):
+    a, _ = run(tmp_path, "a")
+    b, _ = run(tmp_path, "b")
+    c, _ = run(tmp_path, "c", seed=8)
+    assert front_keys(a) == front_keys(b) and a.hypervolume == pytest.approx(b.hypervolume)
+    assert front_keys(a) != front_keys(c)
+    assert len(a.evaluations) >= 60 and len({e.key for e in a.evaluations}) == len(a.evaluations)
+    pareto = json.loads((tmp_path / "a" / "pareto.json").read_text())
+    assert [f["key"] for f in pareto["front"]] == front_keys(a)
+    assert (tmp_path / "a" / "evaluations.csv").read_text().count("\n") == len(a.evaluations) + 1
+    assert (tmp_path / "a" / "pareto.png").stat().st_size > 1000
+
+
+def test_nsga2_beats_random_search_on_hypervolume(tmp_path):
+    nsga = [run(tmp_path, f"n{s}", seed=s, evals=80)[0].hypervolume for s in range(3)]
+    rand = [run(tmp_path, f"r{s}", seed=s, evals=80, algorithm="random")[0].hypervolume for s in range(3)]
+    assert np.mean(nsga) > np.mean(rand)
+
+
+def test_memory_budget_makes_candidates_infeasible_not_crash(tmp_path):
+    budget = 4.0 * FULL * 0.6  # the parent does not fit
+    res, s = run(tmp_path, "m", memory_budget_bytes=budget)
+    over = [e for e in res.evaluations if e.metrics["peak_mem_bytes"] > budget]
+    assert over and all(not e.feasible and e.violation > 0 for e in over)
+    assert all("accuracy_stderr" not in e.metrics for e in over)  # accuracy not even measured
+    assert res.front and all(e.metrics["peak_mem_bytes"] <= budget for e in res.front)
+
+
+def test_an_exception_is_recorded_and_the_search_goes_on(tmp_path):
+    def bad(cfg):
+        return zlib.crc32(cfg.key().encode()) % 4 == 0  # about a quarter of the candidates
+
+    def flaky(cfg):
+        if bad(cfg):
+            raise RuntimeError("out of memory (simulated)")
+        return accuracy(cfg)
+
+    res, _ = run(tmp_path, "f", acc=flaky)
+    failed = [e for e in res.evaluations if e.error]
+    assert failed and all(bad(e.config) and "simulated" in e.error and not e.feasible for e in failed)
+    assert len(res.evaluations) >= 60 and res.front and not any(bad(e.config) for e in res.front)
+
+
+def test_existing_run_needs_resume_and_same_settings(tmp_path):
+    run(tmp_path, "x", evals=20)
+    with pytest.raises(UserError, match="--resume"):
+        run(tmp_path, "x", evals=20)
+    with pytest.raises(UserError, match="settings"):
+        run(tmp_path, "x", evals=30, resume=True)
+
+
+def test_torn_journal_line_is_dropped(tmp_path):
+    res, _ = run(tmp_path, "t", evals=20)
+    path = tmp_path / "t" / "evaluations.jsonl"
+    n = len(Journal(path))
+    with open(path, "a") as fh:
+        fh.write('{"index": 99, "key": "abc", "con')  # killed mid-write
+    assert len(Journal(path)) == n and path.read_text().endswith("\n")
+
+
+DRIVER = r"""
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_search import SPACE, accuracy, predict
+from toolkit.search import Searcher, SearchSettings
+
+def slow_accuracy(cfg):
+    time.sleep(0.05)
+    return accuracy(cfg)
+
+resume = sys.argv[2] == "resume"
+s = Searcher(SPACE, SearchSettings(evals=70, population=12, seed=3), slow_accuracy, predict, sys.argv[1], resume=resume)
+s.run()
+"""
+
+
+def test_kill_minus_9_three_times_then_resume_gives_the_same_front(tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(tests=os.path.dirname(__file__)))
+    env = {**os.environ, "TOOLKIT_PROGRESS": "0"}
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, str(driver), str(ref), "new"], check=True, env=env)
+    run_dir = tmp_path / "killed"
+    journal = run_dir / "evaluations.jsonl"
+    kill_at = sorted(np.random.default_rng(0).choice(np.arange(5, 65), size=3, replace=False))  # journal lengths
+    mode = "new"
+    for target in kill_at:
+        p = subprocess.Popen([sys.executable, str(driver), str(run_dir), mode], env=env)
+        deadline = time.time() + 60
+        while time.time() < deadline and p.poll() is None:
+            if journal.exists() and journal.read_bytes().count(b"\n") >= target:
+                break
+            time.sleep(0.005)
+        assert p.poll() is None, "the run ended before it could be killed"
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        mode = "resume"
+    subprocess.run([sys.executable, str(driver), str(run_dir), "resume"], check=True, env=env)
+    lines = [json.loads(l) for l in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+    keys = [l["key"] for l in lines]
+    assert len(keys) == len(set(keys)), "an evaluation was repeated"
+    assert [l["index"] for l in lines] == list(range(len(lines))), "an evaluation was lost"
+    ref_evals = load_evaluations(ref)
+    assert sorted(keys) == sorted(e.key for e in ref_evals)
+    a = json.loads((ref / "pareto.json").read_text())
+    b = json.loads((run_dir / "pareto.json").read_text())
+    assert [f["key"] for f in a["front"]] == [f["key"] for f in b["front"]]
+    assert a["hypervolume"] == pytest.approx(b["hypervolume"])

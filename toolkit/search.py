@@ -1,0 +1,418 @@
+"""NSGA-II over sub-networks (pymoo), resumable, with a journal; random search as the baseline.
+
+This is the only module that imports pymoo. Objectives declare their direction (``higher_is_better``);
+only here is that turned into pymoo's minimisation.
+
+**Journal and resume.** Every evaluated sub-network is appended to ``run/evaluations.jsonl`` and
+fsynced *before* it counts. Evaluations are cached by the sub-network's key (a config hash), so a
+sub-network is never evaluated twice. ``--resume`` re-runs the algorithm from the start with the same
+seed and replays journaled evaluations from the cache: NSGA-II is deterministic given its seed and the
+objective values, so the resumed run follows the uninterrupted run's trajectory exactly, evaluating
+only what the journal does not have yet. A line cut off by a kill is dropped (it never counted).
+
+**Budget.** ``evals`` counts distinct sub-networks. The search stops at the first generation boundary
+at or after the budget, so a run may overshoot by less than one population.
+
+**Constraints.** Predicted peak memory must fit the profile's usable memory; optionally a minimum
+accuracy and a maximum parameter count. A candidate that violates a *predicted* constraint is recorded
+as infeasible without measuring its accuracy (it costs nothing). A candidate whose evaluation raises is
+recorded with the error, made infeasible, and the search goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from toolkit.errors import ConfigError, UserError
+from toolkit.fileio import atomic_write_json, atomic_write_text
+from toolkit.space import SearchSpace, SubnetConfig
+
+SEARCH_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str  # key in an evaluation record's ``metrics``
+    higher_is_better: bool
+    label: str
+
+
+OBJECTIVES = {
+    "accuracy": Objective("accuracy", True, "task accuracy"),
+    "decode_tokens_per_s": Objective("decode_tokens_per_s", True, "predicted decode tokens/s"),
+    "prefill_ms": Objective("prefill_ms", False, "predicted prefill latency (ms)"),
+    "params": Objective("params", False, "parameters"),
+    "peak_mem_bytes": Objective("peak_mem_bytes", False, "predicted peak memory (bytes)"),
+}
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that determines a search's trajectory (checked on resume)."""
+
+    objectives: tuple[str, ...] = ("accuracy", "decode_tokens_per_s")
+    algorithm: str = "nsga2"  # or "random"
+    evals: int = 100
+    population: int = 50
+    seed: int = 0
+    memory_budget_bytes: float | None = None
+    min_accuracy: float | None = None
+    max_params: float | None = None
+    version: int = SEARCH_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(self.objectives))
+        if len(self.objectives) < 2 or len(set(self.objectives)) != len(self.objectives):
+            raise ConfigError("objectives", "need at least two distinct objectives")
+        for o in self.objectives:
+            if o not in OBJECTIVES:
+                raise ConfigError("objectives", f"unknown objective {o!r} (known: {', '.join(OBJECTIVES)})")
+        if "accuracy" not in self.objectives:
+            raise ConfigError("objectives", "accuracy must be one of the objectives")
+        if self.algorithm not in ("nsga2", "random"):
+            raise ConfigError("algorithm", f"unknown algorithm {self.algorithm!r} (nsga2 or random)")
+        if self.evals < 2:
+            raise ConfigError("evals", f"need at least 2 evaluations, got {self.evals}")
+        if self.population < 4:
+            raise ConfigError("population", f"need a population of at least 4, got {self.population}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["objectives"] = list(self.objectives)
+        return d
+
+
+@dataclass
+class Evaluation:
+    """One journaled evaluation."""
+
+    index: int
+    key: str
+    config: SubnetConfig
+    metrics: dict[str, float]  # accuracy, accuracy_stderr, predicted figures, params
+    feasible: bool
+    violation: float = 0.0
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "key": self.key, "config": self.config.to_dict(), "metrics": self.metrics,
+                "feasible": self.feasible, "violation": self.violation, "error": self.error,
+                "seconds": round(self.seconds, 4)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Evaluation":
+        return cls(d["index"], d["key"], SubnetConfig.from_dict(d["config"]), dict(d["metrics"]),
+                   bool(d["feasible"]), float(d.get("violation", 0.0)), d.get("error"), float(d.get("seconds", 0.0)))
+
+
+class Journal:
+    """Append-only JSONL of evaluations, fsynced per line; tolerant of a torn last line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: dict[str, Evaluation] = {}
+        if path.exists():
+            good = 0
+            raw = path.read_bytes()
+            for line in raw.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break  # torn write from a kill: it never counted
+                try:
+                    ev = Evaluation.from_dict(json.loads(line))
+                except (json.JSONDecodeError, KeyError, TypeError, ConfigError):
+                    line_no = raw[:good].count(b"\n") + 1
+                    raise UserError(f"{path}: line {line_no}: corrupt journal entry") from None
+                self.records[ev.key] = ev
+                good += len(line)
+            if good != len(raw):
+                with open(path, "r+b") as fh:
+                    fh.truncate(good)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, key: str) -> Evaluation | None:
+        return self.records.get(key)
+
+    def append(self, ev: Evaluation) -> None:
+        if ev.key in self.records:
+            raise RuntimeError(f"journal: {ev.key} evaluated twice")
+        line = json.dumps(ev.to_dict()) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.records[ev.key] = ev
+
+
+# accuracy_fn(cfg) -> {"accuracy": float, "accuracy_stderr": float, ...}
+AccuracyFn = Callable[[SubnetConfig], Mapping[str, float]]
+# predict_fn(cfg) -> {"decode_tokens_per_s", "prefill_ms", "peak_mem_bytes", "params", ...}
+PredictFn = Callable[[SubnetConfig], Mapping[str, float]]
+
+
+@dataclass
+class SearchResult:
+    evaluations: list[Evaluation]
+    front: list[Evaluation]
+    hypervolume: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def to_minimisation(ev: Evaluation, objectives: Sequence[str]) -> np.ndarray:
+    return np.array([(-1 if OBJECTIVES[o].higher_is_better else 1) * ev.metrics.get(o, np.nan) for o in objectives])
+
+
+def pareto_front(evals: Sequence[Evaluation], objectives: Sequence[str]) -> list[Evaluation]:
+    """Non-dominated feasible evaluations, sorted by the first objective (best first)."""
+    feas = [e for e in evals if e.feasible]
+    if not feas:
+        return []
+    F = np.stack([to_minimisation(e, objectives) for e in feas])
+    keep = []
+    for i in range(len(feas)):
+        dominated = np.any(np.all(F <= F[i], axis=1) & np.any(F < F[i], axis=1))
+        if not dominated:
+            keep.append(i)
+    front = [feas[i] for i in keep]
+    return sorted(front, key=lambda e: (to_minimisation(e, objectives)[0], e.key))
+
+
+def hypervolume(evals: Sequence[Evaluation], objectives: Sequence[str], reference: Mapping[str, float]) -> float:
+    """Hypervolume of the feasible front in minimisation space, objectives scaled by ``reference``
+    (the parent's values: accuracy and speed relative to the parent) with reference point 0 for
+    higher-is-better objectives and 2x the reference for lower-is-better ones."""
+    from pymoo.indicators.hv import HV
+
+    front = pareto_front(evals, objectives)
+    if not front:
+        return 0.0
+    scale = np.array([abs(reference[o]) or 1.0 for o in objectives])
+    F = np.stack([to_minimisation(e, objectives) for e in front]) / scale
+    ref = np.array([0.0 if OBJECTIVES[o].higher_is_better else 2.0 for o in objectives])
+    F = F[np.all(F < ref, axis=1)]
+    return float(HV(ref_point=ref)(F)) if len(F) else 0.0
+
+
+class Searcher:
+    """Runs one search into a run directory (journal + outputs)."""
+
+    def __init__(self, space: SearchSpace, settings: SearchSettings, accuracy_fn: AccuracyFn, predict_fn: PredictFn,
+                 run_dir: str | Path, meta: Mapping[str, Any] | None = None, resume: bool = False,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None):
+        self.space = space
+        self.settings = settings
+        self.accuracy_fn = accuracy_fn
+        self.predict_fn = predict_fn
+        self.run_dir = Path(run_dir)
+        self.meta = dict(meta or {})
+        self.on_progress = on_progress
+        self._prepare(resume)
+        self.journal = Journal(self.run_dir / "evaluations.jsonl")
+        self.new_evaluations = 0
+        self._visited: set[str] = set()  # keys reached in this (possibly replayed) trajectory
+
+    # -- run directory ----------------------------------------------------------------------------
+    def _run_record(self) -> dict[str, Any]:
+        return {"version": SEARCH_VERSION, "settings": self.settings.to_dict(), "space": self.space.to_dict(), "meta": self.meta}
+
+    def _prepare(self, resume: bool) -> None:
+        run_json = self.run_dir / "run.json"
+        record = self._run_record()
+        if run_json.exists():
+            if not resume:
+                raise UserError(f"{self.run_dir}: a search already lives here; pass --resume to continue it or choose another --out")
+            old = json.loads(run_json.read_text())
+            for part in ("settings", "space"):
+                if old.get(part) != record[part]:
+                    raise UserError(f"{run_json}: {part}: differs from this invocation; resume with the original arguments")
+            for k in ("model_hash", "task", "limit", "predictor"):
+                if k in old.get("meta", {}) and old["meta"].get(k) != record["meta"].get(k):
+                    raise UserError(f"{run_json}: meta.{k}: was {old['meta'].get(k)!r}, now {record['meta'].get(k)!r}")
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_json, record)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, cfg: SubnetConfig) -> Evaluation:
+        key = cfg.key()
+        self._visited.add(key)
+        cached = self.journal.get(key)
+        if cached is not None:
+            return cached
+        s = self.settings
+        t0 = time.perf_counter()
+        metrics: dict[str, float] = {}
+        error = None
+        violation = 0.0
+        try:
+            metrics.update({k: float(v) for k, v in self.predict_fn(cfg).items()})
+            if s.memory_budget_bytes is not None:
+                violation += max(0.0, metrics["peak_mem_bytes"] / s.memory_budget_bytes - 1.0)
+            if s.max_params is not None:
+                violation += max(0.0, metrics["params"] / s.max_params - 1.0)
+            if violation == 0.0:
+                metrics.update({k: float(v) for k, v in self.accuracy_fn(cfg).items()})
+                if s.min_accuracy is not None:
+                    violation += max(0.0, s.min_accuracy - metrics["accuracy"])
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # one bad candidate must not end the search
+            error = f"{type(exc).__name__}: {exc}"
+            violation = max(violation, 1.0)
+        metrics.setdefault("accuracy", 0.0)
+        ev = Evaluation(len(self.journal), key, cfg, metrics, feasible=violation == 0.0 and error is None,
+                        violation=violation, error=error, seconds=time.perf_counter() - t0)
+        self.journal.append(ev)
+        self.new_evaluations += 1
+        return ev
+
+    def _budget_left(self) -> bool:
+        return len(self._visited) < self.settings.evals
+
+    def _report(self, generation: int) -> None:
+        if self.on_progress is None:
+            return
+        evals = [self.journal.records[k] for k in self._visited]
+        front = pareto_front(evals, self.settings.objectives)
+        self.on_progress({"generation": generation, "evaluations": len(evals), "front": len(front),
+                          "best_accuracy": max((e.metrics["accuracy"] for e in evals if e.feasible), default=0.0)})
+
+    # -- algorithms -------------------------------------------------------------------------------
+    def initial_genomes(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """The parent, the smallest sub-network, then seeded random genomes."""
+        lo, hi = self.space.genome_bounds()
+        X = [self.space.encode(self.space.largest()), self.space.encode(self.space.smallest())]
+        while len(X) < n:
+            X.append(rng.integers(lo, hi + 1))
+        return np.stack(X[:n])
+
+    def run(self) -> SearchResult:
+        if self.settings.algorithm == "random":
+            self._run_random()
+        else:
+            self._run_nsga2()
+        return self.finish()
+
+    def _run_random(self) -> None:
+        rng = np.random.default_rng(self.settings.seed)
+        X = self.initial_genomes(rng, 2)
+        for g in X:
+            self.evaluate(self.space.decode(g))
+        lo, hi = self.space.genome_bounds()
+        gen = 0
+        while self._budget_left():
+            self.evaluate(self.space.decode(rng.integers(lo, hi + 1)))
+            gen += 1
+            if gen % 10 == 0:
+                self._report(gen)
+        self._report(gen)
+
+    def _run_nsga2(self) -> None:
+        from pymoo.algorithms.moo.nsga2 import NSGA2
+        from pymoo.core.problem import Problem
+        from pymoo.operators.crossover.sbx import SBX
+        from pymoo.operators.mutation.pm import PM
+        from pymoo.operators.repair.rounding import RoundingRepair
+        from pymoo.termination.max_gen import MaximumGenerationTermination
+
+        s = self.settings
+        space = self.space
+        lo, hi = space.genome_bounds()
+        objectives = s.objectives
+        searcher = self
+
+        class SubnetProblem(Problem):
+            def __init__(self):
+                super().__init__(n_var=space.genome_length, n_obj=len(objectives), n_ieq_constr=1,
+                                 xl=lo, xu=hi, vtype=int)
+
+            def _evaluate(self, X, out, *args, **kwargs):
+                F, G = [], []
+                for x in np.asarray(X).round().astype(np.int64):
+                    ev = searcher.evaluate(space.decode(x))
+                    f = to_minimisation(ev, objectives)
+                    F.append(np.where(np.isfinite(f), f, 0.0))
+                    G.append([ev.violation if not ev.feasible else -1e-9])
+                out["F"] = np.array(F)
+                out["G"] = np.array(G)
+
+        rng = np.random.default_rng(s.seed)
+        algorithm = NSGA2(
+            pop_size=s.population,
+            sampling=self.initial_genomes(rng, s.population),
+            crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
+            mutation=PM(prob=1.0, eta=5, vtype=float, repair=RoundingRepair()),  # low eta: short integer genes must move
+            eliminate_duplicates=True,
+        )
+        algorithm.setup(SubnetProblem(), termination=MaximumGenerationTermination(10**9), seed=s.seed, verbose=False)
+        gen = 0
+        while self._budget_left():
+            algorithm.next()
+            gen += 1
+            self._report(gen)
+
+    # -- outputs ----------------------------------------------------------------------------------
+    def finish(self) -> SearchResult:
+        evals = sorted((self.journal.records[k] for k in self._visited), key=lambda e: e.index)
+        objectives = self.settings.objectives
+        front = pareto_front(evals, objectives)
+        parent_key = self.space.largest().key()
+        parent = self.journal.get(parent_key)
+        reference = {o: (parent.metrics.get(o, 1.0) if parent else 1.0) for o in objectives}
+        hv = hypervolume(evals, objectives, reference)
+        write_outputs(self.run_dir, evals, front, objectives, hv, parent, self._run_record())
+        return SearchResult(evals, front, hv)
+
+
+def write_outputs(run_dir: Path, evals: Sequence[Evaluation], front: Sequence[Evaluation], objectives: Sequence[str],
+                  hv: float, parent: Evaluation | None, record: Mapping[str, Any]) -> None:
+    """pareto.json, evaluations.csv (and pareto.png if matplotlib is available)."""
+    meta = record.get("meta", {})
+    pareto = {
+        "version": SEARCH_VERSION,
+        "model": meta.get("model"),
+        "model_hash": meta.get("model_hash"),
+        "profile": meta.get("profile"),
+        "task": meta.get("task"),
+        "objectives": [{"name": o, "higher_is_better": OBJECTIVES[o].higher_is_better} for o in objectives],
+        "settings": record.get("settings"),
+        "evaluations": len(evals),
+        "hypervolume": hv,
+        "parent": parent.to_dict() if parent else None,
+        "front": [{**e.to_dict(), "objectives": {o: e.metrics.get(o) for o in objectives}} for e in front],
+    }
+    atomic_write_json(run_dir / "pareto.json", pareto)
+    buf = io.StringIO()
+    metric_keys = sorted({k for e in evals for k in e.metrics})
+    w = csv.writer(buf)
+    w.writerow(["index", "key", "feasible", "violation", "error", "depth", "mean_mlp", "mean_heads", *metric_keys, "on_front"])
+    front_keys = {e.key for e in front}
+    for e in evals:
+        w.writerow([e.index, e.key, e.feasible, e.violation, e.error or "", e.config.depth,
+                    float(np.mean(e.config.mlp)), float(np.mean(e.config.heads)),
+                    *[e.metrics.get(k, "") for k in metric_keys], e.key in front_keys])
+    atomic_write_text(run_dir / "evaluations.csv", buf.getvalue())
+    try:
+        from toolkit.report import plot_pareto
+    except ImportError:  # pragma: no cover - report needs matplotlib
+        return
+    plot_pareto(run_dir / "pareto.png", evals, front, objectives, parent)
+
+
+def load_evaluations(run_dir: str | Path) -> list[Evaluation]:
+    path = Path(run_dir) / "evaluations.jsonl"
+    if not path.exists():
+        raise UserError(f"{run_dir}: no evaluations.jsonl (not a search run directory)")
+    return sorted(Journal(path).records.values(), key=lambda e: e.index)
