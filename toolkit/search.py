@@ -366,14 +366,19 @@ class Searcher:
     # -- outputs ----------------------------------------------------------------------------------
     def finish(self) -> SearchResult:
         evals = sorted((self.journal.records[k] for k in self._visited), key=lambda e: e.index)
-        objectives = self.settings.objectives
-        front = pareto_front(evals, objectives)
-        parent_key = self.space.largest().key()
-        parent = self.journal.get(parent_key)
-        reference = {o: (parent.metrics.get(o, 1.0) if parent else 1.0) for o in objectives}
-        hv = hypervolume(evals, objectives, reference)
-        write_outputs(self.run_dir, evals, front, objectives, hv, parent, self._run_record())
+        front, hv = render_run(self.run_dir, evals, self.space, self.settings.objectives, self._run_record())
         return SearchResult(evals, front, hv)
+
+
+def render_run(run_dir: Path, evals: Sequence[Evaluation], space: SearchSpace, objectives: Sequence[str],
+               record: Mapping[str, Any]) -> tuple[list[Evaluation], float]:
+    """Front + hypervolume (relative to the parent) of a run's evaluations; writes the run's outputs."""
+    front = pareto_front(evals, objectives)
+    parent = next((e for e in evals if e.key == space.largest().key()), None)
+    reference = {o: (parent.metrics.get(o, 1.0) if parent else 1.0) for o in objectives}
+    hv = hypervolume(evals, objectives, reference)
+    write_outputs(run_dir, evals, front, objectives, hv, parent, record)
+    return front, hv
 
 
 def write_outputs(run_dir: Path, evals: Sequence[Evaluation], front: Sequence[Evaluation], objectives: Sequence[str],
