@@ -1,0 +1,258 @@
+"""Super-network fine-tuning on tiny random Llamas: sorting, shared-weight slicing, training, resume, output."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit.elastic import extract
+from toolkit.finetune import (
+    FinetuneConfig,
+    SupernetTrainer,
+    batch_indices,
+    save_supernet,
+    slice_params,
+    sort_parent,
+    subnet_forward,
+)
+from toolkit.space import SubnetConfig
+
+# A space that the 4-layer tiny model can express: MLP 128..256, 1 or 2 head groups, depth 2..4.
+TINY_SPACE = dict(min_mlp_fraction=0.5, min_depth_fraction=0.5, min_head_groups=1)
+
+
+def tiny_config(**kw) -> FinetuneConfig:
+    base = dict(steps=4, seq_len=16, batch_size=2, lr=3e-3, warmup_steps=1, num_random=2, precision="fp32",
+                val_docs=0, eval_every=2, checkpoint_every=2, **TINY_SPACE)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def windows(n: int = 12, t: int = 16) -> torch.Tensor:
+    return torch.randint(3, 256, (n, t), generator=torch.Generator().manual_seed(7))
+
+
+def make_trainer(config: FinetuneConfig, importance=None):
+    from toolkit.importance import compute_importance
+    from toolkit.models.tiny import llama_tiny
+
+    parent = llama_tiny()
+    if importance is None:
+        importance = compute_importance(parent, [windows(4, 24)])
+    teacher = copy.deepcopy(parent) if config.teacher == "original" else None
+    return SupernetTrainer(parent, None, importance, windows(), config, teacher=teacher, val_windows=windows(2))
+
+
+SUBNETS = [
+    SubnetConfig((0, 1, 2, 3), (128, 128, 128, 128), (2, 2, 2, 2)),  # uniform, one head group
+    SubnetConfig((0, 2, 3), (192, 128, 256), (4, 2, 4)),  # heterogeneous, one layer dropped
+    SubnetConfig((1, 3), (256, 64), (2, 4)),
+]
+
+
+@pytest.mark.parametrize("cfg", SUBNETS, ids=["uniform", "hetero", "shallow"])
+def test_sorting_is_function_preserving_and_extract_keeps_prefixes(tiny, tiny_importance, tiny_ids, cfg):
+    """extract(original, cfg, importance) == extract(sorted, cfg, sorted importance) == sliced-view forward."""
+    reference = extract(tiny, cfg, tiny_importance)(tiny_ids).logits
+    sorted_parent = copy.deepcopy(tiny)
+    sorted_imp = sort_parent(sorted_parent, tiny_importance)
+    torch.testing.assert_close(sorted_parent(tiny_ids).logits, tiny(tiny_ids).logits, atol=1e-5, rtol=1e-5)
+    # The sorted model's weights really moved (otherwise the test above proves nothing).
+    assert not torch.equal(sorted_parent.model.layers[0].mlp.up_proj.weight, tiny.model.layers[0].mlp.up_proj.weight)
+    from_supernet = extract(sorted_parent, cfg, sorted_imp)(tiny_ids).logits
+    sliced = subnet_forward(sorted_parent, cfg, tiny_ids)
+    torch.testing.assert_close(from_supernet, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sliced, from_supernet, atol=1e-5, rtol=1e-5)
+    # The sorted importance keeps prefixes: its kept indices are 0..w-1.
+    assert sorted_imp.mlp_keep(0, 100).tolist() == list(range(100))
+    assert sorted_imp.groups_keep(1, 1).tolist() == [0]
+    assert torch.equal(sorted_imp.layer_influence, tiny_importance.layer_influence)
+
+
+def test_slices_are_views_of_the_parent(tiny):
+    params = dict(tiny.named_parameters())
+    cfg = SubnetConfig((1, 3), (128, 64), (2, 4))
+    views = slice_params(params, tiny.config, cfg)
+    q = views["model.layers.0.self_attn.q_proj.weight"]
+    assert q.shape == (2 * 16, 64) and q.data_ptr() == params["model.layers.1.self_attn.q_proj.weight"].data_ptr()
+    assert views["model.layers.1.mlp.down_proj.weight"].shape == (64, 64)
+    assert "model.layers.2.mlp.up_proj.weight" not in views
+
+
+def test_gradients_of_a_subnet_reach_only_its_slice(tiny, tiny_ids):
+    cfg = SubnetConfig((0, 1, 2, 3), (128,) * 4, (2,) * 4)
+    subnet_forward(tiny, cfg, tiny_ids).float().pow(2).mean().backward()
+    g = tiny.model.layers[2].mlp.gate_proj.weight.grad
+    assert g[:128].abs().sum() > 0 and g[128:].abs().sum() == 0
+    o = tiny.model.layers[2].self_attn.o_proj.weight.grad
+    assert o[:, :32].abs().sum() > 0 and o[:, 32:].abs().sum() == 0
+
+
+def test_one_step_changes_the_shared_weights_of_several_subnets(tiny_ids):
+    trainer = make_trainer(tiny_config(steps=1))
+    parent = trainer.parent
+    smallest, full = trainer.space.smallest(), trainer.space.largest()
+    assert smallest.mlp[0] == 128 and full.mlp[0] == 256
+    before = {n: p.detach().clone() for n, p in parent.named_parameters()}
+    out_small = subnet_forward(parent, smallest, tiny_ids).detach()
+    out_full = subnet_forward(parent, full, tiny_ids).detach()
+    rec = trainer.train_step()
+    assert set(rec["loss"]) == {"full", "smallest", "random0", "random1"}
+    assert all(np.isfinite(v) for v in rec["loss"].values())
+    layer = smallest.layers[0]
+    up = parent.model.layers[layer].mlp.up_proj.weight
+    # The prefix rows are shared by the smallest, the random and the full network: all moved them.
+    assert not torch.equal(up[:128], before[f"model.layers.{layer}.mlp.up_proj.weight"][:128])
+    assert not torch.equal(subnet_forward(parent, smallest, tiny_ids), out_small)
+    assert not torch.equal(subnet_forward(parent, full, tiny_ids), out_full)
+    # Embeddings are frozen by default.
+    assert torch.equal(parent.model.embed_tokens.weight, before["model.embed_tokens.weight"])
+
+
+def test_training_reduces_the_smallest_subnets_distillation_loss():
+    trainer = make_trainer(tiny_config(steps=30, num_random=1, lr=3e-3, warmup_steps=2))
+    losses = [trainer.train_step()["loss"]["smallest"] for _ in range(30)]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+@pytest.mark.parametrize("train", ["full", "lora"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, train):
+    config = tiny_config(steps=4, train=train, lr=3e-3 if train == "full" else 1e-2)
+    straight = make_trainer(config)
+    for _ in range(4):
+        straight.train_step()
+    straight.evaluate()
+
+    first = make_trainer(config)
+    first.train_step()
+    first.train_step()
+    first.save_checkpoint(tmp_path / "ckpt")
+    resumed = make_trainer(config)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert resumed.step == 2
+    resumed.train_step()
+    resumed.train_step()
+    resumed.evaluate()
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+    assert [h["configs"] for h in resumed.history] == [h["configs"] for h in straight.history]
+    assert resumed.evals[-1]["val_ppl"] == straight.evals[-1]["val_ppl"]
+    for (n, a), (_, b) in zip(straight.parent.named_parameters(), resumed.parent.named_parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_resume_refuses_a_different_setting(tmp_path):
+    from toolkit.errors import ConfigError
+
+    t = make_trainer(tiny_config())
+    t.train_step()
+    t.save_checkpoint(tmp_path / "ckpt")
+    other = make_trainer(tiny_config(lr=1e-4))
+    with pytest.raises(ConfigError, match="lr"):
+        other.load_checkpoint(tmp_path / "ckpt")
+
+
+def test_lora_trains_only_deltas_and_merges_on_export(tiny_ids):
+    trainer = make_trainer(tiny_config(train="lora", lr=1e-2))
+    base = {n: p.detach().clone() for n, p in trainer.parent.named_parameters()}
+    trainer.train_step()
+    trainer.train_step()
+    for n, p in trainer.parent.named_parameters():
+        assert torch.equal(p, base[n]), n  # the base weights are untouched
+    merged = trainer.export_parent()
+    cfg = trainer.space.smallest()
+    with torch.no_grad():
+        live = subnet_forward(trainer.parent, cfg, tiny_ids, trainer.params())
+        torch.testing.assert_close(subnet_forward(merged, cfg, tiny_ids), live, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(subnet_forward(trainer.parent, cfg, tiny_ids), live)
+
+
+def test_inplace_teacher_trains_the_full_network_on_the_lm_loss():
+    trainer = make_trainer(tiny_config(teacher="inplace"))
+    rec = trainer.train_step()
+    assert rec["loss"]["full"] > 3.0  # cross-entropy over 256 tokens, not a near-zero KL
+
+
+def test_batch_order_is_a_pure_function_of_seed_and_sample():
+    a = batch_indices(10, 3, 0, 25)
+    assert sorted(a[:10].tolist()) == list(range(10))  # each epoch is a permutation
+    assert a[7:19].tolist() == batch_indices(10, 3, 7, 12).tolist()
+    assert a.tolist() != batch_indices(10, 4, 0, 25).tolist()
+
+
+def test_config_round_trip_and_validation():
+    from toolkit.errors import ConfigError
+
+    c = tiny_config()
+    assert FinetuneConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(ConfigError, match="teacher"):
+        FinetuneConfig(teacher="nope")
+    with pytest.raises(ConfigError, match="min_mlp_fraction"):
+        FinetuneConfig(min_mlp_fraction=0)
+    with pytest.raises(ConfigError, match="f.json: steps"):
+        FinetuneConfig.from_dict({"steps": "many"}, "f.json")
+    w = tiny_config(warmup_steps=2)
+    assert w.lr_at(0) < w.lr_at(1) == w.lr and w.lr_at(3) < w.lr_at(1)
+
+
+def test_saved_supernet_is_a_parent_for_load_model_and_extract(tmp_path, tiny_ids):
+    from toolkit.importance import load_or_compute_importance
+    from toolkit.models import load_model
+    from toolkit.models.tiny import byte_tokenizer
+
+    trainer = make_trainer(tiny_config(steps=2))
+    trainer.tokenizer = byte_tokenizer()
+    trainer.train_step()
+    trainer.train_step()
+    trainer.evaluate()
+    folder = save_supernet(trainer, tmp_path / "sn", {"model": "tiny"})
+    loaded = load_model(folder)
+    imp = load_or_compute_importance(loaded, tmp_path / "no-calibration-needed.txt")
+    assert imp.mlp_keep(0, 3).tolist() == [0, 1, 2]
+    info = json.loads((folder / "finetune.json").read_text())
+    assert info["steps_done"] == 2 and info["search_space"]["mlp_choices"] == [128, 192, 256]
+    assert len(info["loss_curve"]) == 2 and info["val_ppl_curve"][-1]["step"] == 2
+    cfg = SubnetConfig((0, 1, 3), (192, 128, 256), (4, 2, 2))
+    with torch.no_grad():
+        live = subnet_forward(trainer.parent.eval(), cfg, tiny_ids)
+        torch.testing.assert_close(extract(loaded.model, cfg, imp)(tiny_ids).logits, live, atol=1e-5, rtol=1e-5)
+
+
+def _write_data(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "model", "search", "layer", "token"]
+    docs = [" ".join(rng.choice(words, 60)) for _ in range(12)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n\n".join(docs) * 3)
+    return data, calib
+
+
+def test_cli_trains_resumes_and_refuses_bad_input(tmp_path, tiny_folder, monkeypatch, capsys):
+    from toolkit.cli.main import main
+
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    data, calib = _write_data(tmp_path)
+    out = tmp_path / "sn"
+    common = ["finetune", "--model", str(tiny_folder), "--data", str(data), "--calibration", str(calib), "--out", str(out),
+              "--seq-len", "32", "--precision", "fp32", "--min-mlp-fraction", "0.5", "--min-depth-fraction", "0.5",
+              "--min-head-groups", "1", "--val-docs", "2", "--eval-every", "1", "--checkpoint-every", "1"]
+    assert main(common + ["--steps", "1"]) == 0
+    assert json.loads((out / "finetune.json").read_text())["steps_done"] == 1
+    assert main(common + ["--steps", "1"]) == 2  # exists: needs --resume or --overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert main(common + ["--steps", "2", "--resume"]) == 0
+    info = json.loads((out / "finetune.json").read_text())
+    assert info["steps_done"] == 2 and [r["step"] for r in info["loss_curve"]] == [1, 2]
+    assert main(common + ["--steps", "3", "--resume", "--lr", "1"]) == 2  # settings differ from the checkpoint
+    assert "lr" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": 1}\n')
+    assert main(["finetune", "--model", str(tiny_folder), "--data", str(bad), "--calibration", str(calib),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "bad.jsonl: line 1: text" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,81 @@
+"""``toolkit finetune``: train the parent once as a super-network so that its sub-networks are usable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from toolkit.cli.common import add_data_dir_arg, add_model_arg
+
+EXAMPLES = """examples:
+  toolkit finetune --model smollm2-135m --steps 420 --out ~/supernet-smollm2
+  toolkit finetune --model smollm2-135m --steps 600 --out ~/supernet-smollm2 --resume   # continue
+  toolkit finetune --model ./my-llama --data my_text.jsonl --train lora --steps 200 --out sn/
+
+The output folder is a normal HF folder (parent shapes) with importance.safetensors and finetune.json;
+search, eval, calibrate and export accept it as --model. Its checkpoint/ sub-folder only serves --resume
+and can be deleted afterwards. Training text defaults to <data-dir>/calibration/c4_sample.jsonl (the
+last --val-docs documents are held out for the perplexity monitor); never train on evaluation sets.
+"""
+
+
+def register(sub) -> None:
+    from toolkit.finetune import FinetuneConfig
+
+    d = FinetuneConfig()
+    p = sub.add_parser("finetune", help="fine-tune a parent once as a super-network (sandwich rule + distillation)",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arg(p)
+    p.add_argument("--data", default=None, help="training text: JSONL with a 'text' field, or plain text (default: <data-dir>/calibration/c4_sample.jsonl)")
+    p.add_argument("--out", required=True, help="output folder (the super-network; checkpoints go to OUT/checkpoint)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps in total (default {d.steps})")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint (same settings; --steps may grow)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this much wall-clock time (checkpoint + save; --resume continues). SIGTERM does the same")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT exists")
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per training window (default {d.seq_len})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"windows per micro-batch (default {d.batch_size})")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help=f"micro-batches per step (default {d.grad_accum})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr}; try 1e-3 with --train lora)")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--num-random", type=int, default=d.num_random, help=f"random sub-networks per step besides largest and smallest (default {d.num_random})")
+    p.add_argument("--teacher", choices=("original", "inplace"), default=d.teacher,
+                   help="distil from the frozen original model (default; keeps the full network's accuracy) or from the super-network's full network (in-place, full network on the LM loss)")
+    p.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
+    p.add_argument("--train", choices=("full", "lora"), default=d.train, help="train full weights (default) or LoRA deltas merged at the end")
+    p.add_argument("--lora-rank", type=int, default=d.lora_rank)
+    p.add_argument("--train-embeddings", action="store_true", help="also train the (tied) embeddings (default: frozen)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="autocast dtype; auto = bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--min-mlp-fraction", type=float, default=d.min_mlp_fraction, help=f"search space trained for: narrowest MLP (default {d.min_mlp_fraction})")
+    p.add_argument("--min-depth-fraction", type=float, default=d.min_depth_fraction, help=f"shallowest depth (default {d.min_depth_fraction})")
+    p.add_argument("--min-head-groups", type=int, default=d.min_head_groups, help=f"fewest GQA head groups (default {d.min_head_groups})")
+    p.add_argument("--mlp-step", type=int, default=d.mlp_step)
+    p.add_argument("--val-docs", type=int, default=d.val_docs, help=f"documents held out from the end of --data for the monitor (default {d.val_docs})")
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--calibration", default=None, help="calibration text for the importance ordering (default: <data-dir>/calibration/calibration.txt)")
+    add_data_dir_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from toolkit.cli.common import data_dir, default_calibration_file
+    from toolkit.finetune import FinetuneConfig, bf16_is_fast, finetune
+
+    precision = args.precision if args.precision != "auto" else ("bf16" if bf16_is_fast() else "fp32")
+    config = FinetuneConfig(
+        steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        warmup_steps=args.warmup_steps, num_random=args.num_random, teacher=args.teacher, kd_temperature=args.kd_temperature,
+        train=args.train, lora_rank=args.lora_rank, train_embeddings=args.train_embeddings, precision=precision,
+        seed=args.seed, mlp_step=args.mlp_step, min_mlp_fraction=args.min_mlp_fraction,
+        min_depth_fraction=args.min_depth_fraction, min_head_groups=args.min_head_groups, val_docs=args.val_docs,
+        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+    )
+    data = Path(args.data) if args.data else data_dir(args.data_dir) / "calibration" / "c4_sample.jsonl"
+    calibration = default_calibration_file(args.calibration, args.data_dir)
+    out = finetune(args.model, data, args.out, config, calibration, resume=args.resume, overwrite=args.overwrite,
+                   log=lambda s: print(s, file=sys.stderr, flush=True), max_minutes=args.max_minutes)
+    print(out)
+    return 0
