@@ -352,3 +352,46 @@ def choose_calibration_configs(space: SearchSpace, n: int, seed: int = 0, pool: 
         chosen.append(j)
         dist = np.minimum(dist, np.linalg.norm(V - V[j], axis=1))
     return [cands[i] for i in chosen]
+
+
+def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn, journal_path: str | Path | None = None,
+              progress=None) -> Predictor:
+    """Measure ``configs`` with ``measure_fn(cfg) -> Measurement`` and fit ``prior``'s coefficients.
+
+    Measurements are appended to ``journal_path`` (JSONL, fsynced) as they are taken, so a killed
+    calibration resumes without re-timing what it already has. The journal is keyed by model hash and
+    profile fingerprint: another model or machine starts afresh.
+    """
+    import os
+
+    done: dict[str, Measurement] = {}
+    header = {"model_hash": prior.model_hash, "profile_fingerprint": prior.profile_fingerprint,
+              "workload": dataclasses.asdict(prior.workload), "dtype": prior.hardware.dtype}
+    if journal_path is not None:
+        journal_path = Path(journal_path)
+        if journal_path.exists():
+            lines = journal_path.read_text().splitlines(keepends=True)
+            if lines and json.loads(lines[0]) == header:
+                for line in lines[1:]:
+                    if line.endswith("\n"):
+                        m = Measurement.from_dict(json.loads(line), str(journal_path))
+                        done[m.config.key()] = m
+            else:
+                journal_path.unlink()
+        if not journal_path.exists():
+            journal_path.parent.mkdir(parents=True, exist_ok=True)
+            journal_path.write_text(json.dumps(header) + "\n")
+    results = []
+    for i, cfg in enumerate(configs):
+        m = done.get(cfg.key())
+        if m is None:
+            m = measure_fn(cfg)
+            if journal_path is not None:
+                with open(journal_path, "a") as fh:
+                    fh.write(json.dumps(m.to_dict()) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        results.append(m)
+        if progress is not None:
+            progress(i + 1, m)
+    return prior.fit(results)

@@ -1,0 +1,112 @@
+"""``toolkit calibrate``: time sub-networks on this machine and fit the latency/memory predictor (stage 2 of 4)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from toolkit.cli.common import add_data_dir_arg, add_model_arg, default_calibration_file
+
+EXAMPLES = """examples:
+  toolkit calibrate --profile run/profile.yaml --model smollm2-135m --samples 16 --out run/predictor.json
+  toolkit calibrate --refit run/predictor.json --out run/predictor.json   # refit saved measurements, no timing
+  toolkit calibrate --profile h100-sxm --model smollm2-135m --samples 0 --out prior.json  # spec-only roofline
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help="stage 2: measure sub-networks on this machine, fit the predictor",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arg(p, required=False)
+    p.add_argument("--profile", help="device profile (name in profiles/ or a YAML file)")
+    p.add_argument("--samples", type=int, default=16, help="sub-networks to measure (0: roofline prior only)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refit", default=None, help="refit an existing predictor JSON from its saved measurements")
+    p.add_argument("--calibration", default=None, help="calibration text for importance")
+    p.add_argument("--out", required=True, help="predictor JSON to write")
+    add_data_dir_arg(p)
+    p.set_defaults(func=run)
+
+
+def measure_fn(loaded, importance, profile, repeats: int):
+    """cfg -> Measurement, timing the extracted sub-network on the profile's runtime + workload."""
+    from toolkit.elastic import extract
+    from toolkit.latency import measure_model
+    from toolkit.measure import torch_threads
+    from toolkit.predictor import Measurement
+
+    wl = profile.workload
+
+    def measure(cfg):
+        child = extract(loaded.model, cfg, importance)
+        with torch_threads(profile.runtime.threads):
+            m = measure_model(child, wl.prompt_tokens, wl.generate_tokens, wl.batch_size, repeats=repeats)
+        del child
+        return Measurement(cfg, m.prefill_ms, m.decode_ms_per_token, m.peak_mem_bytes, m.spread, m.flagged)
+
+    return measure
+
+
+def hardware_of(profile):
+    from toolkit.predictor import Hardware
+
+    dtype = profile.runtime.dtype
+    return Hardware(peak_flops=float(profile.compute.peak_flops[dtype]),
+                    bandwidth_bytes_per_s=float(profile.memory.bandwidth_bytes_per_s), dtype=dtype)
+
+
+def workload_of(profile):
+    from toolkit.predictor import Workload
+
+    wl = profile.workload
+    return Workload(wl.prompt_tokens, wl.generate_tokens, wl.batch_size)
+
+
+def run(args) -> int:
+    from toolkit.errors import UserError
+    from toolkit.predictor import Predictor, calibrate, choose_calibration_configs
+
+    if args.refit:
+        old = Predictor.load(args.refit)
+        if not old.measurements:
+            raise UserError(f"{args.refit}: measurements: nothing to refit (no saved measurements)")
+        new = old.fit(old.measurements)
+        new.save(args.out)
+        print(json.dumps({"out": args.out, "cv": new.cv}, indent=2))
+        return 0
+    if not args.profile:
+        raise UserError("--profile: required (unless --refit)")
+    from toolkit.elastic import default_space, parent_shape
+    from toolkit.importance import load_or_compute_importance
+    from toolkit.models import load_model
+    from toolkit.profiles import load_profile, warn_if_foreign
+
+    profile = load_profile(args.profile)
+    if args.samples:
+        warn_if_foreign(profile)  # timing on a machine the profile does not describe
+    loaded = load_model(args.model, dtype=profile.runtime.dtype, device=profile.runtime.device)
+    importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
+    space = default_space(loaded.model, importance)
+    prior = Predictor.prior(loaded.model_hash, profile.name, profile.fingerprint, parent_shape(loaded.model),
+                            hardware_of(profile), workload_of(profile))
+    if args.samples == 0:
+        prior.save(args.out)
+        print(json.dumps({"out": args.out, "calibrated": False}))
+        return 0
+    configs = choose_calibration_configs(space, args.samples, seed=args.seed)
+    from toolkit.progress import progress_bar
+
+    journal = Path(args.out).with_suffix(".measurements.jsonl")
+    with progress_bar() as bar:
+        task = bar.add_task("calibrate", total=len(configs), info="")
+
+        def progress(done, m):
+            bar.update(task, completed=done, info=f"{1e3 / m.decode_ms_per_token:.1f} tok/s, prefill {m.prefill_ms:.0f} ms")
+
+        fitted = calibrate(prior, configs, measure_fn(loaded, importance, profile, args.repeats), journal, progress)
+    fitted.save(args.out)
+    journal.unlink(missing_ok=True)
+    print(json.dumps({"out": args.out, "samples": len(configs), "cv": fitted.cv}, indent=2))
+    return 0

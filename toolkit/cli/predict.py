@@ -1,0 +1,37 @@
+"""``toolkit predict``: predicted prefill latency, decode speed and peak memory of a sub-network."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EXAMPLES = """examples:
+  toolkit predict --predictor run/predictor.json --config subnet.json
+  toolkit predict --predictor run/predictor.json --full
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="predict a sub-network's speed and memory on the calibrated device",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--predictor", required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", help="sub-network JSON (SubnetConfig, or a pareto.json entry)")
+    g.add_argument("--full", action="store_true", help="the parent model itself")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from toolkit.predictor import Predictor
+    from toolkit.space import SubnetConfig
+
+    pred = Predictor.load(args.predictor)
+    cfg = pred.shape.full_config() if args.full else SubnetConfig.load(args.config)
+    if cfg.layers[-1] >= pred.shape.num_layers:
+        from toolkit.errors import ConfigError
+
+        raise ConfigError("layers", f"layer {cfg.layers[-1]} does not exist in the {pred.shape.num_layers}-layer parent", args.config)
+    out = pred.predict(cfg)
+    out.update(profile=pred.profile_name, calibrated=pred.calibrated)
+    print(json.dumps(out, indent=2))
+    return 0
