@@ -86,13 +86,27 @@ def subnet_hf_config(parent_config, cfg: SubnetConfig):
     return config
 
 
-@torch.no_grad()
 def extract(parent, cfg: SubnetConfig, importance: Importance | None = None):
     """A standalone sub-network of ``parent`` (a LlamaForCausalLM) with the given shape.
 
     ``importance`` decides which channels/groups are kept; ``None`` keeps the first ones (use that for a
     super-network whose weights are already sorted by importance).
     """
+    # Gathers are memory copies: on CPU, intra-op threads only add synchronisation (measured: a
+    # 768-row gather takes 0.07 ms on 1 thread and 12 ms on 2 threads of a busy 2-core machine).
+    single = parent.device.type == "cpu" and torch.get_num_threads() > 1
+    previous = torch.get_num_threads()
+    if single:
+        torch.set_num_threads(1)
+    try:
+        return _extract(parent, cfg, importance)
+    finally:
+        if single:
+            torch.set_num_threads(previous)
+
+
+@torch.no_grad()
+def _extract(parent, cfg: SubnetConfig, importance: Importance | None):
     from transformers import LlamaForCausalLM
 
     from toolkit.models.modeling_elastic_llama import ElasticLlamaForCausalLM

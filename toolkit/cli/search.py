@@ -47,12 +47,13 @@ def run(args) -> int:
     from toolkit.predictor import Predictor
     from toolkit.profiles import load_profile, warn_if_foreign
     from toolkit.search import Searcher, SearchSettings
-    from toolkit.tasks import get_task
+    from toolkit.cli.common import data_dir
+    from toolkit.tasks import get_task, load_task
 
     profile = load_profile(args.profile)
     warn_if_foreign(profile)
     predictor = Predictor.load(args.predictor)
-    task = get_task(args.task, data_dir=args.data_dir)
+    task_data = load_task(get_task(args.task), data_dir(args.data_dir))  # read once, reused per candidate
     loaded = load_model(args.model, dtype=profile.runtime.dtype, device=profile.runtime.device)
     predictor.check_model(loaded.model_hash, where=args.predictor)
     importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
@@ -66,10 +67,10 @@ def run(args) -> int:
 
     def accuracy(cfg):
         child = extract(loaded.model, cfg, importance)
-        r = evaluate_task(child, loaded.tokenizer, task, limit=limit, seed=args.seed)
+        r = evaluate_task(child, loaded.tokenizer, task_data, limit=limit, seed=args.seed, progress=False)
         return {"accuracy": r.acc, "accuracy_stderr": r.acc_stderr, "acc_norm": r.acc_norm}
 
-    meta = {"model": args.model, "model_hash": loaded.model_hash, "profile": profile.name, "task": task.name,
+    meta = {"model": args.model, "model_hash": loaded.model_hash, "profile": profile.name, "task": task_data.task.name,
             "limit": limit, "predictor": str(Path(args.predictor).resolve())}
     from toolkit.progress import enabled, progress_bar
 
