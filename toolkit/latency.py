@@ -166,3 +166,22 @@ def measure_model(model, prompt_tokens: int = 128, generate_tokens: int = 32, ba
         repeats=t_decode.repeats,
         flagged=flagged,
     )
+
+
+def subnet_measure_fn(loaded, importance, profile, repeats: int = 5):
+    """``cfg -> predictor.Measurement``: extract the sub-network and time it on the profile's runtime
+    (threads) and workload."""
+    from toolkit.elastic import extract
+    from toolkit.measure import torch_threads
+    from toolkit.predictor import Measurement
+
+    wl = profile.workload
+
+    def measure(cfg):
+        child = extract(loaded.model, cfg, importance)
+        with torch_threads(profile.runtime.threads):
+            m = measure_model(child, wl.prompt_tokens, wl.generate_tokens, wl.batch_size, repeats=repeats)
+        del child
+        return Measurement(cfg, m.prefill_ms, m.decode_ms_per_token, m.peak_mem_bytes, m.spread, m.flagged)
+
+    return measure

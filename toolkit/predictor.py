@@ -66,6 +66,11 @@ class Workload:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"workload.{f.name}", f"must be a positive integer, got {v!r}")
 
+    @classmethod
+    def from_profile(cls, profile) -> "Workload":
+        wl = profile.workload
+        return cls(wl.prompt_tokens, wl.generate_tokens, wl.batch_size)
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -84,6 +89,14 @@ class Hardware:
     @property
     def bytes_per_element(self) -> int:
         return DTYPE_BYTES[self.dtype]
+
+    @classmethod
+    def from_profile(cls, profile) -> "Hardware":
+        dtype = profile.runtime.dtype
+        if dtype not in profile.compute.peak_flops:
+            raise ConfigError("compute.peak_flops", f"no peak FLOP/s for the runtime dtype {dtype!r}", profile.name)
+        return cls(peak_flops=float(profile.compute.peak_flops[dtype]),
+                   bandwidth_bytes_per_s=float(profile.memory.bandwidth_bytes_per_s), dtype=dtype)
 
 
 def features(shape: ParentShape, cfg: SubnetConfig, hw: Hardware, wl: Workload) -> dict[str, np.ndarray]:

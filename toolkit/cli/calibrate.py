@@ -30,40 +30,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def measure_fn(loaded, importance, profile, repeats: int):
-    """cfg -> Measurement, timing the extracted sub-network on the profile's runtime + workload."""
-    from toolkit.elastic import extract
-    from toolkit.latency import measure_model
-    from toolkit.measure import torch_threads
-    from toolkit.predictor import Measurement
-
-    wl = profile.workload
-
-    def measure(cfg):
-        child = extract(loaded.model, cfg, importance)
-        with torch_threads(profile.runtime.threads):
-            m = measure_model(child, wl.prompt_tokens, wl.generate_tokens, wl.batch_size, repeats=repeats)
-        del child
-        return Measurement(cfg, m.prefill_ms, m.decode_ms_per_token, m.peak_mem_bytes, m.spread, m.flagged)
-
-    return measure
-
-
-def hardware_of(profile):
-    from toolkit.predictor import Hardware
-
-    dtype = profile.runtime.dtype
-    return Hardware(peak_flops=float(profile.compute.peak_flops[dtype]),
-                    bandwidth_bytes_per_s=float(profile.memory.bandwidth_bytes_per_s), dtype=dtype)
-
-
-def workload_of(profile):
-    from toolkit.predictor import Workload
-
-    wl = profile.workload
-    return Workload(wl.prompt_tokens, wl.generate_tokens, wl.batch_size)
-
-
 def run(args) -> int:
     from toolkit.errors import UserError
     from toolkit.predictor import Predictor, calibrate, choose_calibration_configs
@@ -80,6 +46,8 @@ def run(args) -> int:
         raise UserError("--profile: required (unless --refit)")
     from toolkit.elastic import default_space, parent_shape
     from toolkit.importance import load_or_compute_importance
+    from toolkit.latency import subnet_measure_fn
+    from toolkit.predictor import Hardware, Workload
     from toolkit.models import load_model
     from toolkit.profiles import load_profile, warn_if_foreign
 
@@ -90,7 +58,7 @@ def run(args) -> int:
     importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
     space = default_space(loaded.model, importance)
     prior = Predictor.prior(loaded.model_hash, profile.name, profile.fingerprint, parent_shape(loaded.model),
-                            hardware_of(profile), workload_of(profile))
+                            Hardware.from_profile(profile), Workload.from_profile(profile))
     if args.samples == 0:
         prior.save(args.out)
         print(json.dumps({"out": args.out, "calibrated": False}))
@@ -105,7 +73,7 @@ def run(args) -> int:
         def progress(done, m):
             bar.update(task, completed=done, info=f"{1e3 / m.decode_ms_per_token:.1f} tok/s, prefill {m.prefill_ms:.0f} ms")
 
-        fitted = calibrate(prior, configs, measure_fn(loaded, importance, profile, args.repeats), journal, progress)
+        fitted = calibrate(prior, configs, subnet_measure_fn(loaded, importance, profile, args.repeats), journal, progress)
     fitted.save(args.out)
     journal.unlink(missing_ok=True)
     print(json.dumps({"out": args.out, "samples": len(configs), "cv": fitted.cv}, indent=2))
