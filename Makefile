@@ -19,8 +19,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+# The main job: the whole pipeline on the embedded SmolLM2-135M, each stage reading the previous
+# stage's file. Re-running continues where it stopped (calibration and search are journaled).
+RUN ?= runs/demo
+MODEL ?= smollm2-135m
+TK = $(VENV)/bin/toolkit
 demo: $(VENV)/.installed
-	$(VENV)/bin/toolkit info smollm2-135m
+	$(TK) info $(MODEL)
+	$(TK) profile --quick --out $(RUN)/profile.yaml
+	$(TK) calibrate --profile $(RUN)/profile.yaml --model $(MODEL) --samples 8 --repeats 3 --out $(RUN)/predictor.json
+	$(TK) search --profile $(RUN)/profile.yaml --model $(MODEL) --predictor $(RUN)/predictor.json \
+		--task arc_easy --limit 50 --evals 24 --population 8 --seed 0 --out $(RUN)/search --resume
+	$(TK) report $(RUN)/search
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q
