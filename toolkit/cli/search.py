@@ -45,14 +45,17 @@ def run(args) -> int:
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
     from toolkit.predictor import Predictor
-    from toolkit.profiles import load_profile, warn_if_foreign
+    from toolkit.errors import UserError
+    from toolkit.profiles import load_profile
     from toolkit.search import Searcher, SearchSettings
     from toolkit.cli.common import data_dir
     from toolkit.tasks import get_task, load_task
 
-    profile = load_profile(args.profile)
-    warn_if_foreign(profile)
+    profile = load_profile(args.profile)  # search times nothing itself: speeds come from the predictor
     predictor = Predictor.load(args.predictor)
+    if predictor.profile_fingerprint != profile.fingerprint:
+        raise UserError(f"{args.predictor}: profile.fingerprint: calibrated for {predictor.profile_name!r}, "
+                        f"not for the profile {profile.name!r} being searched for")
     task_data = load_task(get_task(args.task), data_dir(args.data_dir))  # read once, reused per candidate
     loaded = load_model(args.model, dtype=profile.runtime.dtype, device=profile.runtime.device)
     predictor.check_model(loaded.model_hash, where=args.predictor)

@@ -158,7 +158,12 @@ def load_model(
     one-off Python import of torch/transformers.
     """
     import torch
-    import transformers  # noqa: F401  (import cost is not load time)
+    import transformers  # (import cost is not load time)
+
+    from toolkit.progress import enabled
+
+    if not enabled():  # no tqdm bars from transformers in logs and pipes: stderr is for our messages
+        transformers.utils.logging.disable_progress_bar()
 
     t0 = time.perf_counter()
     src = resolve_source(source)
