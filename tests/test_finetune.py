@@ -256,3 +256,20 @@ def test_cli_trains_resumes_and_refuses_bad_input(tmp_path, tiny_folder, monkeyp
                  "--out", str(tmp_path / "x")]) == 2
     assert "bad.jsonl: line 1: text" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_sorted_supernet_slices_match_extraction(smollm2, data_dir):
+    """On the real model: sorting keeps the function, and a sliced view equals the extracted sub-network."""
+    from toolkit.importance import load_or_compute_importance
+
+    imp = load_or_compute_importance(smollm2, data_dir / "calibration" / "calibration.txt")
+    ids = smollm2.tokenizer("The capital of France is Paris, and the capital of Italy is", return_tensors="pt").input_ids
+    cfg = SubnetConfig(tuple(sorted(imp.layer_order()[:27])), (1024,) * 27, (6,) * 27)
+    with torch.no_grad():
+        reference = extract(smollm2.model, cfg, imp)(ids).logits
+        sorted_parent = copy.deepcopy(smollm2.model)
+        sorted_imp = sort_parent(sorted_parent, imp)
+        torch.testing.assert_close(sorted_parent(ids).logits, smollm2.model(ids).logits, atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(subnet_forward(sorted_parent, cfg, ids), reference, atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(extract(sorted_parent, cfg, sorted_imp)(ids).logits, reference, atol=2e-4, rtol=1e-4)

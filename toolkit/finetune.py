@@ -74,6 +74,9 @@ class FinetuneConfig:
     num_random: int = 1  # k random sub-networks per step (besides largest and smallest)
     teacher: str = "original"  # "original" (frozen copy) | "inplace" (the super-network's full network)
     kd_temperature: float = 1.0
+    # Loss weight of the full network. Measured on SmolLM2 with weight 1: its held-out perplexity rose 4 %
+    # in the first 30 steps (the sub-networks' larger gradients move the shared weights); 3 anchors it.
+    full_weight: float = 3.0
     train: str = "full"  # "full" weights | "lora"
     lora_rank: int = 16
     lora_alpha: float = 32.0
@@ -107,6 +110,8 @@ class FinetuneConfig:
             raise ConfigError("lr", f"must be positive, got {self.lr!r}")
         if not 0 <= self.min_lr_fraction <= 1:
             raise ConfigError("min_lr_fraction", f"must be in [0, 1], got {self.min_lr_fraction}")
+        if self.full_weight <= 0:
+            raise ConfigError("full_weight", f"must be positive, got {self.full_weight}")
         if self.kd_temperature <= 0:
             raise ConfigError("kd_temperature", f"must be positive, got {self.kd_temperature}")
         for name, allowed in (("teacher", ("original", "inplace")), ("train", ("full", "lora")), ("precision", ("bf16", "fp32"))):
@@ -518,7 +523,8 @@ class SupernetTrainer:
                     teacher_logits = logits.detach().float()
                 else:
                     loss = kd_loss(logits, teacher_logits, c.kd_temperature)
-                (loss / c.grad_accum).backward()
+                weight = c.full_weight if name == "full" else 1.0
+                (loss * (weight / c.grad_accum)).backward()
                 losses[name] += loss.item() / c.grad_accum
                 del logits, loss
         self.optimizer.step()
@@ -679,7 +685,7 @@ def save_supernet(trainer: SupernetTrainer, folder: str | Path, info: Mapping[st
 # -- the whole job (used by the CLI) ----------------------------------------------------------------
 def finetune(model: str, data_file: str | Path, out: str | Path, config: FinetuneConfig, calibration_file: str | Path,
              resume: bool = False, overwrite: bool = False, log: Callable[[str], None] | None = None,
-             max_minutes: float | None = None) -> Path:
+             max_minutes: float | None = None, command: str | None = None) -> Path:
     """Load, sort, train (resumably) and save the super-network. Returns the output folder.
 
     ``max_minutes`` (wall clock, this session) and SIGTERM stop training early but cleanly: the step in
@@ -716,7 +722,7 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
         trainer.load_checkpoint(ckpt)
     info = {"model": str(model), "model_hash": loaded.model_hash, "data": str(data_file), "train_windows": int(windows.shape[0]),
             "train_tokens_per_step": config.seq_len * config.batch_size * config.grad_accum,
-            "held_out_docs": config.val_docs}
+            "held_out_docs": config.val_docs, "command": command}
     say = log or (lambda s: None)
     say(f"training {len(trainer.trainable)} tensors ({sum(p.numel() for p in trainer.trainable):,} parameters) on "
         f"{windows.shape[0]} windows of {config.seq_len} tokens; space: mlp {trainer.space.mlp_choices[0]}.."

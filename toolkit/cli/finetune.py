@@ -42,6 +42,7 @@ def register(sub) -> None:
     p.add_argument("--teacher", choices=("original", "inplace"), default=d.teacher,
                    help="distil from the frozen original model (default; keeps the full network's accuracy) or from the super-network's full network (in-place, full network on the LM loss)")
     p.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
+    p.add_argument("--full-weight", type=float, default=d.full_weight, help=f"loss weight of the full network (default {d.full_weight}: keeps it close to the original)")
     p.add_argument("--train", choices=("full", "lora"), default=d.train, help="train full weights (default) or LoRA deltas merged at the end")
     p.add_argument("--lora-rank", type=int, default=d.lora_rank)
     p.add_argument("--train-embeddings", action="store_true", help="also train the (tied) embeddings (default: frozen)")
@@ -67,7 +68,7 @@ def run(args) -> int:
     precision = args.precision if args.precision != "auto" else ("bf16" if bf16_is_fast() else "fp32")
     config = FinetuneConfig(
         steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        warmup_steps=args.warmup_steps, num_random=args.num_random, teacher=args.teacher, kd_temperature=args.kd_temperature,
+        warmup_steps=args.warmup_steps, num_random=args.num_random, teacher=args.teacher, kd_temperature=args.kd_temperature, full_weight=args.full_weight,
         train=args.train, lora_rank=args.lora_rank, train_embeddings=args.train_embeddings, precision=precision,
         seed=args.seed, mlp_step=args.mlp_step, min_mlp_fraction=args.min_mlp_fraction,
         min_depth_fraction=args.min_depth_fraction, min_head_groups=args.min_head_groups, val_docs=args.val_docs,
@@ -76,6 +77,7 @@ def run(args) -> int:
     data = Path(args.data) if args.data else data_dir(args.data_dir) / "calibration" / "c4_sample.jsonl"
     calibration = default_calibration_file(args.calibration, args.data_dir)
     out = finetune(args.model, data, args.out, config, calibration, resume=args.resume, overwrite=args.overwrite,
-                   log=lambda s: print(s, file=sys.stderr, flush=True), max_minutes=args.max_minutes)
+                   log=lambda s: print(s, file=sys.stderr, flush=True), max_minutes=args.max_minutes,
+                   command="toolkit " + " ".join(sys.argv[1:]))
     print(out)
     return 0
