@@ -179,25 +179,32 @@ def save_subnet(model, folder: str | Path, tokenizer=None, cfg: SubnetConfig | N
     """Write a sub-network as a HF folder (safetensors), atomically."""
     folder = Path(folder)
     with atomic_directory(folder, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if model.config.model_type == "elastic_llama":
-            # save_pretrained copies the modeling file for classes registered for auto classes; make sure.
-            from toolkit.models import modeling_elastic_llama
-
-            target = tmp / "modeling_elastic_llama.py"
-            if not target.exists():
-                shutil.copy(modeling_elastic_llama.__file__, target)
-            cfg_json = json.loads((tmp / "config.json").read_text())
-            cfg_json["auto_map"] = {
-                "AutoConfig": "modeling_elastic_llama.ElasticLlamaConfig",
-                "AutoModelForCausalLM": "modeling_elastic_llama.ElasticLlamaForCausalLM",
-            }
-            atomic_write_json(tmp / "config.json", cfg_json)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if cfg is not None:
-            atomic_write_json(tmp / "subnet.json", {"config": cfg.to_dict(), "parent_hash": parent_hash, **(extra or {})})
+        write_subnet(model, tmp, tokenizer, cfg, parent_hash, extra)
     return folder
+
+
+def write_subnet(model, tmp: Path, tokenizer=None, cfg: SubnetConfig | None = None, parent_hash: str | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+    """Write a sub-network's HF files into the (existing, temporary) folder ``tmp``."""
+    tmp = Path(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if model.config.model_type == "elastic_llama":
+        # save_pretrained copies the modeling file for classes registered for auto classes; make sure.
+        from toolkit.models import modeling_elastic_llama
+
+        target = tmp / "modeling_elastic_llama.py"
+        if not target.exists():
+            shutil.copy(modeling_elastic_llama.__file__, target)
+        cfg_json = json.loads((tmp / "config.json").read_text())
+        cfg_json["auto_map"] = {
+            "AutoConfig": "modeling_elastic_llama.ElasticLlamaConfig",
+            "AutoModelForCausalLM": "modeling_elastic_llama.ElasticLlamaForCausalLM",
+        }
+        atomic_write_json(tmp / "config.json", cfg_json)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if cfg is not None:
+        atomic_write_json(tmp / "subnet.json", {"config": cfg.to_dict(), "parent_hash": parent_hash, **(extra or {})})
 
 
 def parent_shape(model) -> ParentShape:

@@ -1,0 +1,175 @@
+"""ONNX export with a KV cache, run and verified in onnxruntime's CPU provider.
+
+optimum's exporter is not used: optimum-onnx 0.1.0 pins transformers < 4.58 and this project needs
+transformers 5 (see pyproject.toml). Instead a thin wrapper exposes the cache as flat tensors and the
+model is exported with ``torch.onnx.export(..., dynamo=True)`` (onnxscript), in optimum's naming::
+
+    inputs : input_ids (B, S), attention_mask (B, P+S), position_ids (B, S),
+             past_key_values.{i}.key / .value (B, kv_i, P, head_dim)     for each layer i
+    outputs: logits (B, S, vocab), present.{i}.key / .value (B, kv_i, P+S, head_dim)
+
+Batch, sequence and past length are dynamic; ``P = 0`` (empty past tensors) is the prefill. Layers may
+have different kv-head counts (heterogeneous sub-networks). :class:`OrtCausalLM` runs greedy generation
+on the graph with onnxruntime (all graph optimisations on).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from toolkit.errors import UserError
+
+ONNX_FILE = "model.onnx"
+
+
+@functools.cache
+def is_onnx_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
+
+
+def require_onnx() -> None:
+    if not is_onnx_available():
+        raise UserError("--format onnx needs onnx, onnxscript and onnxruntime: pip install 'llm-nas-toolkit[onnx]'")
+
+
+def _kv_heads(model) -> list[int]:
+    head_dim = model.model.layers[0].self_attn.head_dim
+    return [layer.self_attn.k_proj.out_features // head_dim for layer in model.model.layers]
+
+
+def _wrapper(model):
+    import torch
+    from transformers import DynamicCache
+
+    class FlatCacheLM(torch.nn.Module):
+        """(input_ids, attention_mask, position_ids, *flat past) -> (logits, *flat present)."""
+
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = DynamicCache(config=self.lm.config)
+            for i in range(len(past) // 2):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          past_key_values=cache, use_cache=True)
+            present = []
+            for i in range(len(past) // 2):
+                present += [cache.layers[i].keys, cache.layers[i].values]
+            return (out.logits, *present)
+
+    return FlatCacheLM(model).eval()
+
+
+def io_names(num_layers: int) -> tuple[list[str], list[str]]:
+    kv = [f"{i}.{t}" for i in range(num_layers) for t in ("key", "value")]
+    return (["input_ids", "attention_mask", "position_ids"] + [f"past_key_values.{n}" for n in kv],
+            ["logits"] + [f"present.{n}" for n in kv])
+
+
+def export_onnx(model, out_dir: Path) -> dict:
+    """Write ``model.onnx`` for ``model`` (fp32, CPU) into ``out_dir``; returns facts for the manifest."""
+    require_onnx()
+    import torch
+
+    model = model.float().cpu().eval()
+    attn = model.config._attn_implementation
+    model.config._attn_implementation = "eager"  # the sdpa path's masks do not export cleanly everywhere
+    try:
+        n = model.config.num_hidden_layers
+        head_dim = model.model.layers[0].self_attn.head_dim
+        B, S, P = 2, 4, 3
+        past = []
+        for h in _kv_heads(model):
+            past += [torch.zeros(B, h, P, head_dim), torch.zeros(B, h, P, head_dim)]
+        ids = torch.randint(3, model.config.vocab_size, (B, S))
+        mask = torch.ones(B, P + S, dtype=torch.long)
+        pos = torch.arange(P, P + S).expand(B, -1)
+        batch, seq, past_len, total = (torch.export.Dim(n_) for n_ in ("batch", "sequence", "past_sequence", "total_sequence"))
+        dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
+                   "position_ids": {0: batch, 1: seq}, "past": tuple({0: batch, 2: past_len} for _ in past)}
+        names_in, names_out = io_names(n)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            torch.onnx.export(_wrapper(model), (ids, mask, pos, *past), str(out_dir / ONNX_FILE), dynamo=True,
+                              dynamic_shapes=dynamic, input_names=names_in, output_names=names_out, optimize=True,
+                              verbose=False)
+    finally:
+        model.config._attn_implementation = attn
+    return {"file": ONNX_FILE, "opset": None, "export_seconds": round(time.perf_counter() - t0, 2),
+            "kv_heads": _kv_heads(model), "head_dim": model.model.layers[0].self_attn.head_dim,
+            "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}"}
+
+
+class OrtCausalLM:
+    """Greedy generation with a KV cache on an exported graph, in onnxruntime."""
+
+    def __init__(self, folder: Path, kv_heads: Sequence[int], head_dim: int, threads: int | None = None):
+        require_onnx()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(str(Path(folder) / ONNX_FILE), opts, providers=["CPUExecutionProvider"])
+        self.kv_heads = list(kv_heads)
+        self.head_dim = int(head_dim)
+        self.names_in, self.names_out = io_names(len(self.kv_heads))
+
+    @classmethod
+    def from_artifact(cls, folder: Path, threads: int | None = None) -> "OrtCausalLM":
+        """Open an exported ONNX artifact (the cache layout is in its manifest)."""
+        from toolkit.export.manifest import Manifest
+
+        d = Manifest.read(folder).details
+        return cls(folder, d["kv_heads"], d["head_dim"], threads)
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, h, 0, self.head_dim), np.float32) for h in self.kv_heads for _ in (0, 1)]
+
+    def forward(self, input_ids: np.ndarray, past: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        B, S = input_ids.shape
+        P = past[0].shape[2]
+        feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": np.ones((B, P + S), np.int64),
+                "position_ids": np.broadcast_to(np.arange(P, P + S, dtype=np.int64), (B, S)).copy()}
+        feed.update(zip(self.names_in[3:], past))
+        out = self.session.run(None, feed)
+        return out[0], out[1:]
+
+    def generate(self, input_ids: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        logits, past = self.forward(input_ids, self.empty_past(input_ids.shape[0]))
+        tokens = [logits[:, -1].argmax(-1)]
+        for _ in range(max_new_tokens - 1):
+            logits, past = self.forward(tokens[-1][:, None], past)
+            tokens.append(logits[:, -1].argmax(-1))
+        return np.concatenate([input_ids, np.stack(tokens, 1)], 1)
+
+    def decode_ms_per_token(self, prompt_tokens: int = 128, generate_tokens: int = 32, repeats: int = 5,
+                            vocab: int = 1000, seed: int = 0) -> tuple[float, float]:
+        """Median ms per cached decode step on the workload (teacher-forced steps), and the spread."""
+        from toolkit.measure import time_callable
+
+        rng = np.random.default_rng(seed)
+        ids = rng.integers(3, vocab, (1, prompt_tokens))
+        steps = rng.integers(3, vocab, (1, generate_tokens))
+        caches = []
+
+        def setup():
+            caches.append(self.forward(ids, self.empty_past(1))[1])
+
+        def decode():
+            past = caches.pop()
+            for i in range(generate_tokens):
+                _, past = self.forward(steps[:, i : i + 1], past)
+
+        t = time_callable(decode, warmup=1, repeats=repeats, setup=setup)
+        return t.median_s * 1e3 / generate_tokens, t.spread
