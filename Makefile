@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-# The main job: the whole pipeline on the embedded SmolLM2-135M, each stage reading the previous
+# The main job: the whole pipeline (profile -> calibrate -> search -> export) on the embedded SmolLM2-135M, each stage reading the previous
 # stage's file. Re-running continues where it stopped (calibration and search are journaled).
 RUN ?= runs/demo
 MODEL ?= smollm2-135m
@@ -31,6 +31,8 @@ demo: $(VENV)/.installed
 	$(TK) search --profile $(RUN)/profile.yaml --model $(MODEL) --predictor $(RUN)/predictor.json \
 		--task arc_easy --limit 50 --evals 24 --population 8 --seed 0 --out $(RUN)/search --resume
 	$(TK) report $(RUN)/search
+	$(TK) export $(RUN)/search --pick fastest-within:0.02 --format hf,onnx --out $(RUN)/export --overwrite
+	$(TK) verify $(RUN)/export
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q
