@@ -1103,9 +1103,9 @@ def _plan(kind: str, capacity_bytes: int, quick: bool) -> _Plan:
     rounds = 1 if quick else 3
     if kind == "cpu":
         return _Plan(matmul_n=2048, copy_bytes=min(512 << 20, capacity_bytes // 16), rounds=rounds, repeats=5,
-                     warmup=1, min_time_s=0.0, max_time_s=2.5 if quick else 4.0)
+                     warmup=1, min_time_s=0.0, max_time_s=1.5 if quick else 4.0)
     return _Plan(matmul_n=8192, copy_bytes=min(1 << 30, capacity_bytes // 16), rounds=rounds, repeats=5,
-                 warmup=2, min_time_s=0.02 if quick else 0.05, max_time_s=2.5 if quick else 4.0)
+                 warmup=2, min_time_s=0.02 if quick else 0.05, max_time_s=1.5 if quick else 4.0)
 
 
 def _now() -> str:
