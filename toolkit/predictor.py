@@ -238,7 +238,9 @@ class Predictor:
 
     def fit(self, measurements: Sequence[Measurement], folds: int | None = None) -> "Predictor":
         """Fit all targets from measurements (no new timing); cross-validate; return a new Predictor."""
-        ms = [m for m in measurements if not m.flagged] or list(measurements)
+        # Noisy (flagged) measurements are left out while enough clean ones remain.
+        clean = [m for m in measurements if not m.flagged]
+        ms = clean if len(clean) >= 4 else list(measurements)
         if len(ms) < 4:
             raise UserError(f"calibration: need at least 4 measured sub-networks to fit, got {len(ms)}")
         feats = [features(self.shape, m.config, self.hardware, self.workload) for m in ms]

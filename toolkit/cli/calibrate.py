@@ -54,15 +54,17 @@ def run(args) -> int:
     profile = load_profile(args.profile)
     if args.samples:
         warn_if_foreign(profile)  # timing on a machine the profile does not describe
-    loaded = load_model(args.model, dtype=profile.runtime.dtype, device=profile.runtime.device)
-    importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
-    space = default_space(loaded.model, importance)
+    # A spec-only prior times nothing: the model is only read for its shape and hash, on the CPU.
+    device = profile.runtime.device if args.samples else "cpu"
+    loaded = load_model(args.model, dtype=profile.runtime.dtype if args.samples else "float32", device=device)
     prior = Predictor.prior(loaded.model_hash, profile.name, profile.fingerprint, parent_shape(loaded.model),
                             Hardware.from_profile(profile), Workload.from_profile(profile))
     if args.samples == 0:
         prior.save(args.out)
         print(json.dumps({"out": args.out, "calibrated": False}))
         return 0
+    importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
+    space = default_space(loaded.model, importance)
     configs = choose_calibration_configs(space, args.samples, seed=args.seed)
     from toolkit.progress import progress_bar
 
