@@ -44,13 +44,13 @@ def print_front(run_dir: Path) -> None:
     parent = pareto.get("parent") or {}
     pm = parent.get("metrics", {})
     t = Table(title=f"Pareto front of {run_dir} ({pareto['evaluations']} evaluations, HV {pareto['hypervolume']:.4f})")
-    for col in ("#", "depth", "mean MLP", "mean heads", "params", "accuracy", "pred. tok/s", "speedup"):
+    for col in ("#", "depth", "MLP", "heads", "params", "accuracy", "tok/s (pred.)", "speedup"):
         t.add_column(col, justify="right")
     for i, f in enumerate(pareto["front"]):
         m, c = f["metrics"], f["config"]
         speed = m.get("decode_tokens_per_s")
         t.add_row(str(i), str(len(c["layers"])), f"{sum(c['mlp']) / len(c['mlp']):.0f}", f"{sum(c['heads']) / len(c['heads']):.1f}",
-                  f"{m.get('params', 0) / 1e6:.1f}M", f"{m['accuracy']:.3f}±{m.get('accuracy_stderr', 0):.3f}",
+                  f"{m.get('params', 0) / 1e6:.1f}M", f"{m['accuracy']:.3f}±{m.get('accuracy_stderr', 0):.2f}",
                   f"{speed:.1f}" if speed else "-",
                   f"{speed / pm['decode_tokens_per_s']:.2f}x" if speed and pm.get("decode_tokens_per_s") else "-")
     Console().print(t)
