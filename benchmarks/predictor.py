@@ -35,7 +35,7 @@ def main() -> None:
     import numpy as np
 
     from toolkit.cli.common import default_calibration_file
-    from toolkit.elastic import default_space, parent_shape
+    from toolkit.elastic import parent_shape, space_for
     from toolkit.importance import load_or_compute_importance
     from toolkit.latency import subnet_measure_fn
     from toolkit.models import load_model
@@ -46,7 +46,7 @@ def main() -> None:
     warn_if_foreign(profile)
     loaded = load_model(args.model, dtype=profile.runtime.dtype, device=profile.runtime.device)
     imp = load_or_compute_importance(loaded, default_calibration_file(None, args.data_dir))
-    space = default_space(loaded.model, imp)
+    space = space_for(loaded, imp)
     prior = Predictor.prior(loaded.model_hash, profile.name, profile.fingerprint, parent_shape(loaded.model),
                             Hardware.from_profile(profile), Workload.from_profile(profile))
     measure = subnet_measure_fn(loaded, imp, profile, args.repeats)

@@ -192,3 +192,19 @@ def test_info_on_a_local_folder(tiny_folder):
     info = json.loads(r.stdout)
     assert info["layers"] == 4 and info["source_kind"] == "hf"
     assert info["parameters"] == sum(p.numel() for p in __import__("toolkit.models.tiny", fromlist=["x"]).llama_tiny().parameters())
+
+
+def test_space_for_uses_a_supernets_trained_space(tiny_folder, tmp_path):
+    import shutil
+
+    from toolkit.elastic import space_for
+    from toolkit.models import load_model
+
+    plain = load_model(tiny_folder)
+    assert space_for(plain) == default_space(plain.model)
+    folder = tmp_path / "supernet"
+    shutil.copytree(tiny_folder, folder)
+    trained = default_space(plain.model, mlp_step=64, min_mlp_fraction=0.5, min_depth_fraction=0.75)
+    (folder / "finetune.json").write_text(json.dumps({"search_space": trained.to_dict()}))
+    sup = load_model(folder)
+    assert space_for(sup) == trained and space_for(sup).mlp_choices[0] == 128

@@ -215,3 +215,18 @@ def default_space(model, importance: Importance | None = None, **kw) -> SearchSp
     """The default search space of a loaded parent (layer order from block influence when known)."""
     order = importance.layer_order() if importance is not None else None
     return SearchSpace.from_parent(parent_shape(model), layer_order=order, **kw)
+
+
+def space_for(loaded, importance: Importance | None = None, **kw) -> SearchSpace:
+    """The search space of a loaded parent: the one a super-network was trained for (its
+    ``finetune.json``), else the default space. Sub-networks outside a super-network's trained range
+    were never trained and collapse, so searching there would be searching noise."""
+    trained = Path(loaded.folder) / "finetune.json"
+    if trained.is_file() and not kw:
+        data = json.loads(trained.read_text())
+        if "search_space" in data:
+            space = SearchSpace.from_dict(data["search_space"], str(trained))
+            if space.parent != parent_shape(loaded.model):
+                raise UserError(f"{trained}: search_space.parent: does not match the model's shape")
+            return space
+    return default_space(loaded.model, importance, **kw)

@@ -44,7 +44,7 @@ def run(args) -> int:
         return 0
     if not args.profile:
         raise UserError("--profile: required (unless --refit)")
-    from toolkit.elastic import default_space, parent_shape
+    from toolkit.elastic import parent_shape, space_for
     from toolkit.importance import load_or_compute_importance
     from toolkit.latency import subnet_measure_fn
     from toolkit.predictor import Hardware, Workload
@@ -64,7 +64,7 @@ def run(args) -> int:
         print(json.dumps({"out": args.out, "calibrated": False}))
         return 0
     importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
-    space = default_space(loaded.model, importance)
+    space = space_for(loaded, importance)
     configs = choose_calibration_configs(space, args.samples, seed=args.seed)
     from toolkit.progress import progress_bar
 

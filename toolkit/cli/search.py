@@ -43,7 +43,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from toolkit.elastic import default_space, extract
+    from toolkit.elastic import extract, space_for
     from toolkit.evaluate import evaluate_task
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
@@ -63,7 +63,7 @@ def run(args) -> int:
     loaded = load_model(args.model, dtype=profile.runtime.dtype, device=profile.runtime.device)
     predictor.check_model(loaded.model_hash, where=args.predictor)
     importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
-    space = default_space(loaded.model, importance)
+    space = space_for(loaded, importance)
     settings = SearchSettings(
         objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
         algorithm=args.algorithm, evals=args.evals, population=args.population, seed=args.seed,
