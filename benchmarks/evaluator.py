@@ -1,0 +1,313 @@
+"""The toolkit's evaluator against lm-evaluation-harness itself: same numbers, wall time side by side.
+
+For each task (default arc_easy, piqa, hellaswag, winogrande) the same seeded subset (``--limit``, ``--seed``,
+as ``toolkit eval --limit`` picks it) is written to a local JSONL with a local lm-eval task YAML
+(``dataset_path: json`` + ``data_files``, loaded offline through ``TaskManager(include_path=...)`` with
+``HF_DATASETS_OFFLINE=1``). Both sides load the same weights: the cached HF safetensors folder of
+``load_model(--model)``, in float32 on the CPU, with the same number of torch threads.
+
+* **toolkit**: ``toolkit eval --task ... --limit N --seed S --per-example`` as a fresh subprocess.
+* **lm-eval**: ``lm_eval.simple_evaluate`` with an ``HFLM`` (``dtype=float32``, ``--lm-eval-batch-size``),
+  one task at a time, in a fresh subprocess of ``--lm-eval-python``.
+
+It compares acc / acc_norm, every per-choice log-likelihood, and explains each example whose prediction
+differs (the margin between the top two choices against the largest log-likelihood difference seen).
+Wall times: per task (the evaluation call only, model already loaded) and end to end (each subprocess
+from start to exit: imports, model load, all tasks). Writes ``benchmarks/results/evaluator.json``.
+
+**The lm-eval environment** is a separate virtualenv, never the project's: lm-eval is a cross-check, not
+a dependency, and it drags in datasets, pyarrow, pandas, scikit-learn, sacrebleu, nltk ...; older
+releases also pin ``huggingface_hub<1.0``, which is incompatible with the project's transformers 5.
+lm-eval 0.4.13 resolves with the project's own transformers 5.23 / huggingface_hub 2.4, so both sides
+tokenize with the same code. Create it once (torch comes from the machine's local CPU wheel; check with
+``pip install --dry-run`` that no CUDA torch is pulled)::
+
+    python3 -m venv /work/lmeval-venv
+    /work/lmeval-venv/bin/pip install torch==2.13.0 'lm-eval[hf]==0.4.13' transformers==5.23.0 \\
+        tokenizers==0.23.3 accelerate==1.15.0
+
+and run (niced: it takes a while on two shared cores)::
+
+    nice -n 10 python benchmarks/evaluator.py --lm-eval-python /work/lmeval-venv/bin/python \\
+        --data-dir ../shared/data --limit 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_TASKS = ("arc_easy", "piqa", "hellaswag", "winogrande")
+
+
+# -- the lm-eval side (runs inside --lm-eval-python; imports only the stdlib and lm_eval) -------------
+def lm_eval_worker(spec_path: str) -> None:
+    t_start = time.perf_counter()
+    spec = json.loads(Path(spec_path).read_text())
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    import lm_eval
+    import transformers
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    t_imported = time.perf_counter()
+    lm = HFLM(pretrained=spec["model_folder"], dtype="float32", device="cpu", batch_size=spec["batch_size"])
+    t_loaded = time.perf_counter()
+    manager = TaskManager(include_path=spec["task_dir"])
+    out = {
+        "lm_eval_version": getattr(lm_eval, "__version__", None),
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": spec["batch_size"],
+        "import_seconds": t_imported - t_start,
+        "model_load_seconds": t_loaded - t_imported,
+        "tasks": {},
+    }
+    for name in spec["tasks"]:
+        lm_name = f"toolkit_{name}"
+        t0 = time.perf_counter()
+        res = lm_eval.simple_evaluate(model=lm, tasks=[lm_name], task_manager=manager, log_samples=True)
+        seconds = time.perf_counter() - t0
+        r = res["results"][lm_name]
+        per = []
+        for s in sorted(res["samples"][lm_name], key=lambda s: s["doc_id"]):
+            resps = s["filtered_resps"]
+            lls = [float(x[0]) if isinstance(x, (list, tuple)) else float(x) for x in resps]
+            per.append({"id": s["doc"]["id"], "lls": lls, "acc": s.get("acc"), "acc_norm": s.get("acc_norm"),
+                        "arguments": [list(a) for a in s.get("arguments", [])][:1]})
+        out["tasks"][name] = {
+            "acc": r.get("acc,none"), "acc_stderr": r.get("acc_stderr,none"),
+            "acc_norm": r.get("acc_norm,none"), "acc_norm_stderr": r.get("acc_norm_stderr,none"),
+            "n": len(per), "seconds": seconds, "per_example": per,
+        }
+    Path(spec["out"]).write_text(json.dumps(out))
+
+
+# -- the driver (project environment) ---------------------------------------------------------------
+def _yaml_for(name: str, jsonl: Path, partial: bool) -> str:
+    lines = [
+        f"task: toolkit_{name}",
+        "dataset_path: json",
+        "dataset_kwargs:",
+        "  data_files:",
+        f"    test: {json.dumps(str(jsonl))}",
+        "test_split: test",
+        "output_type: multiple_choice",
+        'target_delimiter: " "',
+    ]
+    if partial:  # lm-eval's winogrande: the options sit in the contexts, the continuation is shared
+        lines += ["doc_to_text: label", "doc_to_choice: lm_contexts", "doc_to_target: lm_target"]
+    else:
+        lines += ["doc_to_text: context", "doc_to_choice: lm_choices", "doc_to_target: label"]
+    lines += ["metric_list:"]
+    for m in ("acc", "acc_norm"):
+        lines += [f"  - metric: {m}", "    aggregation: mean", "    higher_is_better: true"]
+    return "\n".join(lines) + "\n"
+
+
+def write_lm_eval_tasks(task_data: dict, folder: Path) -> None:
+    """One JSONL + YAML per task, holding exactly the examples the toolkit scores (same strings)."""
+    for name, data in task_data.items():
+        partial = data.task.scoring == "partial"
+        rows = []
+        for ex in data.examples:
+            row = {"id": ex.id, "label": ex.label}
+            if partial:
+                cont = ex.requests[0][1]
+                assert cont.startswith(" ")
+                row.update(lm_contexts=[c for c, _ in ex.requests], lm_target=cont[1:])
+            else:
+                row["context"] = ex.requests[0][0]
+                # lm-eval adds target_delimiter " " itself and normalises acc_norm by the bare choice.
+                row["lm_choices"] = [c[1:] if c.startswith(" ") else c for _, c in ex.requests]
+            rows.append(json.dumps(row))
+        jsonl = folder / f"{name}.jsonl"
+        jsonl.write_text("\n".join(rows) + "\n")
+        (folder / f"toolkit_{name}.yaml").write_text(_yaml_for(name, jsonl, partial))
+
+
+def _explain(tk: list[float], lm: list[float], label: int, norm: list[int], max_diff: float) -> dict:
+    import numpy as np
+
+    out = {}
+    for metric, div in (("acc", np.ones(len(norm))), ("acc_norm", np.asarray(norm, dtype=float))):
+        a, b = np.asarray(tk) / div, np.asarray(lm) / div
+        pa, pb = int(np.argmax(a)), int(np.argmax(b))
+        if pa == pb:
+            continue
+        margin_tk = float(abs(a[pa] - a[pb]))
+        margin_lm = float(abs(b[pa] - b[pb]))
+        out[metric] = {
+            "toolkit_pred": pa, "lm_eval_pred": pb, "label": label,
+            "margin_toolkit": margin_tk, "margin_lm_eval": margin_lm,
+            "explanation": (
+                f"near-tie: choices {pa} and {pb} are {max(margin_tk, margin_lm):.2e} apart (per {'char' if metric == 'acc_norm' else 'sum'}), "
+                f"within the float32 batching noise of the per-choice log-likelihoods (max |diff| {max_diff:.1e} on this example)"
+                if max(margin_tk, margin_lm) <= 2 * max_diff / (div.min()) else
+                "NOT a near-tie: the log-likelihoods disagree beyond float rounding"
+            ),
+        }
+    return out
+
+
+def compare(task_data: dict, tk: dict, lm: dict) -> dict:
+    import numpy as np
+
+    tasks = {}
+    for name, data in task_data.items():
+        t = next(r for r in tk["results"] if r["task"] == name)
+        l = lm["tasks"][name]
+        tk_by_id = {e["id"]: e for e in t["per_example"]}
+        lm_by_id = {e["id"]: e for e in l["per_example"]}
+        diffs, differing = [], []
+        for ex in data.examples:
+            a, b = tk_by_id[ex.id]["loglikelihoods"], lm_by_id[ex.id]["lls"]
+            d = float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+            diffs.append(d)
+            why = _explain(a, b, ex.label, list(ex.norm_lengths), d)
+            if why:
+                differing.append({"id": ex.id, "line": ex.line, **why})
+        diffs = np.asarray(diffs)
+        tasks[name] = {
+            "n": t["n"],
+            "n_lm_eval": l["n"],
+            "toolkit": {k: t[k] for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")},
+            "lm_eval": {k: l[k] for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")},
+            "acc_equal": abs(t["acc"] - l["acc"]) < 1e-12,
+            "acc_norm_equal": l["acc_norm"] is not None and abs(t["acc_norm"] - l["acc_norm"]) < 1e-12,
+            "lm_eval_reports": t["metrics"],
+            "loglikelihood_abs_diff": {"max": float(diffs.max()), "mean": float(diffs.mean()),
+                                       "median": float(np.median(diffs))},
+            "differing_predictions": {
+                "acc": sum("acc" in d for d in differing), "acc_norm": sum("acc_norm" in d for d in differing),
+                "examples": differing,
+            },
+            "seconds": {"toolkit": t["seconds"], "lm_eval": l["seconds"]},
+            "speedup": l["seconds"] / t["seconds"],
+            "tokens_forward_toolkit": t["tokens_forward"],
+        }
+    return tasks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lm-eval-python", default=None,
+                    help="python of a separate virtualenv with lm-eval installed (see the module docstring)")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
+    ap.add_argument("--limit", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lm-eval-batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--out-name", default="evaluator")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        lm_eval_worker(args.worker)
+        return
+    if not args.lm_eval_python or not Path(args.lm_eval_python).is_file():
+        sys.exit(f"error: --lm-eval-python: {args.lm_eval_python!r} is not a python executable. Create the lm-eval "
+                 "virtualenv as the docstring of benchmarks/evaluator.py says, then pass its bin/python.")
+    probe = subprocess.run([args.lm_eval_python, "-c", "import lm_eval"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        sys.exit(f"error: --lm-eval-python {args.lm_eval_python}: cannot import lm_eval "
+                 f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'unknown error'})")
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _common
+
+    from toolkit.cli.common import data_dir
+    from toolkit.models import load_model
+    from toolkit.tasks import get_task, load_task
+
+    root = data_dir(args.data_dir)
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    task_data = {n: load_task(get_task(n), root).select(args.limit, args.seed) for n in names}
+    folder = load_model(args.model).folder  # the HF safetensors folder both sides load
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS=str(args.threads), TOOLKIT_PROGRESS="0")
+
+    with tempfile.TemporaryDirectory(prefix="evaluator-") as tmp:
+        tmp = Path(tmp)
+        write_lm_eval_tasks(task_data, tmp)
+        env["HF_DATASETS_CACHE"] = str(tmp / "hf-datasets")
+
+        # toolkit, as a user runs it (fresh process: imports + model load + all tasks)
+        tk_out = tmp / "toolkit.json"
+        tk_cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(int(sys.argv[1])); "
+                  "from toolkit.cli.main import main; sys.exit(main(sys.argv[2:]))", str(args.threads),
+                  "eval", "--model", str(folder), "--task", ",".join(names), "--limit", str(args.limit),
+                  "--seed", str(args.seed), "--data-dir", str(root), "--per-example", "--out", str(tk_out)]
+        print("toolkit:", " ".join(tk_cmd[4:]), flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(tk_cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+        tk_wall = time.perf_counter() - t0
+        tk = json.loads(tk_out.read_text())
+        print(f"toolkit: {tk_wall:.1f} s end to end", flush=True)
+
+        # lm-eval, same examples, same weights
+        spec = {"model_folder": str(folder), "task_dir": str(tmp), "tasks": names, "batch_size": args.lm_eval_batch_size,
+                "threads": args.threads, "out": str(tmp / "lm_eval.json")}
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        print(f"lm-eval: {args.lm_eval_python} (batch size {args.lm_eval_batch_size})", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run([args.lm_eval_python, str(Path(__file__).resolve()), "--worker", str(tmp / "spec.json")],
+                              env=env, capture_output=True, text=True)
+        lm_wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            sys.exit(f"error: the lm-eval run failed:\n{proc.stderr[-3000:]}")
+        lm = json.loads((tmp / "lm_eval.json").read_text())
+        print(f"lm-eval: {lm_wall:.1f} s end to end", flush=True)
+
+    tasks = compare(task_data, tk, lm)
+    tk_eval = sum(v["seconds"]["toolkit"] for v in tasks.values())
+    lm_eval_s = sum(v["seconds"]["lm_eval"] for v in tasks.values())
+    import transformers
+
+    summary = {
+        "model": args.model,
+        "model_folder": str(folder),
+        "model_hash": tk["model_hash"],
+        "dtype": "float32",
+        "device": "cpu",
+        "limit": args.limit,
+        "seed": args.seed,
+        "subset": "toolkit.tasks.TaskData.select(limit, seed): numpy default_rng(seed).choice without replacement, file order",
+        "threads": args.threads,
+        "toolkit_transformers_version": transformers.__version__,
+        "lm_eval": {k: lm[k] for k in ("lm_eval_version", "transformers_version", "torch_version", "torch_threads",
+                                        "batch_size", "import_seconds", "model_load_seconds")},
+        "all_acc_equal": all(v["acc_equal"] for v in tasks.values()),
+        "all_acc_norm_equal": all(v["acc_norm_equal"] for v in tasks.values()),
+        "seconds": {
+            "toolkit_eval": tk_eval, "lm_eval_eval": lm_eval_s, "speedup_eval": lm_eval_s / tk_eval,
+            "toolkit_end_to_end": tk_wall, "lm_eval_end_to_end": lm_wall, "speedup_end_to_end": lm_wall / tk_wall,
+        },
+        "tasks": tasks,
+        "lm_eval_setup": ("python3 -m venv /work/lmeval-venv && /work/lmeval-venv/bin/pip install torch==2.13.0 "
+                          "'lm-eval[hf]==0.4.13' transformers==5.23.0 tokenizers==0.23.3 accelerate==1.15.0"),
+    }
+    path = _common.write(args.out_name, summary)
+    for name, v in tasks.items():
+        print(f"{name:11s} n={v['n']}  acc {v['toolkit']['acc']:.4f} / {v['lm_eval']['acc']:.4f}  "
+              f"acc_norm {v['toolkit']['acc_norm']:.4f} / {v['lm_eval']['acc_norm']:.4f}  "
+              f"max|dll| {v['loglikelihood_abs_diff']['max']:.1e}  "
+              f"{v['seconds']['toolkit']:.1f} s vs {v['seconds']['lm_eval']:.1f} s  ({v['speedup']:.2f}x)")
+    s = summary["seconds"]
+    print(f"total eval {s['toolkit_eval']:.1f} s vs {s['lm_eval_eval']:.1f} s ({s['speedup_eval']:.2f}x); end to end "
+          f"{s['toolkit_end_to_end']:.1f} s vs {s['lm_eval_end_to_end']:.1f} s ({s['speedup_end_to_end']:.2f}x) -> {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""``toolkit eval``: task accuracy (lm-eval's acc / acc_norm) or perplexity of a model or a sub-network."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from toolkit.cli.common import add_data_dir_arg, add_model_arg, default_calibration_file
+
+EXAMPLES = """examples:
+  toolkit eval --model smollm2-135m --task arc_easy --limit 200          # seeded fixed subset (search)
+  toolkit eval --model smollm2-135m --task arc_easy,piqa                 # full sets (reports)
+  toolkit eval --model smollm2-135m --subnet run/best.json --task hellaswag --limit 500
+  toolkit eval --model smollm2-135m --task mmlu --num-fewshot 5 --limit 1000
+  toolkit eval --model ./my-llama --task my_items.jsonl                  # any JSONL in the common schema
+  toolkit eval --model smollm2-135m --task wikitext2 --max-tokens 20000  # perplexity (window 512)
+  toolkit eval --model smollm2-135m --text notes.txt --window 256 --stride 128
+  toolkit eval --list                                                    # the registered tasks
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy on lm-eval tasks, or perplexity", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arg(p, required=False)
+    p.add_argument("--task", default=None,
+                   help="comma-separated task names (see --list) or .jsonl files in the common schema")
+    p.add_argument("--text", default=None, help="perplexity of this text file instead of a task")
+    p.add_argument("--subnet", default=None, help="evaluate this sub-network (SubnetConfig JSON) of the model")
+    p.add_argument("--limit", type=int, default=None, help="a seeded fixed subset of N examples (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
+    p.add_argument("--num-fewshot", type=int, default=0, help="few-shot examples (mmlu: 0 or 5)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward batch")
+    p.add_argument("--window", type=int, default=512, help="perplexity window (tokens)")
+    p.add_argument("--stride", type=int, default=None, help="perplexity stride (default: the window)")
+    p.add_argument("--max-tokens", type=int, default=None, help="perplexity: score at most the first N tokens")
+    p.add_argument("--add-bos-token", action="store_true", help="prepend BOS as lm-eval's add_bos_token=True does")
+    p.add_argument("--dtype", default="float32", help="torch dtype of the weights (default float32)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is fastest when other jobs share the cores)")
+    p.add_argument("--calibration", default=None, help="calibration text for importance (--subnet)")
+    p.add_argument("--per-example", action="store_true", help="include per-example log-likelihoods in the JSON")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--out", default=None, help="also write the JSON record to this file (atomically)")
+    p.add_argument("--list", action="store_true", help="list the registered tasks and exit")
+    add_data_dir_arg(p)
+    p.set_defaults(func=run)
+
+
+def _list_tasks() -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from toolkit.tasks import list_tasks
+
+    t = Table(title="toolkit eval tasks")
+    for col in ("task", "file (in the data dir)", "scoring", "metrics", "few-shot", "about"):
+        t.add_column(col)
+    for task in list_tasks():
+        metrics = ", ".join(f"{m} {'↑' if task.higher_is_better[m] else '↓'}" for m in task.metrics)
+        t.add_row(task.name, task.file, task.scoring, metrics, "/".join(map(str, task.fewshot_options)), task.description)
+    Console().print(t)
+    return 0
+
+
+def _load(args):
+    from toolkit.errors import ConfigError, UserError
+    from toolkit.models import load_model
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    model, subnet = loaded.model, None
+    if args.subnet:
+        from toolkit.elastic import check_fits, extract
+        from toolkit.importance import load_or_compute_importance
+        from toolkit.space import SubnetConfig
+
+        subnet = SubnetConfig.load(args.subnet)
+        try:
+            check_fits(loaded.model, subnet)
+        except ConfigError as exc:
+            raise UserError(f"{args.subnet}: {exc}") from None
+        importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
+        model = extract(loaded.model, subnet, importance)
+    return loaded, model, subnet
+
+
+def run(args) -> int:
+    if args.list:
+        return _list_tasks()
+    from toolkit.errors import UserError
+
+    if not args.task and not args.text:
+        raise UserError("eval: pass --task NAME[,NAME...] or --text FILE (see --list)")
+    if args.limit is not None and args.limit <= 0:
+        raise UserError(f"--limit: must be positive, got {args.limit}")
+    from toolkit.cli.common import data_dir
+    from toolkit.evaluate import evaluate_task, perplexity
+    from toolkit.fileio import atomic_write_json
+    from toolkit.tasks import get_task, load_task
+
+    tasks = [get_task(n.strip()) for n in (args.task or "").split(",") if n.strip()]
+    needs_data = any(not t.file.startswith("/") for t in tasks)
+    root = data_dir(args.data_dir) if needs_data else None
+    # Read and validate every task file before the model loads: a bad file fails in a second, not minutes.
+    prepared = []
+    for t in tasks:
+        if t.scoring == "perplexity":
+            path = t.path(root)
+            if not path.is_file():
+                raise UserError(f"{path}: perplexity corpus not found")
+            prepared.append((t, path))
+        else:
+            prepared.append((t, load_task(t, root, args.num_fewshot)))
+    if args.text:
+        from pathlib import Path
+
+        if not Path(args.text).is_file():
+            raise UserError(f"{args.text}: text file not found")
+        prepared.append((None, Path(args.text)))
+
+    if args.threads is not None:
+        import torch
+
+        if args.threads <= 0:
+            raise UserError(f"--threads: must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    loaded, model, subnet = _load(args)
+    results = []
+    for task, data in prepared:
+        if task is None or task.scoring == "perplexity":
+            r = perplexity(model, loaded.tokenizer, data, window=args.window, stride=args.stride, max_tokens=args.max_tokens)
+            results.append({"task": task.name if task else str(data), "file": str(data), **r.to_dict()})
+        else:
+            r = evaluate_task(model, loaded.tokenizer, data, limit=args.limit, seed=args.seed,
+                              add_bos_token=True if args.add_bos_token else None, max_batch_tokens=args.batch_tokens)
+            results.append({"file": str(data.file), **r.to_dict(per_example=args.per_example)})
+    record = {
+        "version": 1,
+        "command": "toolkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,
+        "model": args.model,
+        "model_hash": loaded.model_hash,
+        "subnet": subnet.to_dict() if subnet else None,
+        "dtype": args.dtype,
+        "device": args.device,
+        "results": results,
+    }
+    if args.out:
+        atomic_write_json(args.out, record)
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    _print_table(record)
+    return 0
+
+
+def _print_table(record) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"toolkit eval {record['model']}" + (" (sub-network)" if record["subnet"] else ""))
+    for col in ("task", "n", "metric", "value", "stderr", "seconds"):
+        t.add_column(col, justify="right" if col not in ("task", "metric") else "left")
+    for r in record["results"]:
+        if "perplexity" in r:
+            t.add_row(r["task"], str(r["tokens_scored"]), "perplexity ↓", f"{r['perplexity']:.3f}", "", f"{r['seconds']:.1f}")
+            continue
+        for m in ("acc", "acc_norm"):
+            official = "" if m in r["metrics"] else " (not reported by lm-eval)"
+            shots = f" {r['num_fewshot']}-shot" if r["num_fewshot"] else ""
+            t.add_row(r["task"] + shots, str(r["n"]), m + " ↑" + official, f"{r[m]:.4f}", f"±{r[m + '_stderr']:.4f}",
+                      f"{r['seconds']:.1f}")
+    Console().print(t)

@@ -1,0 +1,326 @@
+"""Evaluation tasks: a registry of typed entries with lm-evaluation-harness names, prompts and metrics.
+
+Every multiple-choice task is a JSONL file in the common schema of the data directory
+(``../shared/data/README.md``)::
+
+    {"id": "...", "context": "Question: ...\\nAnswer:", "choices": [" a", " b"], "label": 0}
+
+The prompts are lm-evaluation-harness' zero-shot formats, already applied when the files were made; the
+choices start with lm-eval's ``target_delimiter`` (one space). Loading turns each row into an
+:class:`Example` holding one ``(context, continuation)`` request per choice, exactly the strings lm-eval
+would score, plus the divisor lm-eval uses for ``acc_norm``:
+
+* ``scoring="choices"`` (arc, piqa, hellaswag, boolq, mmlu, user files): request ``k`` is
+  ``(context, choices[k])``. lm-eval's ``acc_norm`` divides by ``len(choice)`` in *characters* of the
+  choice without its target delimiter (``lm_eval/api/task.py``: ``completion_len = len(i) for i in
+  doc_to_choice(doc)``; the delimiter is added later, when the request is built). Its byte-length variant
+  is ``acc_bytes``. We reproduce ``acc_norm``, since our numbers must be lm-eval's.
+* ``scoring="partial"`` (winogrande, Trinh & Le partial evaluation): request ``k`` is
+  ``(partial.contexts[k], partial.continuation)``. lm-eval reports ``acc`` only; if ``acc_norm`` is asked
+  for, it divides by the length of ``doc_to_choice``, which for this task is the per-option *context*.
+  We compute it that way so both sides agree, but only ``acc`` is the published metric.
+* ``scoring="perplexity"`` (wikitext2): a plain text file, scored by :func:`toolkit.evaluate.perplexity`.
+
+MMLU 5-shot follows lm-eval: the first 5 ``dev`` rows of the same subject, as
+``description + sum(query + " " + letter + "\\n\\n") + query``, where ``description`` is the prefix of the
+context up to and including the first blank line.
+
+Any other ``*.jsonl`` path in the common schema is a task too (``scoring="choices"``). Every row is
+checked; a bad one stops loading with one line naming the file, the line number and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from toolkit.errors import ConfigError, UserError
+
+TASK_VERSION = 1
+SCORINGS = ("choices", "partial", "perplexity")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One evaluation task: where its data lives, how it is scored, which metrics it reports."""
+
+    name: str  # the lm-evaluation-harness task name (or a user file's stem)
+    file: str  # relative to the data directory, or an absolute path for user files
+    scoring: str = "choices"
+    metrics: tuple[str, ...] = ("acc", "acc_norm")  # what lm-eval reports for this task
+    higher_is_better: Mapping[str, bool] = field(default_factory=lambda: {"acc": True, "acc_norm": True})
+    split: str = "test"
+    fewshot_file: str | None = None  # rows to draw few-shot examples from (same subject)
+    fewshot_options: tuple[int, ...] = (0,)
+    target_delimiter: str = " "
+    description: str = ""
+    version: int = TASK_VERSION
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise ConfigError("scoring", f"must be one of {', '.join(SCORINGS)}, got {self.scoring!r}", self.name)
+        object.__setattr__(self, "higher_is_better", dict(self.higher_is_better))
+        for m in self.metrics:
+            if m not in self.higher_is_better:
+                raise ConfigError("higher_is_better", f"metric {m!r} has no direction", self.name)
+        if 0 not in self.fewshot_options:
+            raise ConfigError("fewshot_options", "zero-shot must always be allowed", self.name)
+        if any(k > 0 for k in self.fewshot_options) and not self.fewshot_file:
+            raise ConfigError("fewshot_file", "few-shot options need a file to draw shots from", self.name)
+        if self.version != TASK_VERSION:
+            raise ConfigError("version", f"unsupported task version {self.version}", self.name)
+
+    def path(self, data_dir: str | os.PathLike | None) -> Path:
+        p = Path(self.file)
+        if p.is_absolute() or data_dir is None:
+            return p
+        return Path(data_dir) / p
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version, "name": self.name, "file": self.file, "scoring": self.scoring,
+            "metrics": list(self.metrics), "higher_is_better": dict(self.higher_is_better), "split": self.split,
+            "fewshot_file": self.fewshot_file, "fewshot_options": list(self.fewshot_options),
+            "target_delimiter": self.target_delimiter, "description": self.description,
+        }
+
+
+_ACC = {"acc": True}
+_ACC_NORM = {"acc": True, "acc_norm": True}
+
+# The registry: one typed entry per task, keyed by its lm-evaluation-harness name.
+REGISTRY: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("arc_easy", "arc_easy/test.jsonl", description="AI2 ARC Easy, test (2376)"),
+        Task("arc_challenge", "arc_challenge/test.jsonl", description="AI2 ARC Challenge, test (1172)"),
+        Task("piqa", "piqa/validation.jsonl", split="validation", description="PIQA, validation (1838)"),
+        Task("hellaswag", "hellaswag/validation.jsonl", split="validation",
+             description="HellaSwag, validation (10042); ctx_b not capitalised, see the data README"),
+        Task("winogrande", "winogrande/validation.jsonl", scoring="partial", metrics=("acc",), higher_is_better=_ACC_NORM,
+             split="validation", description="WinoGrande 1.1 dev (1267), partial scoring"),
+        Task("boolq", "boolq/validation.jsonl", metrics=("acc",), higher_is_better=_ACC_NORM, split="validation",
+             description="SuperGLUE BoolQ, validation (3270)"),
+        Task("mmlu", "mmlu/test.jsonl", metrics=("acc",), higher_is_better=_ACC_NORM, fewshot_file="mmlu/dev.jsonl",
+             fewshot_options=(0, 5), description="MMLU, 57 subjects, test (14042); 0- or 5-shot from dev"),
+        Task("wikitext2", "wikitext2/test.txt", scoring="perplexity", metrics=("perplexity",),
+             higher_is_better={"perplexity": False}, description="tokenized WikiText-2 test (not the raw file)"),
+    )
+}
+
+
+def list_tasks() -> list[Task]:
+    return list(REGISTRY.values())
+
+
+def get_task(name_or_path: str) -> Task:
+    """A registered task by name, or a user JSONL file in the common schema."""
+    if name_or_path in REGISTRY:
+        return REGISTRY[name_or_path]
+    p = Path(name_or_path).expanduser()
+    if p.suffix == ".jsonl":
+        if not p.is_file():
+            raise UserError(f"{p}: task file not found")
+        return Task(p.stem, str(p.resolve()), split="user", metrics=("acc", "acc_norm"), description=f"user file {p}")
+    known = ", ".join(REGISTRY)
+    raise UserError(f"task {name_or_path!r}: unknown; use one of {known}, or a path to a .jsonl file")
+
+
+# -- examples ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Example:
+    """One multiple-choice item, as the requests lm-eval would score."""
+
+    id: str
+    requests: tuple[tuple[str, str], ...]  # (context, continuation) per choice
+    norm_lengths: tuple[int, ...]  # lm-eval's acc_norm divisor per choice (characters)
+    label: int
+    line: int  # 1-based line in the task file
+
+    @property
+    def num_choices(self) -> int:
+        return len(self.requests)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's examples, loaded and validated; ``select`` takes a seeded subset."""
+
+    task: Task
+    file: Path
+    examples: tuple[Example, ...]
+    num_fewshot: int = 0
+    indices: tuple[int, ...] = ()  # positions in the full file (all of them when not a subset)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def select(self, limit: int | None, seed: int = 0) -> "TaskData":
+        """A fixed random subset of ``limit`` examples (seeded; kept in file order); all when ``limit`` is None."""
+        n = len(self.examples)
+        if limit is None or limit >= n:
+            return self
+        if limit <= 0:
+            raise UserError(f"limit: must be positive, got {limit}")
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(n, size=limit, replace=False))
+        base = self.indices or tuple(range(n))
+        return replace(self, examples=tuple(self.examples[i] for i in keep), indices=tuple(base[i] for i in keep))
+
+
+def _where(path: Path, line: int) -> str:
+    return f"{path}:{line}"
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; one-line errors naming file and line."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read task file ({exc.strerror})") from None
+    rows = []
+    with fh:
+        try:
+            for n, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError("<json>", f"invalid JSON ({exc.msg} at column {exc.colno})", _where(path, n)) from None
+                if not isinstance(obj, dict):
+                    raise ConfigError("<row>", f"expected a JSON object, got {type(obj).__name__}", _where(path, n))
+                rows.append((n, obj))
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    if not rows:
+        raise UserError(f"{path}: no examples in the task file")
+    return rows
+
+
+def _string(obj: dict, key: str, where: str, allow_empty: bool = True) -> str:
+    if key not in obj:
+        raise ConfigError(key, "missing required field", where)
+    v = obj[key]
+    if not isinstance(v, str):
+        raise ConfigError(key, f"expected a string, got {type(v).__name__}", where)
+    if not allow_empty and not v:
+        raise ConfigError(key, "must not be empty", where)
+    return v
+
+
+def _strings(obj: dict, key: str, where: str) -> list[str]:
+    if key not in obj:
+        raise ConfigError(key, "missing required field", where)
+    v = obj[key]
+    if not isinstance(v, list):
+        raise ConfigError(key, f"expected a list of strings, got {type(v).__name__}", where)
+    if not v:
+        raise ConfigError(key, "must not be empty", where)
+    for i, s in enumerate(v):
+        if not isinstance(s, str):
+            raise ConfigError(f"{key}[{i}]", f"expected a string, got {type(s).__name__}", where)
+        if not s:
+            raise ConfigError(f"{key}[{i}]", "must not be an empty string", where)
+    return v
+
+
+def _label(obj: dict, num_choices: int, where: str) -> int:
+    if "label" not in obj:
+        raise ConfigError("label", "missing required field", where)
+    v = obj["label"]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError("label", f"expected an integer choice index, got {v!r}", where)
+    if not 0 <= v < num_choices:
+        raise ConfigError("label", f"{v} is out of range for {num_choices} choices", where)
+    return v
+
+
+def _strip_delimiter(choice: str, delimiter: str) -> str:
+    return choice[len(delimiter):] if delimiter and choice.startswith(delimiter) else choice
+
+
+def parse_row(task: Task, obj: dict, where: str, line: int) -> Example:
+    """Validate one row and turn it into an :class:`Example` (raises ConfigError naming ``where``)."""
+    choices = _strings(obj, "choices", where)
+    if task.scoring == "partial":
+        part = obj.get("partial")
+        if not isinstance(part, dict):
+            raise ConfigError("partial", "missing or not an object (partial scoring needs contexts + continuation)", where)
+        contexts = _strings(part, "contexts", where)
+        if len(contexts) != len(choices):
+            raise ConfigError("partial.contexts", f"has {len(contexts)} entries for {len(choices)} choices", where)
+        cont = _string(part, "continuation", where, allow_empty=False)
+        requests = tuple((c, cont) for c in contexts)
+        norm = tuple(len(c) for c in contexts)  # lm-eval: len(doc_to_choice) = the option contexts
+    else:
+        context = _string(obj, "context", where)
+        requests = tuple((context, c) for c in choices)
+        norm = tuple(len(_strip_delimiter(c, task.target_delimiter)) for c in choices)
+    label = _label(obj, len(choices), where)
+    if "id" in obj and not isinstance(obj["id"], (str, int)):
+        raise ConfigError("id", f"expected a string, got {type(obj['id']).__name__}", where)
+    ident = str(obj.get("id", f"{task.name}-{line}"))
+    return Example(ident, requests, tuple(max(n, 1) for n in norm), label, line)
+
+
+def _fewshot_prefixes(task: Task, data_dir: str | os.PathLike | None, k: int) -> tuple[dict[str, str], Path]:
+    """subject -> the few-shot block between the description and the query (lm-eval's format).
+
+    lm-eval's MMLU takes the first ``k`` rows of the subject's dev split (sampler ``first_n``), each as
+    ``query + target_delimiter + letter`` and joined by ``fewshot_delimiter = "\\n\\n"``.
+    """
+    path = replace(task, file=task.fewshot_file).path(data_dir)
+    shots: dict[str, list[str]] = {}
+    for line, obj in _read_jsonl(path):
+        where = _where(path, line)
+        ex = parse_row(task, obj, where, line)
+        subject = _string(obj, "subject", where)
+        context = ex.requests[0][0]
+        cut = context.find("\n\n")
+        if cut < 0:
+            raise ConfigError("context", "no blank line separating the description from the question", where)
+        rows = shots.setdefault(subject, [])
+        if len(rows) < k:
+            rows.append(context[cut + 2:] + obj["choices"][ex.label] + "\n\n")
+    return {s: "".join(v) for s, v in shots.items() if len(v) == k}, path
+
+
+def load_task(task: Task | str, data_dir: str | os.PathLike | None = None, num_fewshot: int = 0) -> TaskData:
+    """Read and validate a multiple-choice task file (and its few-shot file if asked)."""
+    if isinstance(task, str):
+        task = get_task(task)
+    if task.scoring == "perplexity":
+        raise UserError(f"task {task.name}: a perplexity corpus, not a multiple-choice task (use toolkit.evaluate.perplexity)")
+    if num_fewshot not in task.fewshot_options:
+        opts = ", ".join(map(str, task.fewshot_options))
+        raise UserError(f"task {task.name}: num_fewshot {num_fewshot} is not supported (choose {opts})")
+    path = task.path(data_dir)
+    if not path.is_file():
+        raise UserError(f"{path}: task file not found (set --data-dir or $TOOLKIT_DATA_DIR)")
+    prefixes, shots_file = _fewshot_prefixes(task, data_dir, num_fewshot) if num_fewshot else (None, None)
+    examples = []
+    for line, obj in _read_jsonl(path):
+        where = _where(path, line)
+        ex = parse_row(task, obj, where, line)
+        if prefixes is not None:
+            subject = _string(obj, "subject", where)
+            if subject not in prefixes:
+                raise ConfigError("subject", f"{subject!r} has fewer than {num_fewshot} few-shot rows in {shots_file}", where)
+            context = ex.requests[0][0]
+            cut = context.find("\n\n") + 2
+            context = context[:cut] + prefixes[subject] + context[cut:]
+            ex = replace(ex, requests=tuple((context, c) for _, c in ex.requests))
+        examples.append(ex)
+    return TaskData(task, path, tuple(examples), num_fewshot, tuple(range(len(examples))))
+
+
+def read_examples(path: str | os.PathLike, scoring: str = "choices") -> TaskData:
+    """Load any JSONL file in the common schema (a convenience for tests and scripts)."""
+    task = replace(get_task(str(path)), scoring=scoring) if scoring != "choices" else get_task(str(path))
+    return load_task(task)
