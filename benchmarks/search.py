@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench-search")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--name", default="search", help="results file stem (benchmarks/results/NAME.json/.png)")
     args = ap.parse_args()
 
     from toolkit.cli.main import main as toolkit
@@ -84,7 +85,7 @@ def main() -> None:
     within = [r for r in front if parent_acc is not None and r["accuracy"] >= parent_acc - 0.01]
     best = max(within, key=lambda r: r["measured_decode_tokens_per_s"]) if within else None
     hv = {a: runs[a]["hypervolume"] for a in runs}
-    out = _common.write("search", {
+    out = _common.write(args.name, {
         "model": args.model, "profile": profile.name, "task": args.task, "limit": args.limit, "seed": args.seed,
         "evals": {a: runs[a]["evaluations"] for a in runs}, "population": args.population,
         "hypervolume": hv, "hypervolume_ratio_nsga2_over_random": hv["nsga2"] / hv["random"] if hv["random"] else None,
@@ -101,7 +102,7 @@ def main() -> None:
     ev_n = load_evaluations(work / "nsga2")
     ev_r = load_evaluations(work / "random")
     fr_r = pareto_front(ev_r, ["accuracy", "decode_tokens_per_s"])
-    plot_pareto(_common.RESULTS / "search.png", ev_n, pareto_front(ev_n, ["accuracy", "decode_tokens_per_s"]),
+    plot_pareto(_common.RESULTS / f"{args.name}.png", ev_n, pareto_front(ev_n, ["accuracy", "decode_tokens_per_s"]),
                 ["accuracy", "decode_tokens_per_s"],
                 parent=next((e for e in ev_n if e.key == space.largest().key()), None),
                 baselines={"random search front": [(e.metrics["decode_tokens_per_s"], e.metrics["accuracy"]) for e in
