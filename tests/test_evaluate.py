@@ -92,8 +92,6 @@ def test_fast_path_on_heterogeneous_subnet_and_elastic_llama(model, tiny_importa
 
 def test_fast_path_on_real_examples_sdpa(tok):
     """Real task strings through the byte tokenizer, on the SDPA attention path."""
-    from toolkit.tasks import read_examples  # noqa: F401  (import check)
-
     m = llama_tiny(seed=3)
     m.config._attn_implementation = "sdpa"
     pairs = [("Question: Which is hot?\nAnswer:", " fire"), ("Question: Which is hot?\nAnswer:", " ice cubes"),
@@ -181,7 +179,7 @@ def test_evaluate_task_on_a_user_file(model, tok, tmp_path):
 def test_smollm2_fast_equals_naive_on_real_tasks(smollm2, data_dir):
     model, tok = smollm2.model, smollm2.tokenizer
     for name in ("arc_easy", "winogrande"):
-        exs = load_task(name, data_dir).select(6, 0).examples
+        exs = load_task(name, data_dir).select(3, 0).examples
         enc = LmEvalTokenizer(tok).encode_pairs([p for ex in exs for p in ex.requests])
         owners = [i for i, ex in enumerate(exs) for _ in ex.requests]
         fast, _ = score_token_requests(model, enc, owners)

@@ -35,7 +35,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -318,9 +318,3 @@ def load_task(task: Task | str, data_dir: str | os.PathLike | None = None, num_f
             ex = replace(ex, requests=tuple((context, c) for _, c in ex.requests))
         examples.append(ex)
     return TaskData(task, path, tuple(examples), num_fewshot, tuple(range(len(examples))))
-
-
-def read_examples(path: str | os.PathLike, scoring: str = "choices") -> TaskData:
-    """Load any JSONL file in the common schema (a convenience for tests and scripts)."""
-    task = replace(get_task(str(path)), scoring=scoring) if scoring != "choices" else get_task(str(path))
-    return load_task(task)
