@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_TASKS = ("arc_easy", "piqa", "hellaswag", "winogrande")
+DEFAULT_TASKS = ("arc_easy", "winogrande", "piqa", "hellaswag")  # cheapest first
 
 
 # -- the lm-eval side (runs inside --lm-eval-python; imports only the stdlib and lm_eval) -------------
@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--lm-eval-python", default=None,
                     help="python of a separate virtualenv with lm-eval installed (see the module docstring)")
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
+    ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated, run in this order")
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lm-eval-batch-size", type=int, default=32)
@@ -238,72 +238,87 @@ def main() -> None:
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=str(args.threads), TOOLKIT_PROGRESS="0")
 
-    with tempfile.TemporaryDirectory(prefix="evaluator-") as tmp:
-        tmp = Path(tmp)
-        write_lm_eval_tasks(task_data, tmp)
-        env["HF_DATASETS_CACHE"] = str(tmp / "hf-datasets")
-
-        # toolkit, as a user runs it (fresh process: imports + model load + all tasks)
-        tk_out = tmp / "toolkit.json"
-        tk_cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(int(sys.argv[1])); "
-                  "from toolkit.cli.main import main; sys.exit(main(sys.argv[2:]))", str(args.threads),
-                  "eval", "--model", str(folder), "--task", ",".join(names), "--limit", str(args.limit),
-                  "--seed", str(args.seed), "--data-dir", str(root), "--per-example", "--out", str(tk_out)]
-        print("toolkit:", " ".join(tk_cmd[4:]), flush=True)
-        t0 = time.perf_counter()
-        subprocess.run(tk_cmd, env=env, check=True, stdout=subprocess.DEVNULL)
-        tk_wall = time.perf_counter() - t0
-        tk = json.loads(tk_out.read_text())
-        print(f"toolkit: {tk_wall:.1f} s end to end", flush=True)
-
-        # lm-eval, same examples, same weights
-        spec = {"model_folder": str(folder), "task_dir": str(tmp), "tasks": names, "batch_size": args.lm_eval_batch_size,
-                "threads": args.threads, "out": str(tmp / "lm_eval.json")}
-        (tmp / "spec.json").write_text(json.dumps(spec))
-        print(f"lm-eval: {args.lm_eval_python} (batch size {args.lm_eval_batch_size})", flush=True)
-        t0 = time.perf_counter()
-        proc = subprocess.run([args.lm_eval_python, str(Path(__file__).resolve()), "--worker", str(tmp / "spec.json")],
-                              env=env, capture_output=True, text=True)
-        lm_wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            sys.exit(f"error: the lm-eval run failed:\n{proc.stderr[-3000:]}")
-        lm = json.loads((tmp / "lm_eval.json").read_text())
-        print(f"lm-eval: {lm_wall:.1f} s end to end", flush=True)
-
-    tasks = compare(task_data, tk, lm)
-    tk_eval = sum(v["seconds"]["toolkit"] for v in tasks.values())
-    lm_eval_s = sum(v["seconds"]["lm_eval"] for v in tasks.values())
     import transformers
 
-    summary = {
-        "model": args.model,
-        "model_folder": str(folder),
-        "model_hash": tk["model_hash"],
-        "dtype": "float32",
-        "device": "cpu",
-        "limit": args.limit,
-        "seed": args.seed,
-        "subset": "toolkit.tasks.TaskData.select(limit, seed): numpy default_rng(seed).choice without replacement, file order",
-        "threads": args.threads,
-        "toolkit_transformers_version": transformers.__version__,
-        "lm_eval": {k: lm[k] for k in ("lm_eval_version", "transformers_version", "torch_version", "torch_threads",
-                                        "batch_size", "import_seconds", "model_load_seconds")},
-        "all_acc_equal": all(v["acc_equal"] for v in tasks.values()),
-        "all_acc_norm_equal": all(v["acc_norm_equal"] for v in tasks.values()),
-        "seconds": {
-            "toolkit_eval": tk_eval, "lm_eval_eval": lm_eval_s, "speedup_eval": lm_eval_s / tk_eval,
-            "toolkit_end_to_end": tk_wall, "lm_eval_end_to_end": lm_wall, "speedup_end_to_end": lm_wall / tk_wall,
-        },
-        "tasks": tasks,
-        "lm_eval_setup": ("python3 -m venv /work/lmeval-venv && /work/lmeval-venv/bin/pip install torch==2.13.0 "
-                          "'lm-eval[hf]==0.4.13' transformers==5.23.0 tokenizers==0.23.3 accelerate==1.15.0"),
-    }
-    path = _common.write(args.out_name, summary)
-    for name, v in tasks.items():
-        print(f"{name:11s} n={v['n']}  acc {v['toolkit']['acc']:.4f} / {v['lm_eval']['acc']:.4f}  "
+    done: dict = {}
+    walls: dict = {}
+    lm_info: dict = {}
+    tk_hash = None
+    # One task at a time, toolkit then lm-eval, and the results file rewritten after each task: a long
+    # run on busy shared cores leaves usable numbers for the tasks it finished.
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix="evaluator-") as tmp:
+            tmp = Path(tmp)
+            one = {name: task_data[name]}
+            write_lm_eval_tasks(one, tmp)
+            env["HF_DATASETS_CACHE"] = str(tmp / "hf-datasets")
+            # toolkit, as a user runs it (fresh process: imports + model load + the task)
+            tk_out = tmp / "toolkit.json"
+            tk_cmd = [sys.executable, "-m", "toolkit.cli.main", "eval", "--model", str(folder), "--task", name,
+                      "--limit", str(args.limit), "--seed", str(args.seed), "--data-dir", str(root), "--threads",
+                      str(args.threads), "--per-example", "--out", str(tk_out)]
+            print(f"[{name}] toolkit:", " ".join(tk_cmd[3:]), flush=True)
+            t0 = time.perf_counter()
+            subprocess.run(tk_cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+            tk_wall = time.perf_counter() - t0
+            tk = json.loads(tk_out.read_text())
+            tk_hash = tk["model_hash"]
+            # lm-eval, same examples, same weights
+            spec = {"model_folder": str(folder), "task_dir": str(tmp), "tasks": [name],
+                    "batch_size": args.lm_eval_batch_size, "threads": args.threads, "out": str(tmp / "lm_eval.json")}
+            (tmp / "spec.json").write_text(json.dumps(spec))
+            print(f"[{name}] lm-eval: {args.lm_eval_python} (batch size {args.lm_eval_batch_size})", flush=True)
+            t0 = time.perf_counter()
+            proc = subprocess.run([args.lm_eval_python, str(Path(__file__).resolve()), "--worker", str(tmp / "spec.json")],
+                                  env=env, capture_output=True, text=True)
+            lm_wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                sys.exit(f"error: the lm-eval run failed:\n{proc.stderr[-3000:]}")
+            lm = json.loads((tmp / "lm_eval.json").read_text())
+        lm_info = {k: lm[k] for k in ("lm_eval_version", "transformers_version", "torch_version", "torch_threads",
+                                      "batch_size", "import_seconds", "model_load_seconds")}
+        done.update(compare(one, tk, lm))
+        walls[name] = {"toolkit": tk_wall, "lm_eval": lm_wall, "speedup": lm_wall / tk_wall}
+        done[name]["seconds_end_to_end"] = walls[name]
+        v = done[name]
+        print(f"[{name}] n={v['n']}  acc {v['toolkit']['acc']:.4f} / {v['lm_eval']['acc']:.4f}  "
               f"acc_norm {v['toolkit']['acc_norm']:.4f} / {v['lm_eval']['acc_norm']:.4f}  "
-              f"max|dll| {v['loglikelihood_abs_diff']['max']:.1e}  "
-              f"{v['seconds']['toolkit']:.1f} s vs {v['seconds']['lm_eval']:.1f} s  ({v['speedup']:.2f}x)")
+              f"max|dll| {v['loglikelihood_abs_diff']['max']:.1e}  eval {v['seconds']['toolkit']:.1f} s vs "
+              f"{v['seconds']['lm_eval']:.1f} s ({v['speedup']:.2f}x); end to end {tk_wall:.1f} s vs {lm_wall:.1f} s",
+              flush=True)
+
+        tk_eval = sum(v["seconds"]["toolkit"] for v in done.values())
+        lm_eval_s = sum(v["seconds"]["lm_eval"] for v in done.values())
+        tk_e2e = sum(w["toolkit"] for w in walls.values())
+        lm_e2e = sum(w["lm_eval"] for w in walls.values())
+        summary = {
+            "complete": len(done) == len(names),
+            "tasks_planned": names,
+            "model": args.model,
+            "model_folder": str(folder),
+            "model_hash": tk_hash,
+            "dtype": "float32",
+            "device": "cpu",
+            "limit": args.limit,
+            "seed": args.seed,
+            "subset": "toolkit.tasks.TaskData.select(limit, seed): numpy default_rng(seed).choice without "
+                      "replacement, kept in file order (the examples `toolkit eval --limit N --seed S` scores)",
+            "threads": args.threads,
+            "toolkit_transformers_version": transformers.__version__,
+            "lm_eval": lm_info,
+            "all_acc_equal": all(v["acc_equal"] for v in done.values()),
+            "all_acc_norm_equal": all(v["acc_norm_equal"] for v in done.values()),
+            "seconds": {
+                "toolkit_eval": tk_eval, "lm_eval_eval": lm_eval_s, "speedup_eval": lm_eval_s / tk_eval,
+                "toolkit_end_to_end": tk_e2e, "lm_eval_end_to_end": lm_e2e, "speedup_end_to_end": lm_e2e / tk_e2e,
+                "note": "eval = the evaluation call with the model loaded; end to end = each side's fresh "
+                        "process per task (imports, model load, data, evaluation), summed over tasks",
+            },
+            "tasks": done,
+            "lm_eval_setup": ("python3 -m venv /work/lmeval-venv && /work/lmeval-venv/bin/pip install torch==2.13.0 "
+                              "'lm-eval[hf]==0.4.13' transformers==5.23.0 tokenizers==0.23.3 accelerate==1.15.0"),
+        }
+        path = _common.write(args.out_name, summary)
     s = summary["seconds"]
     print(f"total eval {s['toolkit_eval']:.1f} s vs {s['lm_eval_eval']:.1f} s ({s['speedup_eval']:.2f}x); end to end "
           f"{s['toolkit_end_to_end']:.1f} s vs {s['lm_eval_end_to_end']:.1f} s ({s['speedup_end_to_end']:.2f}x) -> {path}")
