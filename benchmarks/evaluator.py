@@ -74,9 +74,9 @@ def lm_eval_worker(spec_path: str) -> None:
     }
     for name in spec["tasks"]:
         lm_name = f"toolkit_{name}"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = lm_eval.simple_evaluate(model=lm, tasks=[lm_name], task_manager=manager, log_samples=True)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         r = res["results"][lm_name]
         per = []
         for s in sorted(res["samples"][lm_name], key=lambda s: s["doc_id"]):
@@ -87,7 +87,7 @@ def lm_eval_worker(spec_path: str) -> None:
         out["tasks"][name] = {
             "acc": r.get("acc,none"), "acc_stderr": r.get("acc_stderr,none"),
             "acc_norm": r.get("acc_norm,none"), "acc_norm_stderr": r.get("acc_norm_stderr,none"),
-            "n": len(per), "seconds": seconds, "per_example": per,
+            "n": len(per), "seconds": seconds, "cpu_seconds": cpu_seconds, "per_example": per,
         }
     Path(spec["out"]).write_text(json.dumps(out))
 
@@ -193,6 +193,10 @@ def compare(task_data: dict, tk: dict, lm: dict) -> dict:
             },
             "seconds": {"toolkit": t["seconds"], "lm_eval": l["seconds"]},
             "speedup": l["seconds"] / t["seconds"],
+            # CPU time of the evaluation call: what wall time is on an idle machine with 1 thread; on busy
+            # shared cores, wall time mostly measures each process's share of the scheduler.
+            "cpu_seconds": {"toolkit": t.get("cpu_seconds"), "lm_eval": l.get("cpu_seconds")},
+            "speedup_cpu": (l["cpu_seconds"] / t["cpu_seconds"]) if t.get("cpu_seconds") and l.get("cpu_seconds") else None,
             "tokens_forward_toolkit": t["tokens_forward"],
         }
     return tasks
@@ -284,11 +288,13 @@ def main() -> None:
         print(f"[{name}] n={v['n']}  acc {v['toolkit']['acc']:.4f} / {v['lm_eval']['acc']:.4f}  "
               f"acc_norm {v['toolkit']['acc_norm']:.4f} / {v['lm_eval']['acc_norm']:.4f}  "
               f"max|dll| {v['loglikelihood_abs_diff']['max']:.1e}  eval {v['seconds']['toolkit']:.1f} s vs "
-              f"{v['seconds']['lm_eval']:.1f} s ({v['speedup']:.2f}x); end to end {tk_wall:.1f} s vs {lm_wall:.1f} s",
+              f"{v['seconds']['lm_eval']:.1f} s ({v['speedup']:.2f}x), cpu {v['speedup_cpu'] or 0:.2f}x; end to end {tk_wall:.1f} s vs {lm_wall:.1f} s",
               flush=True)
 
         tk_eval = sum(v["seconds"]["toolkit"] for v in done.values())
         lm_eval_s = sum(v["seconds"]["lm_eval"] for v in done.values())
+        tk_cpu = sum(v["cpu_seconds"]["toolkit"] or 0 for v in done.values())
+        lm_cpu = sum(v["cpu_seconds"]["lm_eval"] or 0 for v in done.values())
         tk_e2e = sum(w["toolkit"] for w in walls.values())
         lm_e2e = sum(w["lm_eval"] for w in walls.values())
         summary = {
@@ -310,6 +316,8 @@ def main() -> None:
             "all_acc_norm_equal": all(v["acc_norm_equal"] for v in done.values()),
             "seconds": {
                 "toolkit_eval": tk_eval, "lm_eval_eval": lm_eval_s, "speedup_eval": lm_eval_s / tk_eval,
+                "toolkit_eval_cpu": tk_cpu, "lm_eval_eval_cpu": lm_cpu,
+                "speedup_eval_cpu": lm_cpu / tk_cpu if tk_cpu and lm_cpu else None,
                 "toolkit_end_to_end": tk_e2e, "lm_eval_end_to_end": lm_e2e, "speedup_end_to_end": lm_e2e / tk_e2e,
                 "note": "eval = the evaluation call with the model loaded; end to end = each side's fresh "
                         "process per task (imports, model load, data, evaluation), summed over tasks",

@@ -391,13 +391,14 @@ class TaskResult:
     acc_stderr: float
     acc_norm: float
     acc_norm_stderr: float
-    seconds: float
+    seconds: float  # wall time
     metrics: tuple[str, ...]  # the metrics lm-eval reports for this task
     higher_is_better: dict[str, bool]
     num_fewshot: int = 0
     limit: int | None = None
     seed: int = 0
     tokens_forward: int = 0  # tokens run through the decoder (shared prefixes once)
+    cpu_seconds: float = 0.0  # process CPU time (all threads): the work, whatever else shares the cores
     per_example: tuple[ExampleResult, ...] = field(default=(), repr=False)
     version: int = EVAL_VERSION
 
@@ -414,7 +415,7 @@ class TaskResult:
             "version": self.version, "task": self.task, "n": self.n, "num_fewshot": self.num_fewshot,
             "limit": self.limit, "seed": self.seed, "acc": self.acc, "acc_stderr": self.acc_stderr,
             "acc_norm": self.acc_norm, "acc_norm_stderr": self.acc_norm_stderr, "seconds": self.seconds,
-            "tokens_forward": self.tokens_forward, "metrics": list(self.metrics),
+            "cpu_seconds": self.cpu_seconds, "tokens_forward": self.tokens_forward, "metrics": list(self.metrics),
             "higher_is_better": dict(self.higher_is_better),
         }
         if per_example:
@@ -471,7 +472,7 @@ def evaluate_task(
     fixed seeded subset (the same ``limit`` and ``seed`` give the same examples; use it inside the search),
     ``None`` the full set (for reports).
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if isinstance(task, TaskData):
         data = task
     else:
@@ -496,7 +497,7 @@ def evaluate_task(
     return TaskResult(
         task=data.task.name, n=len(per), acc=float(np.mean(acc)), acc_stderr=mean_stderr(acc),
         acc_norm=float(np.mean(acc_norm)), acc_norm_stderr=mean_stderr(acc_norm),
-        seconds=time.perf_counter() - t0, metrics=data.task.metrics,
+        seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, metrics=data.task.metrics,
         higher_is_better=dict(data.task.higher_is_better), num_fewshot=data.num_fewshot, limit=limit, seed=seed,
         tokens_forward=tokens, per_example=tuple(per),
     )
