@@ -1,0 +1,377 @@
+"""GPTQ 4-bit export with GPTQModel, written in the standard GPTQ layout, and loading it back.
+
+``export_gptq(hf_folder, out_dir, ...)`` quantizes an exported HF folder (fp32/fp16 Llama) with
+GPTQModel (``gptqmodel==7.3.6``) on the CPU and writes what GPTQ checkpoints on the Hub look like:
+``config.json`` with ``quantization_config`` (``quant_method: "gptq"``, ``bits``, ``group_size``,
+``desc_act: false``, ``sym: true``, ``checkpoint_format: "gptq"``), ``quantize_config.json``,
+``model.safetensors`` holding ``qweight``/``qzeros``/``scales``/``g_idx`` for every linear layer of the
+decoder (embeddings, norms and the tied LM head stay in bfloat16), the tokenizer files, and GPTQModel's
+per-layer ``quant_log.csv`` (GPTQ loss of each module). ``load_gptq(folder)`` loads such a folder with stock
+``transformers.AutoModelForCausalLM.from_pretrained``: transformers' GPTQ quantizer goes through
+``optimum.gptq`` to GPTQModel's CPU kernel (``TorchAtenLinear``). Where optimum is not installed it falls
+back to ``GPTQModel.load(folder).model``, GPTQModel's own loader (which picks its ``TorchFusedLinear``
+kernel here; the tiny model's logits came out identical). In a fresh
+process stock ``from_pretrained`` works as soon as gptqmodel has been imported once, which on this stack
+needs the torchvision workaround below: call :func:`is_gptq_available` first (``load_gptq`` does). Without
+it, transformers' own ``import gptqmodel`` stops at ``ModuleNotFoundError: No module named 'torchvision'``.
+
+Calibration: ``num_samples`` windows of ``seq_len`` tokens starting at random offsets (a seeded numpy
+``Generator``) of the tokenized calibration text: a ``.txt`` file, or a ``.jsonl`` file with one JSON
+object with a ``"text"`` field per line (documents joined with blank lines).
+
+Both kinds of sub-network work. A uniform one is a plain Llama folder (GPTQModel's Llama definition). A
+heterogeneous one is an ``elastic_llama`` folder: GPTQModel does not know the model type, so it detects the
+decoder's module tree itself (``model.layers.#`` with the seven projections) and quantizes each layer at its
+own shape; the quantized folder keeps ``modeling_elastic_llama.py`` and loads with
+``trust_remote_code=True``, which both functions pass for that model type only (the modeling file is the
+toolkit's own, copied by :func:`toolkit.elastic.write_subnet`).
+
+Group size: every decoder linear layer's input width must be a multiple of ``group_size``. GPTQModel
+would write a partial last group, but the CPU kernel that runs it (``aten._weight_int4pack_mm_for_cpu``)
+rejects that at inference, so it is refused up front with a size that fits. SmolLM2's hidden size is 576,
+so 128 does not fit; 64 divides every SmolLM2 sub-network (widths are multiples of 64).
+
+Cost on the CPU: each calibration window goes through every decoder layer about five times (one pass per
+sequential subset of projections, plus one replay with the quantized layer). Measured for the full
+SmolLM2-135M on a shared 2-core machine, in CPU time: 16 windows of 512 tokens 135 s, 32 windows about
+230 s, 128 windows (the default) about 15 min, i.e. roughly 7 s per window.
+
+Workarounds kept in this module, each needed for gptqmodel 7.3.6 on this CPU-only torch 2.13 stack:
+
+* **torchvision stub.** ``import gptqmodel`` imports every model definition, and the InternVL one imports
+  ``torchvision.transforms`` unconditionally. PyPI's torchvision wheels do not work with this torch (and
+  the toolkit has no use for them), so while gptqmodel is imported, and only then, a minimal stub package
+  (``torchvision.transforms(.functional.InterpolationMode)``) sits in ``sys.modules``; it is removed again
+  right after, so no other code ever sees a fake torchvision. transformers' cached
+  ``is_torchvision_available()`` is evaluated before the stub goes in, so it keeps its honest ``False``.
+  A torchvision that imports is used as is.
+* **CPU workers.** GPTQModel's CPU thread pool needs at least 2 workers (its model-loader pool asks for 2);
+  its default on a 2-core machine is 1, which raises. ``GPTQMODEL_CPU_WORKERS`` defaults here to
+  ``max(2, cpu_count // 2)`` unless it is already set.
+* **No JIT pack extension.** By default gptqmodel compiles a C++ packing extension with ninja on first use
+  (about 60 s on a busy 2-core machine, and it needs a compiler); its pure-PyTorch packing path measured
+  no slower on SmolLM2-135M (packing is a few seconds of the total), so ``GPTQMODEL_DISABLE_PACK_EXT``
+  defaults to ``1`` unless already set.
+* **Quiet.** GPTQModel prints a banner, one INFO line per module and live progress bars; its output is
+  held back while this module calls it (and shown if the call fails): see ``_quiet``.
+
+Importing this module imports neither gptqmodel nor torch; :func:`is_gptq_available` does (once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from toolkit.errors import ConfigError, UserError
+
+GPTQMODEL_VERSION = "7.3.6"
+INSTALL_HINT = (f"pip install --no-deps gptqmodel=={GPTQMODEL_VERSION} device-smi==0.5.7 logbar==0.4.15 pypcre==0.6.4 "
+                "tokenicer==0.0.14 defuser==0.0.28 threadpoolctl==3.8.0 && pip install optimum==2.3.0")
+SUPPORTED_BITS = (2, 3, 4, 8)
+_TORCHVISION_STUB = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
+
+
+# -- import --------------------------------------------------------------------------------------
+def _insert_torchvision_stub() -> list[str]:
+    """Put a minimal ``torchvision`` into ``sys.modules`` if no working one imports; return what was added."""
+    import enum
+    import importlib
+    import importlib.util
+    import types
+
+    try:
+        if importlib.util.find_spec("torchvision") is not None:
+            importlib.import_module("torchvision.transforms")
+            return []  # a working torchvision: use it
+    except Exception:  # a torchvision built for another torch fails at import
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+
+    class InterpolationMode(enum.Enum):  # the one name gptqmodel's InternVL definition reads at import
+        NEAREST = "nearest"
+        BILINEAR = "bilinear"
+        BICUBIC = "bicubic"
+
+    mods = {name: types.ModuleType(name, "stub inserted by toolkit.export.gptq while importing gptqmodel")
+            for name in _TORCHVISION_STUB}
+    mods["torchvision.transforms.functional"].InterpolationMode = InterpolationMode
+    mods["torchvision.transforms"].functional = mods["torchvision.transforms.functional"]
+    mods["torchvision"].transforms = mods["torchvision.transforms"]
+    sys.modules.update(mods)
+    return list(mods)
+
+
+@functools.cache
+def _gptqmodel():
+    """Import gptqmodel once (with the workarounds in the module docstring); raises ImportError."""
+    import importlib.util
+
+    if importlib.util.find_spec("gptqmodel") is None:
+        raise ImportError("gptqmodel is not installed")
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, (os.cpu_count() or 1) // 2)))
+    os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")
+    from transformers.utils import import_utils
+
+    import_utils.is_torchvision_available()  # cache the honest answer before the stub goes in
+    added = _insert_torchvision_stub()
+    try:
+        with _quiet():
+            import gptqmodel
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
+    return gptqmodel
+
+
+@functools.cache
+def is_gptq_available() -> bool:
+    """True if gptqmodel imports here (with the torchvision workaround). Imports it: takes a few seconds."""
+    try:
+        _gptqmodel()
+    except Exception:
+        return False
+    return True
+
+
+def require_gptq() -> None:
+    if not is_gptq_available():
+        raise UserError(f"--format gptq needs gptqmodel {GPTQMODEL_VERSION} (it does not import here); install it "
+                        f"without touching torch: {INSTALL_HINT}")
+
+
+def gptqmodel_version() -> str:
+    return str(getattr(_gptqmodel(), "__version__", "unknown"))
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hold back GPTQModel's console output: its start-up banner (and the ``git`` error its banner code
+    prints outside a git checkout), one INFO line per module, live progress bars, a config dump on save.
+
+    stdout and stderr go to a temporary file for the duration, at the file-descriptor level too (the
+    ``git`` subprocess and logging handlers write there); if the block raises, the file's tail is written
+    to the real stderr so the reason is not lost. Everything is restored afterwards.
+    """
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink, open(sink.fileno(), "w", closefd=False, buffering=1) as text:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+                yield
+        except BaseException:
+            text.flush()
+            sink.seek(0)
+            tail = sink.read()[-8000:].decode("utf-8", "replace")
+            raise
+        else:
+            tail = None
+        finally:
+            for fd, old in zip((1, 2), saved):
+                os.dup2(old, fd)
+                os.close(old)
+            if tail:
+                sys.stderr.write(f"--- gptqmodel output (tail) ---\n{tail}\n")
+
+
+# -- calibration ---------------------------------------------------------------------------------
+def read_calibration_texts(file: Path) -> list[str]:
+    """The documents of a calibration file: a ``.jsonl`` (``"text"`` field per line) or plain text."""
+    file = Path(file)
+    try:
+        raw = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file}: cannot read calibration text ({exc})") from None
+    if file.suffix != ".jsonl":
+        return [raw]
+    texts = []
+    for i, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"line {i}", f"not valid JSON ({exc.msg})", str(file)) from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise ConfigError(f"line {i}: text", 'each line must be a JSON object with a string "text" field',
+                              str(file))
+        texts.append(row["text"])
+    return texts
+
+
+def calibration_windows(tokenizer, file: Path, num_samples: int, seq_len: int, seed: int) -> list[list[int]]:
+    """``num_samples`` token windows of length ``seq_len`` at seeded random offsets of the calibration text."""
+    import numpy as np
+
+    text = "\n\n".join(read_calibration_texts(file))
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    if len(ids) < seq_len:
+        raise UserError(f"{file}: calibration text has {len(ids)} tokens, fewer than one window of {seq_len}")
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(ids) - seq_len + 1, size=num_samples)
+    return [ids[int(s):int(s) + seq_len] for s in starts]
+
+
+# -- export --------------------------------------------------------------------------------------
+def _read_config(hf_folder: Path) -> dict[str, Any]:
+    path = hf_folder / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the model config ({exc})") from None
+
+
+def _linear_in_features(hf_folder: Path) -> dict[str, int]:
+    """``in_features`` of every decoder linear layer, read from the safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    files = sorted(hf_folder.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{hf_folder}: no *.safetensors weights (GPTQ export quantizes a saved HF folder)")
+    ins = {}
+    for f in files:
+        with safe_open(f, "pt") as st:
+            for key in st.keys():
+                if key.startswith("model.layers.") and key.endswith("_proj.weight"):
+                    ins[key.removesuffix(".weight")] = st.get_slice(key).get_shape()[1]
+    return ins
+
+
+def _check_shapes(hf_folder: Path, bits: int, group_size: int) -> None:
+    """Every linear layer's in_features must pack into int32 words and split into whole groups.
+
+    GPTQModel itself writes a partial last group, but the CPU kernel that runs it
+    (``torch.ops.aten._weight_int4pack_mm_for_cpu``) rejects it at inference ("expect K to be divisible by
+    qGroupSize"), so such a folder would be written and then fail to run: refuse it up front.
+    """
+    ins = _linear_in_features(hf_folder)
+    widths = sorted(set(ins.values()))
+    pack = 32 // bits if bits in (2, 4, 8) else 1
+    unpackable = [n for n in widths if n % pack]
+    if unpackable:
+        name = next(k for k, n in ins.items() if n == unpackable[0])
+        raise UserError(f"{hf_folder}: {name} has {unpackable[0]} input features, not a multiple of {pack} "
+                        f"({bits}-bit values packed {pack} to an int32 word)")
+    bad = [n for n in widths if group_size != -1 and n % group_size]
+    if not bad:
+        return
+    fits = [g for g in (256, 128, 64, 32, 16) if all(n % g == 0 for n in widths)]
+    hint = f"; --gptq-group-size {fits[0]} divides all of them" if fits else "; -1 (one group per column) always fits"
+    name = next(k for k, n in ins.items() if n == bad[0])
+    raise UserError(f"{hf_folder}: {name} has {bad[0]} input features, not a multiple of group size {group_size} "
+                    f"(layer input widths: {', '.join(map(str, widths))}){hint}")
+
+
+def export_gptq(hf_folder: Path, out_dir: Path, *, bits: int = 4, group_size: int = 128,
+                calibration_file: Path, num_samples: int = 128, seq_len: int = 512, seed: int = 0) -> dict:
+    """Quantize the (already exported, fp32/fp16) HF folder ``hf_folder`` with GPTQModel and write the standard
+    GPTQ layout into ``out_dir`` (which the caller created empty; write into it, the caller renames it atomically).
+
+    Returns a dict of facts for the manifest: bits, group_size, quantizer (``"gptqmodel x.y.z"``), calibration
+    {file, num_samples, seq_len, seed}, seconds, size_bytes of out_dir (plus desc_act, sym, dtype, device).
+    """
+    import torch
+
+    hf_folder, out_dir = Path(hf_folder), Path(out_dir)
+    if bits not in SUPPORTED_BITS:
+        raise UserError(f"--gptq-bits: {bits} is not supported; choose from {', '.join(map(str, SUPPORTED_BITS))}")
+    if group_size != -1 and group_size < 1:
+        raise UserError(f"--gptq-group-size: must be positive or -1, got {group_size}")
+    if num_samples < 1 or seq_len < 2:
+        raise UserError(f"gptq calibration: need num_samples >= 1 and seq_len >= 2, got {num_samples} and {seq_len}")
+    config = _read_config(hf_folder)
+    if config.get("model_type") not in ("llama", "elastic_llama"):
+        raise UserError(f"{hf_folder}: GPTQ export supports Llama folders, not model_type {config.get('model_type')!r}")
+    # elastic_llama (a heterogeneous sub-network) runs its own modeling file, shipped in the folder.
+    remote = config["model_type"] == "elastic_llama"
+    _check_shapes(hf_folder, bits, group_size)
+    require_gptq()
+    from transformers import AutoTokenizer
+
+    t0 = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(hf_folder)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{hf_folder}: GPTQ export needs the tokenizer files in the folder ({exc})") from None
+    windows = calibration_windows(tokenizer, calibration_file, num_samples, seq_len, seed)
+    calibration = [{"input_ids": w, "attention_mask": [1] * len(w)} for w in windows]
+
+    gptqmodel = _gptqmodel()
+    qcfg = gptqmodel.QuantizeConfig(bits=bits, group_size=group_size, desc_act=False, sym=True,
+                                    offload_to_disk=False)
+    with _quiet():
+        # bfloat16: GPTQModel's own CPU choice (an fp16 matmul measured 60x slower than bf16 on this
+        # AVX-512 CPU, and 3x for fp32); the Hessians are accumulated in float32 regardless.
+        model = gptqmodel.GPTQModel.load(str(hf_folder), qcfg, device="cpu", dtype=torch.bfloat16,
+                                         trust_remote_code=remote)
+        model.quantize(calibration, batch_size=1)
+        model.save(str(out_dir))
+    if not (out_dir / "config.json").is_file() or not any(out_dir.glob("*.safetensors")):
+        raise RuntimeError(f"gptq export: GPTQModel wrote no config/safetensors into {out_dir}")
+    if (hf_folder / "subnet.json").is_file():
+        shutil.copy2(hf_folder / "subnet.json", out_dir / "subnet.json")
+    seconds = time.perf_counter() - t0
+    size_bytes = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
+    return {"bits": bits, "group_size": group_size, "desc_act": False, "sym": True, "dtype": "bfloat16",
+            "device": "cpu", "quantizer": f"gptqmodel {gptqmodel_version()}",
+            "calibration": {"file": Path(calibration_file).name, "num_samples": num_samples, "seq_len": seq_len,
+                            "seed": seed},
+            "seconds": seconds, "size_bytes": size_bytes}
+
+
+# -- load ----------------------------------------------------------------------------------------
+def _has_optimum() -> bool:
+    """transformers' GPTQ quantizer (the stock loading path) needs optimum."""
+    import importlib.util
+
+    return importlib.util.find_spec("optimum") is not None
+
+
+def load_gptq(folder: Path, device: str = "cpu", dtype: str = "float32"):
+    """Load a GPTQ folder for inference the stock way and return ``(model, tokenizer)``.
+
+    ``transformers.AutoModelForCausalLM.from_pretrained(folder)`` with GPTQModel as the kernel backend
+    (transformers' GPTQ quantizer needs ``optimum``); without optimum, ``GPTQModel.load(folder).model``.
+    Either way the model is the folder's ``transformers`` class (``LlamaForCausalLM``, or
+    ``ElasticLlamaForCausalLM`` from the shipped modeling file) with GPTQModel quantized linears in the
+    decoder; gptqmodel is imported first (:func:`is_gptq_available`), which is what lets stock
+    ``from_pretrained`` find its kernels here. ``dtype`` is the compute dtype (default float32: the 4-bit
+    weights dequantize into it, so perplexity differences against an fp32 model are the quantization's
+    alone).
+    """
+    import torch
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder}: not a GPTQ folder (no config.json)")
+    config = _read_config(folder)
+    qc = config.get("quantization_config") or {}
+    if qc.get("quant_method") != "gptq":
+        raise UserError(f"{folder}: config.json has no quantization_config with quant_method 'gptq'")
+    require_gptq()
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise UserError(f"gptq load: unknown dtype {dtype!r} (float32, bfloat16, float16)")
+    remote = config.get("model_type") == "elastic_llama"  # its modeling file ships in the folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet():
+        if _has_optimum():
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map=device,
+                                                         trust_remote_code=remote)
+        else:
+            model = _gptqmodel().GPTQModel.load(str(folder), device=device, dtype=torch_dtype,
+                                                trust_remote_code=remote).model
+    return model.eval(), AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
