@@ -27,7 +27,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
-    import numpy as np
     import torch
 
     from toolkit.cli.common import data_dir, default_calibration_file

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -50,17 +48,11 @@ def sizes(shape, layer_order):
 
 
 def machine() -> dict:
-    try:
-        from toolkit.profiles import fingerprint  # type: ignore
+    """The shared benchmark machine record, with the profile fingerprint of this machine."""
+    sys.path.insert(0, str(HERE))
+    import _common
 
-        return {"profile_fingerprint": fingerprint()}
-    except Exception:  # toolkit.profiles does not exist yet
-        cpu = ""
-        try:
-            cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-        except Exception:
-            pass
-        return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    return _common.machine()
 
 
 def evaluate(model, tokenizer, args) -> dict:
@@ -129,7 +121,6 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(RESULTS / "supernet.json"))
     args = p.parse_args(argv)
 
-    import torch
 
     from toolkit.cli.common import data_dir, default_calibration_file
     from toolkit.elastic import extract, parent_shape

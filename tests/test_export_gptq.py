@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,8 +83,15 @@ def tiny_hf(tmp_path_factory, tiny_model) -> Path:
 def tiny_gptq(tmp_path_factory, tiny_hf, calib_text) -> tuple[Path, dict]:
     _need_gptqmodel()
     out = tmp_path_factory.mktemp("tiny_gptq")
-    facts = gptq.export_gptq(tiny_hf, out, bits=4, group_size=GROUP, calibration_file=calib_text,
-                             num_samples=32, seq_len=128, seed=0)
+    cwd = tmp_path_factory.mktemp("cwd")
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        facts = gptq.export_gptq(tiny_hf, out, bits=4, group_size=GROUP, calibration_file=calib_text,
+                                 num_samples=32, seq_len=128, seed=0)
+    finally:
+        os.chdir(here)
+    assert list(cwd.iterdir()) == []  # GPTQModel's ./logs went to a temporary folder, not the user's directory
     return out, facts
 
 
@@ -139,9 +147,9 @@ def test_calibration_too_short_or_missing(tmp_path):
 
 
 def test_bad_requests_fail_before_quantizing(tiny_hf, calib_text, tmp_path, monkeypatch):
-    with pytest.raises(UserError, match=r"group size 48.*--gptq-group-size 64 divides"):
+    with pytest.raises(UserError, match=r"group size 48.*--group-size 64 divides"):
         gptq.export_gptq(tiny_hf, tmp_path, group_size=48, calibration_file=calib_text)
-    with pytest.raises(UserError, match="--gptq-bits"):
+    with pytest.raises(UserError, match="--bits"):
         gptq.export_gptq(tiny_hf, tmp_path, bits=5, group_size=GROUP, calibration_file=calib_text)
     with pytest.raises(UserError, match="config.json"):
         gptq.export_gptq(tmp_path, tmp_path, group_size=GROUP, calibration_file=calib_text)

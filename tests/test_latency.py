@@ -2,8 +2,6 @@
 
 import math
 
-import pytest
-import torch
 
 from toolkit.latency import measure_model, weight_bytes
 

@@ -26,3 +26,10 @@ def test_import_toolkit_is_lean():
     loaded = {m.split(".")[0] for m in data["mods"]}
     assert not (loaded & set(HEAVY)), loaded & set(HEAVY)
     assert data["cuda"] is False
+
+
+def test_cli_parser_does_not_import_torch():
+    """`toolkit --help` answers without loading torch (every subcommand imports its heavy parts when run)."""
+    code = "import sys, toolkit.cli.main as m; m.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

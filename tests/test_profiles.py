@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import types
-import warnings
 from pathlib import Path
 
 import pytest

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from toolkit.errors import UserError
-from toolkit.search import Journal, Searcher, SearchSettings, load_evaluations, pareto_front
+from toolkit.search import Journal, Searcher, SearchSettings, load_evaluations
 from toolkit.space import ParentShape, SearchSpace
 
 TINY = ParentShape(num_layers=6, hidden_size=64, intermediate_size=256, num_heads=4, num_kv_heads=2,

@@ -30,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--predictor", default=None, help="predictor JSON for predicted throughput (--config only)")
     p.add_argument("--calibration", default=None, help="calibration text (importance and GPTQ)")
     p.add_argument("--bits", type=int, default=4)
-    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--group-size", type=int, default=64, help="GPTQ group size (must divide every layer input width)")
+    p.add_argument("--gptq-samples", type=int, default=32, help="GPTQ calibration windows of 512 tokens")
     p.add_argument("--task", default=None, help="task for accuracy before/after GPTQ (e.g. arc_easy)")
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--overwrite", action="store_true")
@@ -119,7 +120,7 @@ def run(args) -> int:
     req = ExportRequest(
         formats=formats, out=Path(args.out), threads=profile.runtime.threads if profile else None,
         prompt_tokens=wl.prompt_tokens if wl else 128, generate_tokens=wl.generate_tokens if wl else 32,
-        gptq_bits=args.bits, gptq_group_size=args.group_size, calibration_file=calib,
+        gptq_bits=args.bits, gptq_group_size=args.group_size, gptq_samples=args.gptq_samples, calibration_file=calib,
         perplexity_file=data_dir(args.data_dir) / "wikitext2" / "test.txt" if "gptq" in formats else None,
         task_data=task_data, task_limit=args.limit, overwrite=args.overwrite,
     )

@@ -21,7 +21,7 @@ last --val-docs documents are held out for the perplexity monitor); never train 
 
 
 def register(sub) -> None:
-    from toolkit.finetune import FinetuneConfig
+    from toolkit.finetune_config import FinetuneConfig
 
     d = FinetuneConfig()
     p = sub.add_parser("finetune", help="fine-tune a parent once as a super-network (sandwich rule + distillation)",

@@ -19,7 +19,6 @@ Checks at export time, each in the format's stock runtime:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -45,7 +44,8 @@ class ExportRequest:
     generate_tokens: int = 32
     repeats: int = 5
     gptq_bits: int = 4
-    gptq_group_size: int = 128
+    gptq_group_size: int = 64  # divides every width of a 64-grid sub-network; SmolLM2 hidden 576 rejects 128
+    gptq_samples: int = 32
     calibration_file: Path | None = None
     perplexity_file: Path | None = None
     perplexity_tokens: int = 4096
@@ -225,7 +225,7 @@ def _export_gptq(child, tokenizer, tmp: Path, req: ExportRequest, subnet, source
             src.mkdir()
             write_subnet(child, src, tokenizer, SubnetConfig.from_dict(subnet) if subnet else None, source.get("model_hash"))
         facts = export_gptq(src, tmp, bits=req.gptq_bits, group_size=req.gptq_group_size,
-                            calibration_file=req.calibration_file)
+                            calibration_file=req.calibration_file, num_samples=req.gptq_samples)
         fp_bytes = sum(p.stat().st_size for p in Path(src).glob("*.safetensors"))
     qmodel, qtok = load_gptq(tmp)
     ref = reference_outputs(qmodel, qtok)

@@ -34,7 +34,7 @@ so 128 does not fit; 64 divides every SmolLM2 sub-network (widths are multiples 
 Cost on the CPU: each calibration window goes through every decoder layer about five times (one pass per
 sequential subset of projections, plus one replay with the quantized layer). Measured for the full
 SmolLM2-135M on a shared 2-core machine, in CPU time: 16 windows of 512 tokens 135 s, 32 windows about
-230 s, 128 windows (the default) about 15 min, i.e. roughly 7 s per window.
+230 s (the default, 32 windows), 128 windows about 15 min, i.e. roughly 7 s per window.
 
 Workarounds kept in this module, each needed for gptqmodel 7.3.6 on this CPU-only torch 2.13 stack:
 
@@ -66,11 +66,12 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from toolkit.errors import ConfigError, UserError
+from toolkit.errors import UserError
 
 GPTQMODEL_VERSION = "7.3.6"
 INSTALL_HINT = (f"pip install --no-deps gptqmodel=={GPTQMODEL_VERSION} device-smi==0.5.7 logbar==0.4.15 pypcre==0.6.4 "
@@ -160,7 +161,6 @@ def _quiet() -> Iterator[None]:
     ``git`` subprocess and logging handlers write there); if the block raises, the file's tail is written
     to the real stderr so the reason is not lost. Everything is restored afterwards.
     """
-    import tempfile
 
     sys.stdout.flush()
     sys.stderr.flush()
@@ -186,29 +186,28 @@ def _quiet() -> Iterator[None]:
                 sys.stderr.write(f"--- gptqmodel output (tail) ---\n{tail}\n")
 
 
+@contextlib.contextmanager
+def _logs_in_temp_dir():
+    """GPTQModel writes a per-layer log file into ``./logs`` of the current directory (a module constant,
+    ``gptqmodel.looper.loop_processor._PROJECT_LOG_DIR``); point it at a temporary folder instead so an
+    export leaves nothing behind in the user's working directory."""
+    from gptqmodel.looper import loop_processor
+
+    saved = loop_processor._PROJECT_LOG_DIR
+    with tempfile.TemporaryDirectory(prefix="gptqmodel-logs-") as tmp:
+        loop_processor._PROJECT_LOG_DIR = Path(tmp)
+        try:
+            yield
+        finally:
+            loop_processor._PROJECT_LOG_DIR = saved
+
+
 # -- calibration ---------------------------------------------------------------------------------
 def read_calibration_texts(file: Path) -> list[str]:
-    """The documents of a calibration file: a ``.jsonl`` (``"text"`` field per line) or plain text."""
-    file = Path(file)
-    try:
-        raw = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{file}: cannot read calibration text ({exc})") from None
-    if file.suffix != ".jsonl":
-        return [raw]
-    texts = []
-    for i, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"line {i}", f"not valid JSON ({exc.msg})", str(file)) from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ConfigError(f"line {i}: text", 'each line must be a JSON object with a string "text" field',
-                              str(file))
-        texts.append(row["text"])
-    return texts
+    """The documents of a calibration file (see :func:`toolkit.corpus.read_texts`)."""
+    from toolkit.corpus import read_texts
+
+    return read_texts(file, "calibration text")
 
 
 def calibration_windows(tokenizer, file: Path, num_samples: int, seq_len: int, seed: int) -> list[list[int]]:
@@ -268,14 +267,14 @@ def _check_shapes(hf_folder: Path, bits: int, group_size: int) -> None:
     if not bad:
         return
     fits = [g for g in (256, 128, 64, 32, 16) if all(n % g == 0 for n in widths)]
-    hint = f"; --gptq-group-size {fits[0]} divides all of them" if fits else "; -1 (one group per column) always fits"
+    hint = f"; --group-size {fits[0]} divides all of them" if fits else "; -1 (one group per column) always fits"
     name = next(k for k, n in ins.items() if n == bad[0])
     raise UserError(f"{hf_folder}: {name} has {bad[0]} input features, not a multiple of group size {group_size} "
                     f"(layer input widths: {', '.join(map(str, widths))}){hint}")
 
 
-def export_gptq(hf_folder: Path, out_dir: Path, *, bits: int = 4, group_size: int = 128,
-                calibration_file: Path, num_samples: int = 128, seq_len: int = 512, seed: int = 0) -> dict:
+def export_gptq(hf_folder: Path, out_dir: Path, *, bits: int = 4, group_size: int = 64,
+                calibration_file: Path, num_samples: int = 32, seq_len: int = 512, seed: int = 0) -> dict:
     """Quantize the (already exported, fp32/fp16) HF folder ``hf_folder`` with GPTQModel and write the standard
     GPTQ layout into ``out_dir`` (which the caller created empty; write into it, the caller renames it atomically).
 
@@ -286,7 +285,7 @@ def export_gptq(hf_folder: Path, out_dir: Path, *, bits: int = 4, group_size: in
 
     hf_folder, out_dir = Path(hf_folder), Path(out_dir)
     if bits not in SUPPORTED_BITS:
-        raise UserError(f"--gptq-bits: {bits} is not supported; choose from {', '.join(map(str, SUPPORTED_BITS))}")
+        raise UserError(f"--bits: {bits} is not supported; choose from {', '.join(map(str, SUPPORTED_BITS))}")
     if group_size != -1 and group_size < 1:
         raise UserError(f"--gptq-group-size: must be positive or -1, got {group_size}")
     if num_samples < 1 or seq_len < 2:
@@ -311,7 +310,7 @@ def export_gptq(hf_folder: Path, out_dir: Path, *, bits: int = 4, group_size: in
     gptqmodel = _gptqmodel()
     qcfg = gptqmodel.QuantizeConfig(bits=bits, group_size=group_size, desc_act=False, sym=True,
                                     offload_to_disk=False)
-    with _quiet():
+    with _quiet(), _logs_in_temp_dir():
         # bfloat16: GPTQModel's own CPU choice (an fp16 matmul measured 60x slower than bf16 on this
         # AVX-512 CPU, and 3x for fp32); the Hessians are accumulated in float32 regardless.
         model = gptqmodel.GPTQModel.load(str(hf_folder), qcfg, device="cpu", dtype=torch.bfloat16,
