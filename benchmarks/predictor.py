@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--save", default=None, help="also write the fitted predictor here (usable by `toolkit search`)")
     args = ap.parse_args()
 
     import numpy as np
@@ -56,6 +57,8 @@ def main() -> None:
         f"calib {i}/{len(train)}: prefill {m.prefill_ms:.1f} ms, decode {1e3 / m.decode_ms_per_token:.1f} tok/s, "
         f"mem {m.peak_mem_bytes / 2**20:.0f} MiB", flush=True))
     calib_seconds = time.perf_counter() - t0
+    if args.save:
+        fitted.save(args.save)
     rng = np.random.default_rng(args.seed + 1)
     seen = {c.key() for c in train}
     test = []

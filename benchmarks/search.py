@@ -3,7 +3,9 @@
 Runs ``toolkit search`` twice (nsga2, random) into ``--work``, then measures (not predicts) the decode
 speed of every front member and of the parent on this machine, and names the fastest front member
 within 1 point of the parent's accuracy. Both searches are resumable: re-running the script continues
-them. Writes benchmarks/results/search.json and search.png.
+them. Writes benchmarks/results/search.json and search.png. On a 2-core machine, start the two searches
+yourself first, one per core (``toolkit search ... --algorithm nsga2|random --out WORK/nsga2|random``
+with the same arguments); the script then finds them finished and only measures the front.
 
     python benchmarks/search.py --model /work/supernet-smollm2 --profile profiles/cloud-vm-2core-x86.yaml \\
         --predictor runs/predictor.json --task arc_easy --limit 200 --evals 100 --population 20 --work runs/bench-search
@@ -33,6 +35,8 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench-search")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--eval-dtype", default=None, help="passed to toolkit search (accuracy evaluation dtype)")
+    ap.add_argument("--eval-threads", type=int, default=1, help="passed to toolkit search")
     ap.add_argument("--name", default="search", help="results file stem (benchmarks/results/NAME.json/.png)")
     args = ap.parse_args()
 
@@ -42,7 +46,8 @@ def main() -> None:
     work = Path(args.work)
     common = ["--model", args.model, "--profile", args.profile, "--predictor", args.predictor, "--task", args.task,
               "--limit", str(args.limit), "--evals", str(args.evals), "--population", str(args.population),
-              "--seed", str(args.seed), "--resume"] + (["--data-dir", args.data_dir] if args.data_dir else [])
+              "--seed", str(args.seed), "--eval-threads", str(args.eval_threads), "--resume"]
+    common += (["--data-dir", args.data_dir] if args.data_dir else []) + (["--eval-dtype", args.eval_dtype] if args.eval_dtype else [])
     runs = {}
     for algo in ("nsga2", "random"):
         rc = toolkit(["search", *common, "--algorithm", algo, "--out", str(work / algo)])
@@ -88,6 +93,8 @@ def main() -> None:
     out = _common.write(args.name, {
         "model": args.model, "profile": profile.name, "task": args.task, "limit": args.limit, "seed": args.seed,
         "evals": {a: runs[a]["evaluations"] for a in runs}, "population": args.population,
+        "evaluation_minutes": {a: round(sum(e.seconds for e in load_evaluations(work / a)) / 60, 1) for a in runs},
+        "eval_dtype": args.eval_dtype,
         "hypervolume": hv, "hypervolume_ratio_nsga2_over_random": hv["nsga2"] / hv["random"] if hv["random"] else None,
         "goal_hypervolume_ratio": 1.2,
         "parent": {"accuracy": parent_acc, "measured_decode_tokens_per_s": parent_tps,

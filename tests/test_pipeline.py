@@ -66,6 +66,10 @@ def test_calibrate_predict_search_report(tmp_path, tiny_folder, task_file, calib
     capsys.readouterr()
     assert main(args + ["--resume"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["new_evaluations"] == 0
+    # accuracies graded in another dtype would not be comparable: resuming with one is refused
+    assert json.loads((run / "run.json").read_text())["meta"]["eval_dtype"] == "float32"
+    assert main(args + ["--resume", "--eval-dtype", "bfloat16"]) == 2
+    assert "meta.eval_dtype" in capsys.readouterr().err
     assert main(["report", str(run), "--json"]) == 0
 
 

@@ -237,7 +237,7 @@ class Searcher:
             for part in ("settings", "space"):
                 if old.get(part) != record[part]:
                     raise UserError(f"{run_json}: {part}: differs from this invocation; resume with the original arguments")
-            for k in ("model_hash", "task", "limit", "predictor"):
+            for k in ("model_hash", "task", "limit", "predictor", "eval_dtype"):
                 if k in old.get("meta", {}) and old["meta"].get(k) != record["meta"].get(k):
                     raise UserError(f"{run_json}: meta.{k}: was {old['meta'].get(k)!r}, now {record['meta'].get(k)!r}")
         else:

@@ -37,6 +37,9 @@ def register(sub) -> None:
                    help="torch threads for the accuracy evaluations (not timing; default 1: on a shared 2-core "
                         "machine one thread measured 5x faster than two)")
     p.add_argument("--out", required=True, help="run directory (journal, pareto.json, pareto.png)")
+    p.add_argument("--eval-dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="weights dtype for the accuracy evaluations (default: the profile's dtype). bfloat16 "
+                        "evaluates ~2x faster on CPUs with AVX512-BF16/AMX; speeds still come from the predictor")
     p.add_argument("--resume", action="store_true", help="continue the search journaled in --out")
     add_data_dir_arg(p)
     p.set_defaults(func=run)
@@ -60,7 +63,7 @@ def run(args) -> int:
         raise UserError(f"{args.predictor}: profile.fingerprint: calibrated for {predictor.profile_name!r}, "
                         f"not for the profile {profile.name!r} being searched for")
     task_data = load_task(get_task(args.task), data_dir(args.data_dir))  # read once, reused per candidate
-    loaded = load_model(args.model, dtype=profile.runtime.dtype, device=profile.runtime.device)
+    loaded = load_model(args.model, dtype=args.eval_dtype or profile.runtime.dtype, device=profile.runtime.device)
     predictor.check_model(loaded.model_hash, where=args.predictor)
     importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
     space = space_for(loaded, importance)
@@ -80,7 +83,8 @@ def run(args) -> int:
         return {"accuracy": r.acc, "accuracy_stderr": r.acc_stderr, "acc_norm": r.acc_norm}
 
     meta = {"model": args.model, "model_hash": loaded.model_hash, "profile": profile.name, "task": task_data.task.name,
-            "limit": limit, "predictor": str(Path(args.predictor).resolve())}
+            "limit": limit, "predictor": str(Path(args.predictor).resolve()),
+            "eval_dtype": args.eval_dtype or profile.runtime.dtype}
     from toolkit.progress import enabled, progress_bar
 
     with progress_bar() as bar:
