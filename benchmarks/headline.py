@@ -135,7 +135,7 @@ def main() -> None:
         if e is not None and "accuracy" in e.metrics:  # the search already graded it on the same examples
             return {"accuracy": e.metrics["accuracy"], "accuracy_stderr": e.metrics.get("accuracy_stderr"), "from": "search"}
         child = extract(graded.model, cfg, imp)
-        with torch_threads(1):
+        with torch_threads(profile.runtime.threads or 1):  # same examples and scores at any thread count
             r = evaluate_task(child, graded.tokenizer, task_data, limit=limit, seed=seed, progress=False)
         return {"accuracy": r.acc, "accuracy_stderr": r.acc_stderr, "from": "evaluated here"}
 

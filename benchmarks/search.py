@@ -90,12 +90,23 @@ def main() -> None:
     within = [r for r in front if parent_acc is not None and r["accuracy"] >= parent_acc - 0.01]
     best = max(within, key=lambda r: r["measured_decode_tokens_per_s"]) if within else None
     hv = {a: runs[a]["hypervolume"] for a in runs}
+    # NSGA-II stops at a generation boundary (it may overshoot the budget by < one population); compare
+    # both at the same number of evaluations too: each run's first n evaluations, in journal order.
+    from toolkit.search import hypervolume
+
+    ev = {a: load_evaluations(work / a) for a in runs}
+    n_equal = min(len(v) for v in ev.values())
+    ref = {o: next(e for e in ev["nsga2"] if e.key == space.largest().key()).metrics[o]
+           for o in ("accuracy", "decode_tokens_per_s")}
+    hv_equal = {a: hypervolume(ev[a][:n_equal], ["accuracy", "decode_tokens_per_s"], ref) for a in runs}
     out = _common.write(args.name, {
         "model": args.model, "profile": profile.name, "task": args.task, "limit": args.limit, "seed": args.seed,
         "evals": {a: runs[a]["evaluations"] for a in runs}, "population": args.population,
         "evaluation_minutes": {a: round(sum(e.seconds for e in load_evaluations(work / a)) / 60, 1) for a in runs},
         "eval_dtype": args.eval_dtype,
         "hypervolume": hv, "hypervolume_ratio_nsga2_over_random": hv["nsga2"] / hv["random"] if hv["random"] else None,
+        "equal_budget": {"evaluations": n_equal, "hypervolume": hv_equal,
+                         "ratio_nsga2_over_random": hv_equal["nsga2"] / hv_equal["random"] if hv_equal["random"] else None},
         "goal_hypervolume_ratio": 1.2,
         "parent": {"accuracy": parent_acc, "measured_decode_tokens_per_s": parent_tps,
                    "measured_prefill_ms": parent_m.prefill_ms},
