@@ -56,19 +56,6 @@ CHECKPOINT_VERSION = 1
 _LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def bf16_is_fast() -> bool:
-    """True on CPUs with native bf16 matmuls (AVX512-BF16 or AMX), where autocast pays off.
-
-    Measured on the team's AMD EPYC (avx512_bf16): SmolLM2-135M forward of 4x256 tokens 5.5 s in bf16
-    autocast vs 10.8 s in fp32.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-
-
 # -- sort once ---------------------------------------------------------------------------------------
 def _head_indices(groups: torch.Tensor, group: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows of q / cols of o, rows of k / v) of the given kv groups, in that order."""

@@ -63,7 +63,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from toolkit.cli.common import data_dir, default_calibration_file
-    from toolkit.finetune import FinetuneConfig, bf16_is_fast, finetune
+    from toolkit.finetune import FinetuneConfig, finetune
+    from toolkit.measure import bf16_is_fast
 
     precision = args.precision if args.precision != "auto" else ("bf16" if bf16_is_fast() else "fp32")
     config = FinetuneConfig(

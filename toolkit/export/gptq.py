@@ -301,7 +301,7 @@ def export_gptq(hf_folder: Path, out_dir: Path, *, bits: int = 4, group_size: in
 
     t0 = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(hf_folder)
+        tokenizer = AutoTokenizer.from_pretrained(hf_folder, trust_remote_code=remote)
     except (OSError, ValueError) as exc:
         raise UserError(f"{hf_folder}: GPTQ export needs the tokenizer files in the folder ({exc})") from None
     windows = calibration_windows(tokenizer, calibration_file, num_samples, seq_len, seed)
