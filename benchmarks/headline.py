@@ -180,9 +180,11 @@ def main() -> None:
                     "group_size": d.get("group_size"), "size_bytes": d["size_bytes"], "fp32_bytes": fp32_parent,
                     "smaller_than_parent_fp32": fp32_parent / d["size_bytes"],
                     "smaller_than_subnet_fp32": fp32_subnet / d["size_bytes"],
-                    "accuracy_before": exp["gptq"]["before"]["accuracy"], "accuracy_after": exp["gptq"]["after"]["accuracy"],
-                    "accuracy_n": exp["gptq"]["before"].get("n"),
-                    "drop_pts": 100 * (exp["gptq"]["before"]["accuracy"] - exp["gptq"]["after"]["accuracy"])}
+                    "accuracy_before": exp["gptq"]["before"]["task"]["acc"], "accuracy_after": exp["gptq"]["after"]["task"]["acc"],
+                    "accuracy_n": exp["gptq"]["before"]["task"]["n"],
+                    "perplexity_before": exp["gptq"]["before"]["perplexity"]["value"],
+                    "perplexity_after": exp["gptq"]["after"]["perplexity"]["value"],
+                    "drop_pts": 100 * (exp["gptq"]["before"]["task"]["acc"] - exp["gptq"]["after"]["task"]["acc"])}
 
     # The goals, each with what was measured.
     pa, ptps = parent["accuracy"], parent["decode_tokens_per_s"]
