@@ -5,6 +5,7 @@ tells a foreign profile apart, and ``toolkit profile`` measures this machine."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -332,7 +333,8 @@ def _this_machine_profile(**over) -> DeviceProfile:
     m = detect("cpu")
     d = edit(("identity/model", m.model), ("compute/cores", m.cores), ("compute/threads", m.threads),
              ("memory/capacity_bytes", m.capacity_bytes), ("memory/usable_bytes", m.capacity_bytes // 2),
-             ("runtime/threads", m.cores))
+             ("runtime/threads", m.cores),
+             *((f"features/{f}", getattr(m.features, f)) for f in ("avx2", "avx512", "amx", "neon", "bf16", "fp16")))
     for k, v in over.items():
         d["identity" if k == "model" else "memory"][k] = v
     return DeviceProfile.from_dict(d)
@@ -342,6 +344,9 @@ def test_fingerprint_matches_this_machine_only():
     here = _this_machine_profile()
     assert here.fingerprint == fingerprint_current_machine() and here.matches_current_machine()
     assert not _this_machine_profile(model="Some Other CPU").matches_current_machine()
+    # the same CPU model string with another ISA (e.g. a host without AVX-512) is another machine
+    other = dataclasses.replace(here, features=dataclasses.replace(here.features, avx512=not here.features.avx512))
+    assert other.fingerprint != here.fingerprint and not other.matches_current_machine()
     assert not load_profile("h100-sxm").matches_current_machine() or detect("auto").kind == "gpu"
     # Capacity is compared rounded up to 2 GiB: what the OS reports for a "24 GB" VM still matches it.
     a = DeviceProfile.from_dict(edit(("memory/capacity_bytes", int(23.5 * 2**30)), ("memory/usable_bytes", 1 << 30)))

@@ -60,8 +60,9 @@ YAML 1.1 reads ``1e11`` (no dot, unsigned exponent) as a string; numeric fields 
 strings, and the toolkit writes ``1.0e+11``. Duplicate keys are rejected (PyYAML silently keeps the last).
 
 **Fingerprint.** ``profile.fingerprint`` is derived, never stored: for a cpu profile a hash of the CPU
-model, the hardware thread count and the memory capacity rounded up to 2 GiB (so a 24 GiB VM reporting
-23.5 GiB and a datasheet "24 GB" agree); for a gpu profile a hash of the device name and CUDA capability.
+model, the hardware thread count, the memory capacity rounded up to 2 GiB (so a 24 GiB VM reporting
+23.5 GiB and a datasheet "24 GB" agree) and the speed-relevant ISA features (avx2, avx512, amx, neon,
+bf16: cloud VMs with the same model string come with and without AVX-512/bf16); for a gpu profile a hash of the device name and CUDA capability.
 :func:`fingerprint_current_machine` computes the same from the running machine, and tools that measure
 call :func:`warn_if_foreign` before timing anything.
 
@@ -430,14 +431,20 @@ def _mem_class_gib(capacity_bytes: int) -> int:
     return 2 * math.ceil(capacity_bytes / (2 * GIB))
 
 
-def _fingerprint(kind: str, model: str, threads: int | None, capacity_bytes: int | None, cuda_capability: str | None) -> str:
+# The instruction-set features that change a CPU's speed class: the same "AMD EPYC" model string is
+# served by hosts with and without AVX-512 / native bf16, and a bf16 matmul is ~10x slower emulated.
+_FINGERPRINT_ISA = ("avx2", "avx512", "amx", "neon", "bf16")
+
+
+def _fingerprint(kind: str, model: str, threads: int | None, capacity_bytes: int | None, features: "Features") -> str:
     from toolkit.fileio import sha256_json
 
     model = " ".join(str(model).split())
     if kind == "cpu":
-        ident = {"kind": "cpu", "model": model, "threads": threads, "memory_gib": _mem_class_gib(capacity_bytes or 0)}
+        ident = {"kind": "cpu", "model": model, "threads": threads, "memory_gib": _mem_class_gib(capacity_bytes or 0),
+                 "isa": [f for f in _FINGERPRINT_ISA if getattr(features, f)]}
     else:
-        ident = {"kind": "gpu", "model": model, "cuda_capability": cuda_capability}
+        ident = {"kind": "gpu", "model": model, "cuda_capability": features.cuda_capability}
     return f"{kind}-{sha256_json(ident)[:16]}"
 
 
@@ -526,7 +533,7 @@ class DeviceProfile:
     def fingerprint(self) -> str:
         """Identity of the machine this profile describes (see the module docstring)."""
         return _fingerprint(self.kind, self.identity.model, self.compute.threads, self.memory.capacity_bytes,
-                            self.features.cuda_capability)
+                            self.features)
 
     def describe_machine(self) -> str:
         if self.kind == "cpu":
@@ -911,7 +918,7 @@ class MachineInfo:
 
     @property
     def fingerprint(self) -> str:
-        return _fingerprint(self.kind, self.model, self.threads, self.capacity_bytes, self.features.cuda_capability)
+        return _fingerprint(self.kind, self.model, self.threads, self.capacity_bytes, self.features)
 
 
 def _cuda_index(device: str) -> int:
