@@ -390,6 +390,7 @@ def write_outputs(run_dir: Path, evals: Sequence[Evaluation], front: Sequence[Ev
         "model": meta.get("model"),
         "model_hash": meta.get("model_hash"),
         "profile": meta.get("profile"),
+        "profile_file": meta.get("profile_file"),
         "task": meta.get("task"),
         "objectives": [{"name": o, "higher_is_better": OBJECTIVES[o].higher_is_better} for o in objectives],
         "settings": record.get("settings"),

@@ -67,6 +67,15 @@ def pick_from_run(run_dir: Path, pick: str) -> dict:
     return {"pareto": pareto, "entry": entry}
 
 
+def run_profile_ref(pareto: dict) -> str | None:
+    """The profile a search ran for: its file when it still exists (a measured profile written next to the
+    run is not on the profile search path), else its name."""
+    file = pareto.get("profile_file")
+    if file and Path(file).is_file():
+        return file
+    return pareto.get("profile")
+
+
 def run(args) -> int:
     from toolkit.cli.common import data_dir, default_calibration_file
     from toolkit.elastic import check_fits, extract
@@ -84,7 +93,7 @@ def run(args) -> int:
         cfg = SubnetConfig.from_dict(picked["entry"]["config"], str(Path(args.run) / "pareto.json"))
         predicted = picked["entry"]["metrics"]
         model = model or picked["pareto"].get("model")
-        profile_ref = profile_ref or picked["pareto"].get("profile")
+        profile_ref = profile_ref or run_profile_ref(picked["pareto"])
         expected_hash = picked["pareto"].get("model_hash")
     elif args.config:
         cfg = SubnetConfig.load(args.config)

@@ -82,7 +82,10 @@ def run(args) -> int:
             r = evaluate_task(child, loaded.tokenizer, task_data, limit=limit, seed=args.seed, progress=False)
         return {"accuracy": r.acc, "accuracy_stderr": r.acc_stderr, "acc_norm": r.acc_norm}
 
-    meta = {"model": args.model, "model_hash": loaded.model_hash, "profile": profile.name, "task": task_data.task.name,
+    from toolkit.profiles import find_profile
+
+    meta = {"model": args.model, "model_hash": loaded.model_hash, "profile": profile.name,
+            "profile_file": str(find_profile(args.profile).resolve()), "task": task_data.task.name,
             "limit": limit, "predictor": str(Path(args.predictor).resolve()),
             "eval_dtype": args.eval_dtype or profile.runtime.dtype}
     from toolkit.progress import enabled, progress_bar
