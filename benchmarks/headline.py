@@ -245,13 +245,9 @@ def plot(result: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    from toolkit.fileio import atomic_write_bytes
-    import io
+    from toolkit.report import save_png
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,9 @@ def plot(result: dict, path: Path) -> bool:
     ax.set_title("sub-networks: original vs super-network")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from toolkit.report import save_png
+
+    save_png(fig, path, dpi=110)
     return True
 
 

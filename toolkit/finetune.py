@@ -46,6 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from toolkit.corpus import read_texts
 from toolkit.errors import ConfigError, UserError
 from toolkit.finetune_config import FINETUNE_VERSION, FinetuneConfig  # noqa: F401  (re-exported)
 from toolkit.fileio import atomic_directory, atomic_write_bytes, atomic_write_json
@@ -229,13 +230,6 @@ class Lora(torch.nn.Module):
 
 
 # -- data ------------------------------------------------------------------------------------------
-def read_texts(path: str | Path) -> list[str]:
-    """Documents of a training file (see :func:`toolkit.corpus.read_texts`)."""
-    from toolkit.corpus import read_texts as _read
-
-    return _read(path, "training text")
-
-
 def pack(tokenizer, texts: Sequence[str], seq_len: int) -> torch.Tensor:
     """Tokenize documents (each followed by EOS), concatenate, cut into (N, seq_len) windows."""
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -566,7 +560,7 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
         raise UserError(f"{ckpt}: no checkpoint to resume from")
     if not resume and out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: exists and is not empty (pass --resume to continue it, or --overwrite)")
-    texts = read_texts(data_file)
+    texts = read_texts(data_file, "training text")
     if config.val_docs >= len(texts):
         raise ConfigError("val_docs", f"{config.val_docs} held-out documents leave none of the {len(texts)} to train on")
     loaded = load_model(model)

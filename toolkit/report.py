@@ -9,14 +9,11 @@ from typing import Sequence
 def plot_pareto(path: str | Path, evals: Sequence, front: Sequence, objectives: Sequence[str], parent=None,
                 baselines: dict[str, Sequence] | None = None, title: str | None = None) -> Path:
     """Scatter of all evaluations, the front as a step line, the parent as a star; PNG written atomically."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from toolkit.fileio import atomic_write_bytes
     from toolkit.search import OBJECTIVES
 
     x_name, y_name = objectives[1], objectives[0]  # speed/size on x, accuracy on y
@@ -43,9 +40,20 @@ def plot_pareto(path: str | Path, evals: Sequence, front: Sequence, objectives: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "Search: accuracy vs. speed")
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
+    return save_png(fig, path)
+
+
+def save_png(fig, path: str | Path, dpi: int | None = None) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp + rename) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from toolkit.fileio import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)

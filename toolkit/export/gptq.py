@@ -161,7 +161,6 @@ def _quiet() -> Iterator[None]:
     ``git`` subprocess and logging handlers write there); if the block raises, the file's tail is written
     to the real stderr so the reason is not lost. Everything is restored afterwards.
     """
-
     sys.stdout.flush()
     sys.stderr.flush()
     with tempfile.TemporaryFile() as sink, open(sink.fileno(), "w", closefd=False, buffering=1) as text:
@@ -287,7 +286,7 @@ def export_gptq(hf_folder: Path, out_dir: Path, *, bits: int = 4, group_size: in
     if bits not in SUPPORTED_BITS:
         raise UserError(f"--bits: {bits} is not supported; choose from {', '.join(map(str, SUPPORTED_BITS))}")
     if group_size != -1 and group_size < 1:
-        raise UserError(f"--gptq-group-size: must be positive or -1, got {group_size}")
+        raise UserError(f"--group-size: must be positive or -1, got {group_size}")
     if num_samples < 1 or seq_len < 2:
         raise UserError(f"gptq calibration: need num_samples >= 1 and seq_len >= 2, got {num_samples} and {seq_len}")
     config = _read_config(hf_folder)
