@@ -13,6 +13,7 @@ import torch
 from toolkit.elastic import default_space, extract, parent_shape, save_subnet
 from toolkit.errors import ConfigError, UserError
 from toolkit.importance import Importance
+from toolkit.models.compat import cache_kwargs, output_cache
 from toolkit.space import SubnetConfig
 
 
@@ -86,7 +87,7 @@ def test_kv_cache_and_generate_on_a_heterogeneous_subnet(tiny, tiny_ids, tiny_im
     ids = tiny_ids[:1, :8]
     with torch.no_grad():
         out = child(input_ids=ids, use_cache=True)
-        step = child(input_ids=tiny_ids[:1, 8:9], past_key_values=out.past_key_values, use_cache=True)
+        step = child(input_ids=tiny_ids[:1, 8:9], **cache_kwargs(child, output_cache(out)), use_cache=True)
         full = child(input_ids=tiny_ids[:1, :9], use_cache=False)
     assert (step.logits[0, -1] - full.logits[0, -1]).abs().max() <= 1e-5
     cached = child.generate(ids, max_new_tokens=12, do_sample=False, use_cache=True)

@@ -248,6 +248,8 @@ def score_token_requests(
     """
     from transformers import DynamicCache
 
+    from toolkit.models.compat import cache_kwargs, output_cache
+
     decoder, head = _decoder_and_head(model)
     device = next(model.parameters()).device
     max_len = model_max_length(model)
@@ -301,7 +303,7 @@ def score_token_requests(
             out = decoder(input_ids=ids.to(device), attention_mask=None if bool(mask.all()) else mask.to(device),
                           use_cache=need_cache)
             score_rows(out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1]), index, tgt, seg)
-            kv.append([(layer.keys, layer.values) for layer in out.past_key_values.layers] if need_cache else [])
+            kv.append([(layer.keys, layer.values) for layer in output_cache(out).layers] if need_cache else [])
             del out
         # 2. suffixes, in batches of similar length, each attending to its rows of the prefix caches.
         def kv_fits(batch) -> bool:
@@ -344,7 +346,7 @@ def score_token_requests(
                 layers.append((torch.cat(ks) if len(ks) > 1 else ks[0], torch.cat(vs) if len(vs) > 1 else vs[0]))
             cache = DynamicCache(ddp_cache_data=layers, config=model.config)
             h = decoder(input_ids=sids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                        past_key_values=cache, use_cache=True).last_hidden_state  # (R, S, H)
+                        **cache_kwargs(decoder, cache), use_cache=True).last_hidden_state  # (R, S, H)
             del cache, layers
             score_rows(h.reshape(-1, h.shape[-1]), index, tgt, seg)
         del kv

@@ -48,6 +48,8 @@ def _wrapper(model):
     import torch
     from transformers import DynamicCache
 
+    from toolkit.models.compat import cache_kwargs
+
     class FlatCacheLM(torch.nn.Module):
         """(input_ids, attention_mask, position_ids, *flat past) -> (logits, *flat present)."""
 
@@ -60,7 +62,7 @@ def _wrapper(model):
             for i in range(len(past) // 2):
                 cache.update(past[2 * i], past[2 * i + 1], i)
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=cache, use_cache=True)
+                          **cache_kwargs(self.lm, cache), use_cache=True)
             present = []
             for i in range(len(past) // 2):
                 present += [cache.layers[i].keys, cache.layers[i].values]

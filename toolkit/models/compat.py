@@ -1,0 +1,26 @@
+"""One name for the KV cache across the transformers releases this project allows (see pyproject.toml).
+
+transformers 5.x renamed the forward argument and output field ``past_key_values`` to ``cache``; the old
+name still works but warns on every call (``FutureWarning``: removed in 5.40), which would reach users of
+``toolkit eval`` and ``toolkit search``. These two helpers pick whichever name the installed release uses,
+so the toolkit works, silently, on both sides of the rename.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+
+def cache_kwargs(module, cache) -> dict[str, Any]:
+    """``{"cache": cache}`` or ``{"past_key_values": cache}``, as ``module.forward`` names it (looked up on
+    each call, ~20 us: no memo to go stale when a forward is wrapped)."""
+    takes_cache = "cache" in inspect.signature(module.forward).parameters
+    return {"cache": cache} if takes_cache else {"past_key_values": cache}
+
+
+def output_cache(output):
+    """The KV cache of a model output, under its new name (``cache``) or its old one."""
+    if "cache" in output:
+        return output["cache"]
+    return output["past_key_values"]
