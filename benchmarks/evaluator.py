@@ -13,7 +13,9 @@ as ``toolkit eval --limit`` picks it) is written to a local JSONL with a local l
 It compares acc / acc_norm, every per-choice log-likelihood, and explains each example whose prediction
 differs (the margin between the top two choices against the largest log-likelihood difference seen).
 Wall times: per task (the evaluation call only, model already loaded) and end to end (each subprocess
-from start to exit: imports, model load, all tasks). Writes ``benchmarks/results/evaluator.json``.
+from start to exit: imports, model load, all tasks), and the *work bound*: the ratio of matmul work
+lm-eval does to what the toolkit does on the same examples (``work_bound``), i.e. the speed-up an exact
+evaluator can reach by saving work alone. Writes ``benchmarks/results/evaluator.json``.
 
 **The lm-eval environment** is a separate virtualenv, never the project's: lm-eval is a cross-check, not
 a dependency, and it drags in datasets, pyarrow, pandas, scikit-learn, sacrebleu, nltk ...; older
@@ -202,6 +204,38 @@ def compare(task_data: dict, tk: dict, lm: dict) -> dict:
     return tasks
 
 
+def work_bound(data, tokenizer, config) -> dict:
+    """How much matmul work each side does on these examples, and so the most any exact evaluator that
+    shares prefixes can gain over lm-eval here.
+
+    lm-eval runs every ``context + choice`` as its own sequence (``len(ctx + cont) - 1`` tokens after its
+    left truncation) with the LM head at every position; the toolkit runs each example's common prefix
+    once plus the suffixes, with the LM head only on continuation tokens. Multiply-accumulates per token:
+    the decoder's weights (non-embedding parameters) and ``hidden x vocab`` for the head (attention scores
+    are a few per cent at these lengths and left out). Same tokenization as both evaluators.
+    """
+    from toolkit.evaluate import LmEvalTokenizer, _build_groups
+
+    pairs, owners = [], []
+    for e, ex in enumerate(data.examples):
+        pairs.extend(ex.requests)
+        owners.extend([e] * ex.num_choices)
+    enc = LmEvalTokenizer(tokenizer).encode_pairs(pairs)
+    inputs = [(c + k)[:-1] for c, k in enc]
+    groups = _build_groups(inputs, owners)
+    tk_tokens = sum(len(g.prefix) for g in groups) + sum(len(inputs[r]) - len(g.prefix) for g in groups for r in g.members)
+    lm_tokens = sum(len(x) for x in inputs)
+    head_rows = sum(len(k) for _, k in enc)
+    h, v, L, f = config.hidden_size, config.vocab_size, config.num_hidden_layers, config.intermediate_size
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    body = L * (2 * h * h + 2 * h * kv + 3 * h * f)
+    head = h * v
+    lm_macs, tk_macs = lm_tokens * (body + head), tk_tokens * body + head_rows * head
+    return {"tokens_lm_eval": lm_tokens, "tokens_toolkit": tk_tokens, "lm_head_rows_lm_eval": lm_tokens,
+            "lm_head_rows_toolkit": head_rows, "macs_lm_eval": lm_macs, "macs_toolkit": tk_macs,
+            "max_speedup_from_work": lm_macs / tk_macs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -238,7 +272,10 @@ def main() -> None:
     root = data_dir(args.data_dir)
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
     task_data = {n: load_task(get_task(n), root).select(args.limit, args.seed) for n in names}
-    folder = load_model(args.model).folder  # the HF safetensors folder both sides load
+    loaded = load_model(args.model)
+    folder = loaded.folder  # the HF safetensors folder both sides load
+    work = {n: work_bound(d, loaded.tokenizer, loaded.model.config) for n, d in task_data.items()}
+    del loaded
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=str(args.threads), TOOLKIT_PROGRESS="0")
 
@@ -284,17 +321,21 @@ def main() -> None:
         done.update(compare(one, tk, lm))
         walls[name] = {"toolkit": tk_wall, "lm_eval": lm_wall, "speedup": lm_wall / tk_wall}
         done[name]["seconds_end_to_end"] = walls[name]
+        done[name]["work"] = work[name]
         v = done[name]
         print(f"[{name}] n={v['n']}  acc {v['toolkit']['acc']:.4f} / {v['lm_eval']['acc']:.4f}  "
               f"acc_norm {v['toolkit']['acc_norm']:.4f} / {v['lm_eval']['acc_norm']:.4f}  "
               f"max|dll| {v['loglikelihood_abs_diff']['max']:.1e}  eval {v['seconds']['toolkit']:.1f} s vs "
-              f"{v['seconds']['lm_eval']:.1f} s ({v['speedup']:.2f}x), cpu {v['speedup_cpu'] or 0:.2f}x; end to end {tk_wall:.1f} s vs {lm_wall:.1f} s",
+              f"{v['seconds']['lm_eval']:.1f} s ({v['speedup']:.2f}x), cpu {v['speedup_cpu'] or 0:.2f}x "
+              f"(work bound {work[name]['max_speedup_from_work']:.2f}x); end to end {tk_wall:.1f} s vs {lm_wall:.1f} s",
               flush=True)
 
         tk_eval = sum(v["seconds"]["toolkit"] for v in done.values())
         lm_eval_s = sum(v["seconds"]["lm_eval"] for v in done.values())
         tk_cpu = sum(v["cpu_seconds"]["toolkit"] or 0 for v in done.values())
         lm_cpu = sum(v["cpu_seconds"]["lm_eval"] or 0 for v in done.values())
+        macs_lm = sum(work[n]["macs_lm_eval"] for n in done)
+        macs_tk = sum(work[n]["macs_toolkit"] for n in done)
         tk_e2e = sum(w["toolkit"] for w in walls.values())
         lm_e2e = sum(w["lm_eval"] for w in walls.values())
         summary = {
@@ -319,6 +360,7 @@ def main() -> None:
                 "toolkit_eval_cpu": tk_cpu, "lm_eval_eval_cpu": lm_cpu,
                 "speedup_eval_cpu": lm_cpu / tk_cpu if tk_cpu and lm_cpu else None,
                 "toolkit_end_to_end": tk_e2e, "lm_eval_end_to_end": lm_e2e, "speedup_end_to_end": lm_e2e / tk_e2e,
+                "max_speedup_from_work": macs_lm / macs_tk,
                 "note": "eval = the evaluation call with the model loaded; end to end = each side's fresh "
                         "process per task (imports, model load, data, evaluation), summed over tasks",
             },
@@ -328,7 +370,8 @@ def main() -> None:
         }
         path = _common.write(args.out_name, summary)
     s = summary["seconds"]
-    print(f"total eval {s['toolkit_eval']:.1f} s vs {s['lm_eval_eval']:.1f} s ({s['speedup_eval']:.2f}x); end to end "
+    print(f"total eval {s['toolkit_eval']:.1f} s vs {s['lm_eval_eval']:.1f} s ({s['speedup_eval']:.2f}x; work bound "
+          f"{s['max_speedup_from_work']:.2f}x); end to end "
           f"{s['toolkit_end_to_end']:.1f} s vs {s['lm_eval_end_to_end']:.1f} s ({s['speedup_end_to_end']:.2f}x) -> {path}")
 
 
