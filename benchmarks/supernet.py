@@ -121,6 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="auto", help="weights dtype for evaluation, both sides alike (auto: bfloat16 on CPUs "
                    "with native bf16, where it is ~2x faster, else float32: emulated bf16 is slower)")
     p.add_argument("--only", choices=("original", "supernet", "all"), default="all")
+    p.add_argument("--train-history", default=None,
+                   help="how the super-network was trained, for folders whose finetune.json predates its 'sessions' record")
     p.add_argument("--out", default=str(RESULTS / "supernet.json"))
     args = p.parse_args(argv)
     if args.dtype == "auto":
@@ -187,8 +189,8 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "supernet",
         "command": "python benchmarks/supernet.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "train_command": finetune_info.get("command", "toolkit finetune --model smollm2-135m --out /work/supernet-smollm2 "
-                                                       "--steps 240 --lr 1.5e-4 --eval-every 40 --checkpoint-every 20 --max-minutes 55"),
+        "train_command": finetune_info.get("command"),  # the last invocation; all of them below
+        "train_sessions": finetune_info.get("sessions") or args.train_history,
         "machine": machine(),
         "settings": settings,
         "training": {

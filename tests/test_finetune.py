@@ -248,6 +248,9 @@ def test_cli_trains_resumes_and_refuses_bad_input(tmp_path, tiny_folder, monkeyp
     assert main(common + ["--steps", "2", "--resume"]) == 0
     info = json.loads((out / "finetune.json").read_text())
     assert info["steps_done"] == 2 and [r["step"] for r in info["loss_curve"]] == [1, 2]
+    # the whole history of invocations, not only the last one
+    assert [(s["steps_from"], s["steps_to"]) for s in info["sessions"]] == [(0, 1), (1, 2)]
+    assert "--resume" not in info["sessions"][0]["command"] and "--resume" in info["sessions"][1]["command"]
     assert main(common + ["--steps", "3", "--resume", "--lr", "1"]) == 2  # settings differ from the checkpoint
     assert "lr" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"

@@ -575,9 +575,11 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
     trainer = SupernetTrainer(loaded.model, loaded.tokenizer, importance, windows, config, teacher=teacher, val_windows=val)
     if resume:
         trainer.load_checkpoint(ckpt)
+    sessions = _previous_sessions(out) if resume else []
     info = {"model": str(model), "model_hash": loaded.model_hash, "data": str(data_file), "train_windows": int(windows.shape[0]),
             "train_tokens_per_step": config.seq_len * config.batch_size * config.grad_accum,
             "held_out_docs": config.val_docs, "command": command}
+    first_step = trainer.step
     say = log or (lambda s: None)
     say(f"training {len(trainer.trainable)} tensors ({sum(p.numel() for p in trainer.trainable):,} parameters) on "
         f"{windows.shape[0]} windows of {config.seq_len} tokens; space: mlp {trainer.space.mlp_choices[0]}.."
@@ -597,9 +599,27 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
-    info = dict(info, stopped_early=stop["why"])
+    info = dict(info, stopped_early=stop["why"], sessions=sessions + [
+        {"command": command, "steps_from": first_step, "steps_to": trainer.step, "stopped_early": stop["why"]}])
     save_supernet(trainer, out, info)
     return out
+
+
+def _previous_sessions(out: Path) -> list[dict[str, Any]]:
+    """The invocations that trained ``out`` so far (from its ``finetune.json``), so that a resumed run
+    records its whole history, not only its last command. A session killed before saving leaves a gap
+    in the steps (the next one starts from the last checkpoint)."""
+    path = Path(out) / "finetune.json"
+    if not path.is_file():
+        return []
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if isinstance(prev.get("sessions"), list):
+        return list(prev["sessions"])
+    return [{"command": prev.get("command"), "steps_from": None, "steps_to": prev.get("steps_done"),
+             "stopped_early": prev.get("stopped_early")}]
 
 
 def _train_loop(trainer, config, ckpt, info, say, stop, start, max_minutes, bar_enabled, progress_bar) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 
 from toolkit.cli.common import add_data_dir_arg, add_model_arg, default_calibration_file
 
@@ -139,7 +137,7 @@ def run(args) -> int:
             results.append({"file": str(data.file), **r.to_dict(per_example=args.per_example)})
     record = {
         "version": 1,
-        "command": "toolkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,
+        "command": args.command_line,
         "model": args.model,
         "model_hash": loaded.model_hash,
         "subnet": subnet.to_dict() if subnet else None,

@@ -79,6 +79,6 @@ def run(args) -> int:
     calibration = default_calibration_file(args.calibration, args.data_dir)
     out = finetune(args.model, data, args.out, config, calibration, resume=args.resume, overwrite=args.overwrite,
                    log=lambda s: print(s, file=sys.stderr, flush=True), max_minutes=args.max_minutes,
-                   command="toolkit " + " ".join(sys.argv[1:]))
+                   command=args.command_line)
     print(out)
     return 0

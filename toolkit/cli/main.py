@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 # The data flow, in order: profile -> calibrate -> search -> export (+ the tools around it).
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.errors import UserError
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_line = "toolkit " + " ".join(shlex.quote(a) for a in argv)  # recorded in output files
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
