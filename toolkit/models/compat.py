@@ -12,11 +12,15 @@ import inspect
 from typing import Any
 
 
+def cache_arg_name(module) -> str:
+    """``"cache"`` or ``"past_key_values"``, as ``module.forward`` names it (looked up on each call, ~20 us:
+    no memo to go stale when a forward is wrapped; hot loops look it up once)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 def cache_kwargs(module, cache) -> dict[str, Any]:
-    """``{"cache": cache}`` or ``{"past_key_values": cache}``, as ``module.forward`` names it (looked up on
-    each call, ~20 us: no memo to go stale when a forward is wrapped)."""
-    takes_cache = "cache" in inspect.signature(module.forward).parameters
-    return {"cache": cache} if takes_cache else {"past_key_values": cache}
+    """``{"cache": cache}`` or ``{"past_key_values": cache}``, as ``module.forward`` names it."""
+    return {cache_arg_name(module): cache}
 
 
 def output_cache(output):
