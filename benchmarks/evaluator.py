@@ -204,7 +204,7 @@ def compare(task_data: dict, tk: dict, lm: dict) -> dict:
     return tasks
 
 
-def work_bound(data, tokenizer, config) -> dict:
+def work_bound(data, tokenizer, model) -> dict:
     """How much matmul work each side does on these examples, and so the most any exact evaluator that
     shares prefixes can gain over lm-eval here.
 
@@ -214,6 +214,7 @@ def work_bound(data, tokenizer, config) -> dict:
     the decoder's weights (non-embedding parameters) and ``hidden x vocab`` for the head (attention scores
     are a few per cent at these lengths and left out). Same tokenization as both evaluators.
     """
+    from toolkit.elastic import parent_shape
     from toolkit.evaluate import LmEvalTokenizer, _build_groups
 
     pairs, owners = [], []
@@ -226,10 +227,9 @@ def work_bound(data, tokenizer, config) -> dict:
     tk_tokens = sum(len(g.prefix) for g in groups) + sum(len(inputs[r]) - len(g.prefix) for g in groups for r in g.members)
     lm_tokens = sum(len(x) for x in inputs)
     head_rows = sum(len(k) for _, k in enc)
-    h, v, L, f = config.hidden_size, config.vocab_size, config.num_hidden_layers, config.intermediate_size
-    kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    body = L * (2 * h * h + 2 * h * kv + 3 * h * f)
-    head = h * v
+    shape = parent_shape(model)
+    body = shape.num_params(shape.full_config(), include_embeddings=False)  # one MAC per weight per token
+    head = model.config.hidden_size * model.config.vocab_size
     lm_macs, tk_macs = lm_tokens * (body + head), tk_tokens * body + head_rows * head
     return {"tokens_lm_eval": lm_tokens, "tokens_toolkit": tk_tokens, "lm_head_rows_lm_eval": lm_tokens,
             "lm_head_rows_toolkit": head_rows, "macs_lm_eval": lm_macs, "macs_toolkit": tk_macs,
@@ -274,7 +274,7 @@ def main() -> None:
     task_data = {n: load_task(get_task(n), root).select(args.limit, args.seed) for n in names}
     loaded = load_model(args.model)
     folder = loaded.folder  # the HF safetensors folder both sides load
-    work = {n: work_bound(d, loaded.tokenizer, loaded.model.config) for n, d in task_data.items()}
+    work = {n: work_bound(d, loaded.tokenizer, loaded.model) for n, d in task_data.items()}
     del loaded
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=str(args.threads), TOOLKIT_PROGRESS="0")
