@@ -101,6 +101,34 @@ def test_fast_path_on_real_examples_sdpa(tok):
     assert np.abs(fast - naive_loglikelihoods(m, enc)).max() <= 1e-4
 
 
+def test_tree_layout_masks_other_choices_and_padding():
+    from toolkit.tree_attention import TreeLayout
+
+    # segment 0: prefix (2 tokens), choice 0 (2 tokens), choice 1 (1 token); segment 1: a 2-token prefix only
+    layout = TreeLayout.build([([0, 1, 2, 3, 2], [-1, -1, 0, 0, 1]), ([0, 1], [-1, -1])])
+    assert layout.index.tolist() == [[0, 1, 2, 3, 4], [5, 6, 0, 0, 0]]
+    assert layout.valid.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    m = layout.mask[:, 0].int().tolist()
+    assert m[0] == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 1]]
+    assert m[1][:2] == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0]]
+    assert all(row[2:] == [0, 0, 0] for row in m[1])  # padding keys are seen by no one
+    assert all(sum(row) > 0 for seg in m for row in seg)  # no all-masked row (NaN-free softmax)
+
+
+def test_scoring_puts_the_attention_implementation_back(model):
+    from toolkit.tree_attention import tree_attention
+
+    m = llama_tiny(seed=5)
+    m.config._attn_implementation = "eager"
+    reqs, owners = _requests(np.random.default_rng(3), 4)
+    score_token_requests(m, reqs, owners)
+    assert m.config._attn_implementation == "eager"
+    with pytest.raises(RuntimeError, match="toolkit_tree"):
+        with tree_attention(m):
+            m(input_ids=torch.tensor([[5, 6, 7]]))  # no layout passed: a clear error, not a wrong answer
+    assert m.config._attn_implementation == "eager"
+
+
 # -- lm-eval tokenization -------------------------------------------------------------------------------
 def lm_eval_encode_pair(tokenizer, context, continuation):
     """lm-eval's LM.loglikelihood + _encode_pair (lm_eval/api/model.py, 0.4.x), written out literally."""

@@ -22,18 +22,23 @@ LM head and a log-softmax over the whole vocabulary at every position):
 
 1. *Shared prefix, computed once.* The requests of one example usually share a long token prefix (the
    context; for PIQA often words of the two solutions too; for WinoGrande the sentence before the blank).
-   The longest common prefix of an example's inputs runs once; its KV cache is then indexed out over the
-   choices (``Cache.batch_select_indices`` with repeated rows) and only the differing suffixes run,
-   with ``position_ids`` continuing each example's prefix and an attention mask hiding the prefix padding.
-2. *LM head only where it is needed.* The decoder (``model.get_decoder()``) returns hidden states; the LM
-   head and log-softmax run only on the rows that predict a continuation token.
-3. *Sorted, token-budgeted batches* (longest first, so padding is small), under ``torch.inference_mode``.
+   An example's requests (those starting with the same token) become one *tree segment*: the common prefix once, then each request's own
+   remaining tokens, with positions continuing the prefix and attention that sees the prefix and the
+   request's own tokens only (:mod:`toolkit.tree_attention`, plugged into the model through transformers'
+   ``AttentionInterface``). One forward computes an example's prefix and all its choices; no KV cache is
+   copied out per choice.
+2. *Packed, not padded.* Segments run end to end in batch-1 forwards of ``DEFAULT_BATCH_TOKENS`` tokens, so
+   every linear layer is one big matmul with no padding; only attention gathers segments into a padded
+   batch (native grouped-query attention, no ``repeat_kv`` copies).
+3. *LM head only where it is needed.* The decoder (``model.get_decoder()``) returns hidden states; the LM
+   head and log-softmax run only on the rows that predict a continuation token, under
+   ``torch.inference_mode``.
 
 The result equals a plain full-sequence forward up to float rounding (tests check <= 1e-4 on tiny
 models); ``benchmarks/evaluator.py`` checks the numbers against lm-eval itself.
 
-Why hand-written: lm-eval is the reference, but it is a heavy dependency, ~3-5x slower for this workload
-and (in the releases that pin ``huggingface_hub<1.0``) incompatible with this project's transformers 5.
+Why hand-written: lm-eval is the reference, but it is a heavy dependency, slower for this workload
+(``benchmarks/evaluator.py`` measures by how much) and (in the releases that pin ``huggingface_hub<1.0``) incompatible with this project's transformers 5.
 It stays a cross-check (``benchmarks/evaluator.py``), never a runtime dependency.
 """
 
@@ -53,6 +58,9 @@ from toolkit.errors import UserError
 from toolkit.tasks import Example, Task, TaskData, get_task, load_task
 
 EVAL_VERSION = 1
+# Tokens per packed forward: on a 2-core AVX2 CPU, 1024-2048 ran HellaSwag ~10 % faster than 4096 (whose
+# activations spill out of cache); GPUs may want more (``toolkit eval --batch-tokens``).
+DEFAULT_BATCH_TOKENS = 2048
 _DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when the config names no context length
 
 
@@ -143,10 +151,6 @@ class _Group:
     members: list[int]  # request indices
     suffix_len: int  # longest suffix after the prefix
 
-    @property
-    def cost(self) -> int:
-        return len(self.prefix) + self.suffix_len
-
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     n = min(len(s) for s in seqs)
@@ -171,33 +175,43 @@ def _build_groups(inputs: Sequence[list[int]], owners: Sequence[int]) -> list[_G
     return groups
 
 
-def _buckets(items: list, length, max_tokens: int, ratio: float = 0.8, fits=None) -> list[list]:
-    """Longest first, batches of similar length: a batch is cut when its padded size would pass
-    ``max_tokens``, when the next item is shorter than ``ratio`` x the batch's longest (padding <= 20 %),
-    or when ``fits(batch + [item])`` says no."""
-    out, cur = [], []
-    for item in sorted(items, key=lambda it: -length(it)):
-        if cur:
-            longest = length(cur[0])
-            if ((len(cur) + 1) * longest > max_tokens or length(item) < ratio * longest
-                    or (fits is not None and not fits(cur + [item]))):
-                out.append(cur)
-                cur = []
-        cur.append(item)
-    if cur:
-        out.append(cur)
-    return out
+@dataclass(frozen=True)
+class _Segment:
+    """A group laid out as a tree: ``[prefix | suffix of member 0 | suffix of member 1 | ...]``."""
+
+    ids: list[int]
+    positions: list[int]
+    members: list[int]  # -1 for the prefix, else the member's index in the group
+    starts: list[int]  # offset of each member's suffix in the segment
+
+    @staticmethod
+    def of(group: _Group, inputs: Sequence[list[int]]) -> "_Segment":
+        p = len(group.prefix)
+        ids, positions, members, starts = list(group.prefix), list(range(p)), [-1] * p, []
+        for m, r in enumerate(group.members):
+            x = inputs[r]
+            starts.append(len(ids))
+            ids.extend(x[p:])
+            positions.extend(range(p, len(x)))
+            members.extend([m] * (len(x) - p))
+        return _Segment(ids, positions, members, starts)
 
 
-def _superchunks(groups: list[_Group], max_prefix_tokens: int) -> list[list[_Group]]:
-    """Groups by prefix length, longest first, cut so that one chunk's prefix KV cache stays bounded."""
+def _packs(sizes: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Segment indices, longest first, packed greedily into forwards of at most ``max_tokens`` tokens (a
+    longer segment runs alone); attention's padded batch (``count x longest``, and its ``longest^2`` score
+    matrices) is kept within ``2 x max_tokens`` tokens and ``512 x max_tokens`` scores."""
     out, cur, total = [], [], 0
-    for g in sorted(groups, key=lambda g: -len(g.prefix)):
-        if cur and total + len(g.prefix) > max_prefix_tokens:
-            out.append(cur)
-            cur, total = [], 0
-        cur.append(g)
-        total += len(g.prefix)
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        n = sizes[i]
+        if cur:
+            longest = sizes[cur[0]]
+            count = len(cur) + 1
+            if total + n > max_tokens or count * longest > 2 * max_tokens or count * longest ** 2 > 512 * max_tokens:
+                out.append(cur)
+                cur, total = [], 0
+        cur.append(i)
+        total += n
     if cur:
         out.append(cur)
     return out
@@ -211,13 +225,21 @@ def _decoder_and_head(model):
     return decoder, head
 
 
-def _token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 256) -> torch.Tensor:
+def _head_chunk_rows(head, max_bytes: int = 128 << 20) -> int:
+    """Rows of one LM-head + log-softmax call: big enough for an efficient matmul (the head's weight is
+    read once per call), small enough that the (rows, vocab) logits stay within ``max_bytes``."""
+    vocab = head.weight.shape[0] if hasattr(head, "weight") else 32000
+    return max(64, min(2048, max_bytes // (4 * vocab)))
+
+
+def _token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
     """log P(target | hidden) per row: the LM head and a log-softmax on these rows only. (N,)
 
     The log-softmax runs as lm-eval's does (``F.log_softmax`` in the logits' dtype), upcast to float32 only
     for half-precision models. In float32, a 49k-way softmax carries ~1e-5 of summation rounding per token,
     and a different reduction (``logsumexp``) shifts sums over 200 tokens by ~2e-3: same function, same code.
     """
+    chunk_rows = chunk_rows or _head_chunk_rows(head)
     out = torch.empty(hidden.shape[0], dtype=torch.float64, device=hidden.device)
     for i in range(0, hidden.shape[0], chunk_rows):
         logits = head(hidden[i:i + chunk_rows])  # (n, V)
@@ -233,7 +255,7 @@ def score_token_requests(
     model,
     requests: Sequence[tuple[list[int], list[int]]],
     owners: Sequence[int] | None = None,
-    max_batch_tokens: int = 4096,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Sum of continuation log-probabilities for (context tokens, continuation tokens) requests.
@@ -241,14 +263,12 @@ def score_token_requests(
     ``owners[r]`` says which example request ``r`` belongs to: requests of one example share their common
     prefix (pass ``None`` to treat each request alone). Returns (log-likelihoods (R,), tokens run).
 
-    Work goes in chunks of groups (bounded prefix KV memory): the chunk's prefixes run in batches of
-    similar length (their KV caches kept), then its suffixes in batches of similar length, each attending
-    to its rows of those caches. Padding stays under ~20 % in both passes even when the choices of one
-    example differ a lot in length (PIQA). ``max_batch_tokens`` bounds the padded tokens of one forward.
+    Each group of requests becomes one tree segment (:mod:`toolkit.tree_attention`): its common prefix
+    once, then each request's remaining tokens, positions continuing the prefix. Segments are packed,
+    longest first, into batch-1 forwards of at most ``max_batch_tokens`` tokens, with no padding in the
+    linear layers; the LM head then runs on the rows that predict a continuation token.
     """
-    from transformers import DynamicCache
-
-    from toolkit.models.compat import cache_kwargs, output_cache
+    from toolkit.tree_attention import TreeLayout, tree_attention
 
     decoder, head = _decoder_and_head(model)
     device = next(model.parameters()).device
@@ -265,93 +285,32 @@ def score_token_requests(
         targets.append(cont)
     owners = list(range(len(requests))) if owners is None else list(owners)
     groups = _build_groups(inputs, owners)
+    segments = [_Segment.of(g, inputs) for g in groups]
     loglik = torch.zeros(len(requests), dtype=torch.float64)
     tokens_run = 0
-
-    def score_rows(hidden: torch.Tensor, index: list[int], tgt: list[int], seg: list[int]) -> None:
-        if index:
-            lp = _token_logprobs(head, hidden.index_select(0, torch.tensor(index, device=device)),
+    with tree_attention(model):
+        for pack in _packs([len(s.ids) for s in segments], max_batch_tokens):
+            ids, positions, rows, tgt, seg = [], [], [], [], []
+            for i in pack:
+                s, g, offset = segments[i], groups[i], len(ids)
+                p = len(g.prefix)
+                for m, r in enumerate(g.members):
+                    for t, q in zip(targets[r], range(starts[r], len(inputs[r]))):  # position q predicts t
+                        rows.append(offset + (q if q < p else s.starts[m] + q - p))
+                        tgt.append(t)
+                        seg.append(r)
+                ids.extend(s.ids)
+                positions.extend(s.positions)
+            layout = TreeLayout.build([(segments[i].positions, segments[i].members) for i in pack], device)
+            hidden = decoder(input_ids=torch.tensor([ids], device=device),
+                             position_ids=torch.tensor([positions], device=device),
+                             use_cache=False, toolkit_tree=layout).last_hidden_state[0]  # (T, H)
+            tokens_run += len(ids)
+            lp = _token_logprobs(head, hidden.index_select(0, torch.tensor(rows, device=device)),
                                  torch.tensor(tgt, device=device))
             loglik.index_add_(0, torch.tensor(seg), lp.cpu())
-
-    for chunk in _superchunks(groups, 2 * max_batch_tokens):
-        # 1. prefixes, in batches of similar length; keep each batch's KV cache and padding mask.
-        kv: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # per prefix batch, per layer: (G_b, kvh, P_b, D)
-        home: dict[int, tuple[int, int]] = {}  # group index in chunk -> (prefix batch, row)
-        rows = []  # (group index in chunk, request, suffix length)
-        for batch in _buckets(list(range(len(chunk))), lambda i: len(chunk[i].prefix), max_batch_tokens):
-            P = len(chunk[batch[0]].prefix)
-            ids = torch.zeros((len(batch), P), dtype=torch.long)
-            mask = torch.zeros((len(batch), P), dtype=torch.long)
-            index, tgt, seg = [], [], []
-            n_rows = len(rows)
-            for j, i in enumerate(batch):
-                g = chunk[i]
-                p = len(g.prefix)
-                ids[j, :p] = torch.tensor(g.prefix)
-                mask[j, :p] = 1
-                home[i] = (len(kv), j)
-                for r in g.members:
-                    if len(inputs[r]) > p:
-                        rows.append((i, r, len(inputs[r]) - p))
-                    for t, pos_x in zip(targets[r], range(starts[r], p)):  # targets predicted inside the prefix
-                        index.append(j * P + pos_x)
-                        tgt.append(t)
-                        seg.append(r)
-            tokens_run += int(mask.sum())
-            need_cache = len(rows) > n_rows  # some request of this batch goes on past its prefix
-            out = decoder(input_ids=ids.to(device), attention_mask=None if bool(mask.all()) else mask.to(device),
-                          use_cache=need_cache)
-            score_rows(out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1]), index, tgt, seg)
-            kv.append([(layer.keys, layer.values) for layer in output_cache(out).layers] if need_cache else [])
-            del out
-        # 2. suffixes, in batches of similar length, each attending to its rows of the prefix caches.
-        def kv_fits(batch) -> bool:
-            p_max = max(len(chunk[i].prefix) for i, _, _ in batch)
-            return len(batch) * (p_max + batch[0][2]) <= 2 * max_batch_tokens
-
-        for batch in _buckets(rows, lambda row: row[2], max_batch_tokens, fits=kv_fits):
-            batch.sort(key=lambda row: home[row[0]])  # rows of one prefix batch together
-            R, S = len(batch), max(n for _, _, n in batch)
-            p_max = max(len(chunk[i].prefix) for i, _, _ in batch)
-            sids = torch.zeros((R, S), dtype=torch.long)
-            pos = torch.zeros((R, S), dtype=torch.long)
-            mask = torch.ones((R, p_max + S), dtype=torch.long)
-            index, tgt, seg = [], [], []
-            for j, (i, r, n) in enumerate(batch):
-                p = len(chunk[i].prefix)
-                sids[j, :n] = torch.tensor(inputs[r][p:])
-                pos[j] = p + torch.arange(S)
-                mask[j, p:p_max] = 0
-                for t, pos_x in zip(targets[r], range(starts[r], len(inputs[r]))):
-                    if pos_x >= p:
-                        index.append(j * S + pos_x - p)
-                        tgt.append(t)
-                        seg.append(r)
-                tokens_run += n
-            layers = []
-            for li in range(len(kv[home[batch[0][0]][0]])):
-                ks, vs = [], []
-                for b in dict.fromkeys(home[i][0] for i, _, _ in batch):
-                    sel = torch.tensor([home[i][1] for i, _, _ in batch if home[i][0] == b], device=device)
-                    k, v = kv[b][li]
-                    k, v = k.index_select(0, sel), v.index_select(0, sel)
-                    if k.shape[2] >= p_max:
-                        k, v = k[:, :, :p_max], v[:, :, :p_max]
-                    else:  # a shorter prefix batch: pad with masked zeros
-                        pad = (0, 0, 0, p_max - k.shape[2])
-                        k, v = torch.nn.functional.pad(k, pad), torch.nn.functional.pad(v, pad)
-                    ks.append(k)
-                    vs.append(v)
-                layers.append((torch.cat(ks) if len(ks) > 1 else ks[0], torch.cat(vs) if len(vs) > 1 else vs[0]))
-            cache = DynamicCache(ddp_cache_data=layers, config=model.config)
-            h = decoder(input_ids=sids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                        **cache_kwargs(decoder, cache), use_cache=True).last_hidden_state  # (R, S, H)
-            del cache, layers
-            score_rows(h.reshape(-1, h.shape[-1]), index, tgt, seg)
-        del kv
-        if on_batch is not None:
-            on_batch(sum(len(g.members) for g in chunk))
+            if on_batch is not None:
+                on_batch(sum(len(groups[i].members) for i in pack))
     return loglik.numpy(), tokens_run
 
 
@@ -434,7 +393,7 @@ def mean_stderr(values: Sequence[float]) -> float:
 
 
 def score_examples(model, tokenizer, examples: Sequence[Example], add_bos_token: bool | None = None,
-                   max_batch_tokens: int = 4096, on_batch: Callable[[int], None] | None = None
+                   max_batch_tokens: int = DEFAULT_BATCH_TOKENS, on_batch: Callable[[int], None] | None = None
                    ) -> tuple[list[ExampleResult], int]:
     """Per-example log-likelihoods and predictions (acc and acc_norm) for a list of examples."""
     enc = LmEvalTokenizer(tokenizer, add_bos_token)
@@ -465,7 +424,7 @@ def evaluate_task(
     data_dir: str | os.PathLike | None = None,
     num_fewshot: int = 0,
     add_bos_token: bool | None = None,
-    max_batch_tokens: int = 4096,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: bool = True,
 ) -> TaskResult:
     """Evaluate a model on a multiple-choice task: lm-eval's acc / acc_norm and their standard errors.

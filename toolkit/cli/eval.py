@@ -30,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="a seeded fixed subset of N examples (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
     p.add_argument("--num-fewshot", type=int, default=0, help="few-shot examples (mmlu: 0 or 5)")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward batch")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="tokens per packed forward (default: the evaluator's, 2048)")
     p.add_argument("--window", type=int, default=512, help="perplexity window (tokens)")
     p.add_argument("--stride", type=int, default=None, help="perplexity stride (default: the window)")
     p.add_argument("--max-tokens", type=int, default=None, help="perplexity: score at most the first N tokens")
@@ -95,7 +96,7 @@ def run(args) -> int:
     if args.limit is not None and args.limit <= 0:
         raise UserError(f"--limit: must be positive, got {args.limit}")
     from toolkit.cli.common import data_dir
-    from toolkit.evaluate import evaluate_task, perplexity
+    from toolkit.evaluate import DEFAULT_BATCH_TOKENS, evaluate_task, perplexity
     from toolkit.fileio import atomic_write_json
     from toolkit.tasks import get_task, load_task
 
@@ -119,6 +120,8 @@ def run(args) -> int:
             raise UserError(f"{args.text}: text file not found")
         prepared.append((None, Path(args.text)))
 
+    if args.batch_tokens is not None and args.batch_tokens <= 0:
+        raise UserError(f"--batch-tokens: must be positive, got {args.batch_tokens}")
     if args.threads is not None:
         import torch
 
@@ -133,7 +136,7 @@ def run(args) -> int:
             results.append({"task": task.name if task else str(data), "file": str(data), **r.to_dict()})
         else:
             r = evaluate_task(model, loaded.tokenizer, data, limit=args.limit, seed=args.seed,
-                              add_bos_token=True if args.add_bos_token else None, max_batch_tokens=args.batch_tokens)
+                              add_bos_token=True if args.add_bos_token else None, max_batch_tokens=args.batch_tokens or DEFAULT_BATCH_TOKENS)
             results.append({"file": str(data.file), **r.to_dict(per_example=args.per_example)})
     record = {
         "version": 1,
