@@ -278,6 +278,14 @@ def test_cli_eval_json_on_a_folder(tiny_folder, tmp_path, capsys):
     assert rec == json.loads(out.read_text())
     r = rec["results"][0]
     assert r["task"] == "items" and r["n"] == 5 and len(r["per_example"]) == 5 and 0 <= r["acc"] <= 1
+    # a smaller pack size gives the same scores; a non-positive one is a one-line error, exit 2
+    assert main(["eval", "--model", str(tiny_folder), "--task", str(path), "--limit", "5", "--json",
+                 "--per-example", "--batch-tokens", "16"]) == 0
+    small = json.loads(capsys.readouterr().out)["results"][0]["per_example"]
+    assert np.allclose([e["loglikelihoods"] for e in small], [e["loglikelihoods"] for e in r["per_example"]], atol=1e-4)
+    assert main(["eval", "--model", str(tiny_folder), "--task", str(path), "--batch-tokens", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--batch-tokens" in err
 
 
 def test_cli_eval_subnet(tiny_folder, tmp_path, capsys, data_dir):
