@@ -129,6 +129,18 @@ def test_scoring_puts_the_attention_implementation_back(model):
     assert m.config._attn_implementation == "eager"
 
 
+def test_scoring_refuses_a_model_whose_attention_ignores_the_layout(monkeypatch):
+    from transformers.models.llama import modeling_llama
+
+    m = llama_tiny(seed=6)
+    # An attention module that never calls the attention interface (as some custom model code does).
+    monkeypatch.setattr(modeling_llama.LlamaAttention, "forward",
+                        lambda self, hidden_states, *a, **k: (self.o_proj(self.q_proj(hidden_states)), None))
+    reqs, owners = _requests(np.random.default_rng(4), 2)
+    with pytest.raises(UserError, match="AttentionInterface"):
+        score_token_requests(m, reqs, owners)
+
+
 # -- lm-eval tokenization -------------------------------------------------------------------------------
 def lm_eval_encode_pair(tokenizer, context, continuation):
     """lm-eval's LM.loglikelihood + _encode_pair (lm_eval/api/model.py, 0.4.x), written out literally."""

@@ -305,6 +305,9 @@ def score_token_requests(
             hidden = decoder(input_ids=torch.tensor([ids], device=device),
                              position_ids=torch.tensor([positions], device=device),
                              use_cache=False, toolkit_tree=layout).last_hidden_state[0]  # (T, H)
+            if not layout.calls:  # its attention ignored the layout: the scores would be silently wrong
+                raise UserError(f"{type(model).__name__}: its attention does not go through transformers' "
+                                "AttentionInterface, which the evaluator's tree attention needs")
             tokens_run += len(ids)
             lp = _token_logprobs(head, hidden.index_select(0, torch.tensor(rows, device=device)),
                                  torch.tensor(tgt, device=device))

@@ -25,7 +25,7 @@ no shared prefixes); no kept library offers prefix-sharing tree attention on the
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
@@ -46,6 +46,7 @@ class TreeLayout:
     index: torch.Tensor  # (S, L) long
     valid: torch.Tensor  # (T,) long
     mask: torch.Tensor  # (S, 1, L, L) bool
+    calls: list = field(default_factory=list)  # layer indices that ran tree attention with this layout
 
     @staticmethod
     def build(segments: Sequence[tuple[Sequence[int], Sequence[int]]], device: torch.device | str = "cpu") -> "TreeLayout":
@@ -78,6 +79,7 @@ def tree_attention_forward(module, query, key, value, attention_mask, dropout: f
     if toolkit_tree is None:
         raise RuntimeError(f"attention implementation {NAME!r} needs toolkit_tree= (a TreeLayout) in the forward call")
     layout = toolkit_tree
+    layout.calls.append(getattr(module, "layer_idx", None))
     n, longest = layout.index.shape
     window = kwargs.get("sliding_window")
     if window is not None and longest > window:  # Mistral/Qwen2-style local attention is not modelled here
