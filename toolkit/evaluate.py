@@ -149,7 +149,6 @@ class _Group:
 
     prefix: list[int]
     members: list[int]  # request indices
-    suffix_len: int  # longest suffix after the prefix
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
@@ -171,7 +170,7 @@ def _build_groups(inputs: Sequence[list[int]], owners: Sequence[int]) -> list[_G
     for members in by_key.values():
         seqs = [inputs[r] for r in members]
         p = _common_prefix(seqs)
-        groups.append(_Group(list(seqs[0][:p]), members, max(len(s) - p for s in seqs)))
+        groups.append(_Group(list(seqs[0][:p]), members))
     return groups
 
 
