@@ -261,6 +261,12 @@ def main() -> None:
     if args.worker:
         lm_eval_worker(args.worker)
         return
+    try:
+        batch_sizes = list(dict.fromkeys(int(b) for b in args.lm_eval_batch_size.split(",") if b.strip()))
+    except ValueError:
+        batch_sizes = []
+    if not batch_sizes or min(batch_sizes) < 1:
+        ap.error(f"--lm-eval-batch-size: {args.lm_eval_batch_size!r} is not a comma-separated list of positive integers")
     if not args.lm_eval_python or not Path(args.lm_eval_python).is_file():
         sys.exit(f"error: --lm-eval-python: {args.lm_eval_python!r} is not a python executable. Create the lm-eval "
                  "virtualenv as the docstring of benchmarks/evaluator.py says, then pass its bin/python.")
@@ -268,13 +274,6 @@ def main() -> None:
     if probe.returncode != 0:
         sys.exit(f"error: --lm-eval-python {args.lm_eval_python}: cannot import lm_eval "
                  f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'unknown error'})")
-
-    try:
-        batch_sizes = [int(b) for b in args.lm_eval_batch_size.split(",") if b.strip()]
-    except ValueError:
-        batch_sizes = []
-    if not batch_sizes or min(batch_sizes) < 1:
-        sys.exit(f"error: --lm-eval-batch-size: {args.lm_eval_batch_size!r} is not a comma-separated list of positive integers")
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _common
@@ -337,6 +336,7 @@ def main() -> None:
                 run["walls"][name] = {"toolkit": tk_walls[name], "lm_eval": lm_wall, "speedup": lm_wall / tk_walls[name]}
                 v = run["tasks"][name]
                 v["seconds_end_to_end"] = run["walls"][name]
+                v["work"] = work[name]
                 print(f"[{name}] batch {bs}: n={v['n']}  acc {v['toolkit']['acc']:.4f} / {v['lm_eval']['acc']:.4f}  "
                       f"acc_norm {v['toolkit']['acc_norm']:.4f} / {v['lm_eval']['acc_norm']:.4f}  "
                       f"max|dll| {v['loglikelihood_abs_diff']['max']:.1e}  eval {v['seconds']['toolkit']:.1f} s vs "
@@ -398,8 +398,6 @@ def _summary(run: dict, work: dict) -> dict:
     macs_tk = sum(work[n]["macs_toolkit"] for n in done)
     tk_e2e = sum(w["toolkit"] for w in walls.values())
     lm_e2e = sum(w["lm_eval"] for w in walls.values())
-    for n, v in done.items():
-        v["work"] = work[n]
     return {
         "lm_eval": run["info"],
         "all_acc_equal": all(v["acc_equal"] for v in done.values()),
