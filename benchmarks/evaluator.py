@@ -220,7 +220,7 @@ def work_bound(data, tokenizer, model) -> dict:
     are a few per cent at these lengths and left out). Same tokenization as both evaluators.
     """
     from toolkit.elastic import parent_shape
-    from toolkit.evaluate import LmEvalTokenizer, _build_groups
+    from toolkit.evaluate import LmEvalTokenizer, _build_groups, _Segment
 
     pairs, owners = [], []
     for e, ex in enumerate(data.examples):
@@ -229,7 +229,7 @@ def work_bound(data, tokenizer, model) -> dict:
     enc = LmEvalTokenizer(tokenizer).encode_pairs(pairs)
     inputs = [(c + k)[:-1] for c, k in enc]
     groups = _build_groups(inputs, owners)
-    tk_tokens = sum(len(g.prefix) for g in groups) + sum(len(inputs[r]) - len(g.prefix) for g in groups for r in g.members)
+    tk_tokens = sum(len(_Segment.of(g, inputs).ids) for g in groups)  # the evaluator's tree segments
     lm_tokens = sum(len(x) for x in inputs)
     head_rows = sum(len(k) for _, k in enc)
     shape = parent_shape(model)
@@ -294,8 +294,7 @@ def main() -> None:
 
     import transformers
 
-    tk_results: dict = {}  # task -> the toolkit's result file
-    tk_walls: dict = {}
+    tk_walls: dict = {}  # task -> the toolkit's end-to-end seconds
     lm_runs: dict = {bs: {"tasks": {}, "walls": {}, "info": {}} for bs in batch_sizes}
     tk_hash = None
     # One task at a time: the toolkit, then lm-eval at each batch size, and the results file rewritten
@@ -315,7 +314,7 @@ def main() -> None:
             t0 = time.perf_counter()
             subprocess.run(tk_cmd, env=env, check=True, stdout=subprocess.DEVNULL)
             tk_walls[name] = time.perf_counter() - t0
-            tk = tk_results[name] = json.loads(tk_out.read_text())
+            tk = json.loads(tk_out.read_text())
             tk_hash = tk["model_hash"]
             for bs in batch_sizes:  # lm-eval, same examples, same weights
                 spec = {"model_folder": str(folder), "task_dir": str(tmp), "tasks": [name], "batch_size": bs,
@@ -347,7 +346,7 @@ def main() -> None:
         baselines = {f"batch_size_{bs}": _summary(run, work) for bs, run in lm_runs.items()}
         goal_run = baselines[f"batch_size_{batch_sizes[0]}"]
         summary = {
-            "complete": len(tk_results) == len(names),
+            "complete": len(tk_walls) == len(names),
             "tasks_planned": names,
             "model": args.model,
             "model_folder": str(folder),

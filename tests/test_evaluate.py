@@ -115,7 +115,7 @@ def test_tree_layout_masks_other_choices_and_padding():
     assert all(sum(row) > 0 for seg in m for row in seg)  # no all-masked row (NaN-free softmax)
 
 
-def test_scoring_puts_the_attention_implementation_back(model):
+def test_scoring_puts_the_attention_implementation_back():
     from toolkit.tree_attention import tree_attention
 
     m = llama_tiny(seed=5)
