@@ -9,6 +9,9 @@ import pytest
 import torch
 
 torch.manual_seed(0)
+# One thread: on these shared 2-core machines torch's default of 2 made some tests 100x slower (a user-file
+# eval test took 71.5 s with 2 threads, 0.41 s with 1). Tests that need more threads set them explicitly.
+torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOOLKIT_PROGRESS", "0")
 
