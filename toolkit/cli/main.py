@@ -29,10 +29,21 @@ SUBCOMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (``error: toolkit search: --limit: ...``), exit 2.
+
+    Stock argparse prints the whole usage block before the message; the toolkit's contract for bad input
+    is one line on stderr. Sub-parsers inherit this class (``add_subparsers`` uses the parent's type).
+    """
+
+    def error(self, message: str):  # noqa: D102 (argparse API)
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from toolkit import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="toolkit",
         description="Find the best smaller version of a LLaMA-family model for a given machine.\n"
         "Stages: profile -> calibrate -> search -> export; each reads the previous stage's file.",
