@@ -129,6 +129,7 @@ BAD = [
     ("choice not str", [{**GOOD, "choices": [" a", 3]}], 1, "choices[1]: expected a string"),
     ("no context", [{k: v for k, v in GOOD.items() if k != "context"}], 1, "context: missing required field"),
     ("not an object", ["[1, 2]"], 1, "expected a JSON object"),
+    ("one choice", [GOOD, {**GOOD, "choices": [" 4"]}], 2, "choices: need at least 2 choices, got 1"),
 ]
 
 
@@ -142,7 +143,7 @@ def test_malformed_task_files_name_file_and_line(tmp_path, what, rows, line, mes
     assert "\n" not in text
 
 
-@pytest.mark.parametrize("what,rows,line,message", BAD[:4], ids=[b[0] for b in BAD[:4]])
+@pytest.mark.parametrize("what,rows,line,message", BAD[:4] + BAD[-1:], ids=[b[0] for b in BAD[:4] + BAD[-1:]])
 def test_cli_malformed_task_file_is_one_line_exit_2(tmp_path, capsys, what, rows, line, message):
     from toolkit.cli.main import main
 

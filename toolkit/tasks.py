@@ -248,6 +248,8 @@ def _strip_delimiter(choice: str, delimiter: str) -> str:
 def parse_row(task: Task, obj: dict, where: str, line: int) -> Example:
     """Validate one row and turn it into an :class:`Example` (raises ConfigError naming ``where``)."""
     choices = _strings(obj, "choices", where)
+    if len(choices) < 2:  # one choice is always "right": it would count as accuracy 1.0
+        raise ConfigError("choices", f"need at least 2 choices, got {len(choices)}", where)
     if task.scoring == "partial":
         part = obj.get("partial")
         if not isinstance(part, dict):
