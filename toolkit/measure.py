@@ -104,18 +104,19 @@ def time_callable(
     setup: Callable[[], object] | None = None,
     max_time_s: float | None = None,
     max_number: int = 1_000_000,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Timing:
     """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` samples; see the module docstring.
 
     ``max_time_s`` caps the timed phase: once exceeded, sampling stops early but never before
     ``min(3, repeats)`` samples (a slow device still gets a median and a spread, just fewer samples).
+    ``clock`` returns seconds (``time.perf_counter``; tests pass a fake one to check the arithmetic).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     _sync = sync or (lambda: None)
-    clock = time.perf_counter
 
     def timed_call() -> float:
         if setup is not None:
