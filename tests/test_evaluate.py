@@ -328,3 +328,90 @@ def test_cli_perplexity_and_list(tiny_folder, tmp_path, capsys):
     assert main(["eval", "--list"]) == 0
     assert "winogrande" in capsys.readouterr().out
     assert main(["eval"]) == 2
+
+
+# -- over-long inputs: lm-eval's left truncation, bounded tokenization, checked before the model loads --
+class _CountingTokenizer:
+    """Wraps a tokenizer and records the longest string it was asked to encode."""
+
+    def __init__(self, tok):
+        self.tok, self.longest = tok, 0
+        self.bos_token_id, self.eos_token_id, self.decode = tok.bos_token_id, tok.eos_token_id, tok.decode
+
+    def __call__(self, text, **kw):
+        self.longest = max(self.longest, *(len(t) for t in ([text] if isinstance(text, str) else text)))
+        return self.tok(text, **kw)
+
+
+def test_a_multi_megabyte_context_is_cut_before_tokenizing_and_scores_as_lm_eval(model, tok):
+    """lm-eval keeps the last max_length + 1 tokens of context + continuation (here 512 + 1 with a byte
+    tokenizer: one token per character), so a 2.6 MB context scores exactly like its last 1000 characters;
+    the tokenizer never sees more than a few thousand characters of it."""
+    big = "the quick brown fox " * 130_000 + "Answer:"  # 2.6 MB
+    short = big[-1000:]
+    exs = [Example("big", ((big, " yes"), (big, " no")), (3, 2), 0, 1),
+           Example("short", ((short, " yes"), (short, " no")), (3, 2), 0, 2)]
+    counting = _CountingTokenizer(tok)
+    per, _ = score_examples(model, counting, exs)
+    assert counting.longest < 20_000
+    assert per[0].loglikelihoods == pytest.approx(per[1].loglikelihoods, abs=1e-9)
+    assert per[0].truncated and per[1].truncated
+    ref = [lm_eval_encode_pair(tok, short, c) for c in (" yes", " no")]  # the full encode, then lm-eval's cut
+    assert [((c + x)[-513:], x) for c, x in LmEvalTokenizer(tok, max_length=512).encode_pairs(exs[0].requests)] == \
+        [((c + x)[-513:], x) for c, x in ref]
+
+
+def test_cli_eval_refuses_an_over_long_continuation_before_loading(tiny_folder, tmp_path, capsys, monkeypatch):
+    from toolkit.cli.main import main
+    import toolkit.models
+
+    path = tmp_path / "long.jsonl"
+    rows = [{"context": "Q: a?\nA:", "choices": [" a", " b"], "label": 0},
+            {"context": "Q: b?\nA:", "choices": [" x" * 600, " b"], "label": 1}]  # 1200 tokens > 512
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["eval", "--model", str(tiny_folder), "--task", str(path), "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}:2: choice 0:" in err[0] and "maximum length 512" in err[0]
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_eval_warns_once_when_contexts_are_cut(tiny_folder, tmp_path, capsys):
+    from toolkit.cli.main import main
+
+    path = tmp_path / "longctx.jsonl"
+    rows = [{"context": "word " * 200 + f"Q{i}:", "choices": [" a", " b"], "label": i % 2} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows + [{"context": "Q:", "choices": [" a", " b"], "label": 0}]))
+    assert main(["eval", "--model", str(tiny_folder), "--task", str(path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == ["warning: longctx: 3 of 4 examples are longer than the model's maximum "
+                                        "length of 512 tokens; their contexts are cut from the left, as lm-eval does"]
+    assert json.loads(out)["results"][0]["truncated_examples"] == 3
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--limit", "-5"], "--limit: must be at least 1"),
+    (["--threads", "0"], "--threads: must be at least 1"),
+    (["--num-fewshot", "-1"], "--num-fewshot"),
+    (["--dtype", "float33"], "--dtype: unknown torch dtype"),
+    (["--subnet", "MISSING"], "MISSING"),
+])
+def test_cli_eval_bad_arguments_are_one_line_before_loading(tiny_folder, tmp_path, capsys, monkeypatch, flags, message):
+    from toolkit.cli.main import main
+    import toolkit.models
+
+    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    flags = [str(tmp_path / "missing.json") if f == "MISSING" else f for f in flags]
+    message = str(tmp_path / "missing.json") if message == "MISSING" else message
+    assert main(["eval", "--model", str(tiny_folder), "--task", str(_items(tmp_path)), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+
+
+def test_cli_eval_threads_are_scoped(tiny_folder, tmp_path, capsys):
+    from toolkit.cli.main import main
+
+    before = torch.get_num_threads()
+    assert main(["eval", "--model", str(tiny_folder), "--task", str(_items(tmp_path)), "--limit", "2", "--json",
+                 "--threads", str(before + 1)]) == 0
+    assert torch.get_num_threads() == before

@@ -12,7 +12,12 @@ the continuation's tokens, tokenized exactly as lm-eval's ``HFLM`` does (``lm_ev
 * an empty context (WinoGrande's full-sentence fallback) becomes the *prefix token*: BOS if the
   tokenizer has one, else EOS; if the continuation already starts with it, its first token is the context;
 * the input is ``(ctx + cont)[-(max_length + 1):][:-1]`` with lm-eval's ``max_length`` (the config's
-  ``n_positions`` / ``max_position_embeddings`` / ``n_ctx``, else 2048);
+  ``n_positions`` / ``max_position_embeddings`` / ``n_ctx``, else 2048): an over-long context loses its
+  *left* end and the continuation is kept whole. ``ExampleResult.truncated`` / ``TaskResult.
+  truncated_examples`` record it and ``toolkit eval`` / ``search`` say so in one warning line;
+* a continuation longer than ``max_length`` tokens is an error, as in lm-eval (``assert
+  len(continuation_enc) <= self.max_length`` in ``HFLM._loglikelihood_tokens``): cutting it would score
+  a different answer. :func:`check_task_lengths` finds one (file and line) before the model loads;
 * ``acc`` = argmax of the sums; ``acc_norm`` = argmax of sum / ``Example.norm_lengths`` (lm-eval's
   character length of the choice, see :mod:`toolkit.tasks`); ties go to the first choice (``np.argmax``);
   standard errors are lm-eval's ``mean_stderr`` (sample standard deviation / sqrt(n)).
@@ -33,6 +38,12 @@ LM head and a log-softmax over the whole vocabulary at every position):
 3. *LM head only where it is needed.* The decoder (``model.get_decoder()``) returns hidden states; the LM
    head and log-softmax run only on the rows that predict a continuation token, under
    ``torch.inference_mode``.
+
+**Bounded tokenization.** lm-eval tokenizes an over-long context whole and then keeps its last tokens.
+A multi-megabyte context (one 2.6 MB line) would cost seconds to minutes of tokenizer time per choice, so
+a context is first cut to its last few thousand characters that still encode to more than ``max_length``
+tokens plus a 64-token margin (the cut starts a whitespace run, so pre-tokenization after it is
+unchanged): the tokens kept are lm-eval's, the work is a small multiple of ``max_length``.
 
 The result equals a plain full-sequence forward up to float rounding (tests check <= 1e-4 on tiny
 models); ``benchmarks/evaluator.py`` checks the numbers against lm-eval itself.
@@ -62,15 +73,18 @@ EVAL_VERSION = 1
 # activations spill out of cache); GPUs may want more (``toolkit eval --batch-tokens``).
 DEFAULT_BATCH_TOKENS = 2048
 _DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when the config names no context length
+_CUT_MARGIN_TOKENS = 64  # tokens kept beyond max_length when an over-long context is cut before encoding
 
 
 # -- tokenization, exactly as lm-eval's HFLM ---------------------------------------------------------
 class LmEvalTokenizer:
     """Encodes (context, continuation) pairs the way lm-eval's ``HFLM`` does (see the module docstring)."""
 
-    def __init__(self, tokenizer, add_bos_token: bool | None = None):
+    def __init__(self, tokenizer, add_bos_token: bool | None = None, max_length: int | None = None):
         self.tokenizer = tokenizer
         self.add_bos_token = add_bos_token
+        self.max_length = max_length  # the model's; bounds the tokenization of over-long contexts
+        self._cut_memo: dict[str, str] = {}
         bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.prefix_token_id = bos if bos is not None else eos
         if self.prefix_token_id is None:
@@ -104,6 +118,29 @@ class LmEvalTokenizer:
     def encode(self, string: str, add_special_tokens: bool | None = None) -> list[int]:
         return self.encode_many([string], add_special_tokens)[0]
 
+    def bounded_context(self, context: str) -> str:
+        """The end of ``context`` that still encodes to more than ``max_length`` tokens (plus a margin),
+        found by encoding growing tails; ``context`` itself when it is short (see the module docstring)."""
+        need = (self.max_length or 0) + 1 + _CUT_MARGIN_TOKENS
+        width = 8 * need  # characters; a token rarely covers more than 8
+        if self.max_length is None or len(context) <= width:
+            return context
+        if context not in self._cut_memo:
+            cut = context
+            while width < len(context):
+                start = len(context) - width
+                # Start at a whitespace run (after a non-space) so the pre-tokenizer splits the tail as it
+                # splits the whole; a context with no space nearby is cut where it is.
+                start = next((i for i in range(start, min(start + 256, len(context)))
+                              if context[i].isspace() and not context[i - 1].isspace()), start)
+                tail = context[start:]
+                if len(self.tokenizer(tail, add_special_tokens=False)["input_ids"]) >= need:
+                    cut = tail
+                    break
+                width *= 4
+            self._cut_memo[context] = cut
+        return self._cut_memo[context]
+
     def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
         """(context tokens, continuation tokens) for each pair, as ``LM.loglikelihood`` builds them."""
         moved = []
@@ -112,7 +149,7 @@ class LmEvalTokenizer:
             if context and n_spaces:
                 continuation = context[-n_spaces:] + continuation
                 context = context[:-n_spaces]
-            moved.append((context, continuation))
+            moved.append((self.bounded_context(context), continuation))
         # Empty contexts take their continuation without special tokens; the rest encode whole and context.
         empty_conts = [c for ctx, c in moved if not ctx]
         full = [ctx + c for ctx, c in moved if ctx] + [ctx for ctx, _ in moved if ctx]
@@ -134,9 +171,11 @@ class LmEvalTokenizer:
 
 
 def model_max_length(model) -> int:
-    """lm-eval's ``resolve_max_length`` for a text-only config: the first context length the config names."""
+    """lm-eval's ``resolve_max_length`` for a text-only config: the first context length the config names.
+    ``model`` is a model, its config, or a ``config.json`` dict."""
+    config = getattr(model, "config", model)
     for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        v = getattr(model.config, attr, None)
+        v = config.get(attr) if isinstance(config, dict) else getattr(config, attr, None)
         if isinstance(v, int) and v > 0:
             return v
     return _DEFAULT_MAX_LENGTH
@@ -338,10 +377,11 @@ class ExampleResult:
     loglikelihoods: tuple[float, ...]
     pred: int
     pred_norm: int
+    truncated: bool = False  # a context lost its left end to the model's max length (as in lm-eval)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "label": self.label, "loglikelihoods": list(self.loglikelihoods),
-                "pred": self.pred, "pred_norm": self.pred_norm}
+                "pred": self.pred, "pred_norm": self.pred_norm, "truncated": self.truncated}
 
 
 @dataclass(frozen=True)
@@ -362,6 +402,7 @@ class TaskResult:
     seed: int = 0
     tokens_forward: int = 0  # tokens run through the decoder (shared prefixes once)
     cpu_seconds: float = 0.0  # process CPU time (all threads): the work, whatever else shares the cores
+    truncated_examples: int = 0  # examples whose context was cut from the left to the model's max length
     per_example: tuple[ExampleResult, ...] = field(default=(), repr=False)
     version: int = EVAL_VERSION
 
@@ -378,7 +419,8 @@ class TaskResult:
             "version": self.version, "task": self.task, "n": self.n, "num_fewshot": self.num_fewshot,
             "limit": self.limit, "seed": self.seed, "acc": self.acc, "acc_stderr": self.acc_stderr,
             "acc_norm": self.acc_norm, "acc_norm_stderr": self.acc_norm_stderr, "seconds": self.seconds,
-            "cpu_seconds": self.cpu_seconds, "tokens_forward": self.tokens_forward, "metrics": list(self.metrics),
+            "cpu_seconds": self.cpu_seconds, "tokens_forward": self.tokens_forward,
+            "truncated_examples": self.truncated_examples, "metrics": list(self.metrics),
             "higher_is_better": dict(self.higher_is_better),
         }
         if per_example:
@@ -394,26 +436,81 @@ def mean_stderr(values: Sequence[float]) -> float:
     return float(np.std(np.asarray(values, dtype=np.float64), ddof=1) / math.sqrt(n))
 
 
-def score_examples(model, tokenizer, examples: Sequence[Example], add_bos_token: bool | None = None,
-                   max_batch_tokens: int = DEFAULT_BATCH_TOKENS, on_batch: Callable[[int], None] | None = None
-                   ) -> tuple[list[ExampleResult], int]:
-    """Per-example log-likelihoods and predictions (acc and acc_norm) for a list of examples."""
-    enc = LmEvalTokenizer(tokenizer, add_bos_token)
+def encode_examples(enc: LmEvalTokenizer, examples: Sequence[Example], file: str | os.PathLike | None = None
+                    ) -> tuple[list[tuple[list[int], list[int]]], list[int], list[bool]]:
+    """(encoded requests, owning example of each, whether each example's context gets cut).
+
+    Refuses, naming the file and line, a choice that encodes to no tokens or (with ``enc.max_length``) a
+    continuation longer than the model's maximum length, which lm-eval refuses too.
+    """
     pairs, owners = [], []
     for e, ex in enumerate(examples):
         pairs.extend(ex.requests)
         owners.extend([e] * ex.num_choices)
     encoded = enc.encode_pairs(pairs)
-    for (ctx, cont), o in zip(encoded, owners):
+    truncated = [False] * len(examples)
+    first = 0
+    for r, ((ctx, cont), o) in enumerate(zip(encoded, owners)):
+        ex = examples[o]
+        first = r if r == 0 or owners[r - 1] != o else first
+        where = f"{file}:{ex.line}" if file else f"example {ex.id} (line {ex.line})"
         if not cont:
-            raise UserError(f"example {examples[o].id} (line {examples[o].line}): a choice encodes to no tokens")
+            raise UserError(f"{where}: choice {r - first}: encodes to no tokens")
+        if enc.max_length is not None:
+            if len(cont) > enc.max_length:
+                raise UserError(f"{where}: choice {r - first}: the continuation is {len(cont)} tokens, longer than the "
+                                f"model's maximum length {enc.max_length} (lm-eval refuses it too)")
+            truncated[o] |= len(ctx) + len(cont) > enc.max_length + 1
+    return encoded, owners, truncated
+
+
+def check_task_lengths(data: TaskData, tokenizer, max_length: int, add_bos_token: bool | None = None) -> int:
+    """Encode ``data`` as the evaluator will, before any model loads: raises the errors
+    :func:`encode_examples` raises, and returns how many examples' contexts will be cut."""
+    _, _, truncated = encode_examples(LmEvalTokenizer(tokenizer, add_bos_token, max_length), data.examples, data.file)
+    return sum(truncated)
+
+
+def truncation_warning(task: str, truncated: int, total: int, max_length: int) -> str:
+    """The one line the CLI prints when contexts are cut (``truncated`` > 0)."""
+    return (f"warning: {task}: {truncated} of {total} examples are longer than the model's maximum length of "
+            f"{max_length} tokens; their contexts are cut from the left, as lm-eval does")
+
+
+def peek_tokenizer(source: str | os.PathLike) -> tuple[Any, int] | None:
+    """A model's tokenizer and lm-eval maximum length, read without loading its weights, so that task
+    files can be checked (:func:`check_task_lengths`) before the model loads. None when that needs the
+    model itself (a GGUF that was never dequantized: check after loading)."""
+    from toolkit.models.loading import _gguf_cache_folder, check_architecture, resolve_source
+
+    src = resolve_source(source)
+    folder = src.path if src.kind == "hf" else _gguf_cache_folder(src.path)
+    if not (folder / "config.json").is_file():
+        return None
+    config = check_architecture(folder)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder}: no usable tokenizer in the model folder ({exc})") from None
+    return tokenizer, model_max_length(config)
+
+
+def score_examples(model, tokenizer, examples: Sequence[Example], add_bos_token: bool | None = None,
+                   max_batch_tokens: int = DEFAULT_BATCH_TOKENS, on_batch: Callable[[int], None] | None = None,
+                   file: str | os.PathLike | None = None) -> tuple[list[ExampleResult], int]:
+    """Per-example log-likelihoods and predictions (acc and acc_norm) for a list of examples."""
+    enc = LmEvalTokenizer(tokenizer, add_bos_token, model_max_length(model))
+    encoded, owners, truncated = encode_examples(enc, examples, file)
     lls, tokens = score_token_requests(model, encoded, owners, max_batch_tokens=max_batch_tokens, on_batch=on_batch)
     results, k = [], 0
-    for ex in examples:
+    for ex, cut in zip(examples, truncated):
         ll = lls[k:k + ex.num_choices]
         k += ex.num_choices
         norm = ll / np.asarray(ex.norm_lengths, dtype=np.float64)
-        results.append(ExampleResult(ex.id, ex.label, tuple(float(v) for v in ll), int(np.argmax(ll)), int(np.argmax(norm))))
+        results.append(ExampleResult(ex.id, ex.label, tuple(float(v) for v in ll), int(np.argmax(ll)),
+                                     int(np.argmax(norm)), cut))
     return results, tokens
 
 
@@ -452,9 +549,9 @@ def evaluate_task(
         with progress_bar(transient=True) as bar:
             tid = bar.add_task(f"eval {data.task.name}", total=sum(e.num_choices for e in examples), info="")
             per, tokens = score_examples(model, tokenizer, examples, add_bos_token, max_batch_tokens,
-                                         on_batch=lambda n: bar.advance(tid, n))
+                                         on_batch=lambda n: bar.advance(tid, n), file=data.file)
     else:
-        per, tokens = score_examples(model, tokenizer, examples, add_bos_token, max_batch_tokens)
+        per, tokens = score_examples(model, tokenizer, examples, add_bos_token, max_batch_tokens, file=data.file)
     acc = [float(r.pred == r.label) for r in per]
     acc_norm = [float(r.pred_norm == r.label) for r in per]
     return TaskResult(
@@ -462,7 +559,7 @@ def evaluate_task(
         acc_norm=float(np.mean(acc_norm)), acc_norm_stderr=mean_stderr(acc_norm),
         seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, metrics=data.task.metrics,
         higher_is_better=dict(data.task.higher_is_better), num_fewshot=data.num_fewshot, limit=limit, seed=seed,
-        tokens_forward=tokens, per_example=tuple(per),
+        tokens_forward=tokens, truncated_examples=sum(r.truncated for r in per), per_example=tuple(per),
     )
 
 

@@ -65,25 +65,57 @@ def _list_tasks() -> int:
     return 0
 
 
-def _load(args):
+def _load(args, subnet):
     from toolkit.errors import ConfigError, UserError
     from toolkit.models import load_model
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    model, subnet = loaded.model, None
-    if args.subnet:
+    model = loaded.model
+    if subnet is not None:
         from toolkit.elastic import check_fits, extract
         from toolkit.importance import load_or_compute_importance
-        from toolkit.space import SubnetConfig
 
-        subnet = SubnetConfig.load(args.subnet)
         try:
             check_fits(loaded.model, subnet)
         except ConfigError as exc:
             raise UserError(f"{args.subnet}: {exc}") from None
         importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
         model = extract(loaded.model, subnet, importance)
-    return loaded, model, subnet
+    return loaded, model
+
+
+def _check_numbers(args) -> None:
+    """Every numeric flag, before anything is read or loaded."""
+    from toolkit.errors import UserError
+
+    for flag, value, low in (("--limit", args.limit, 1), ("--batch-tokens", args.batch_tokens, 1),
+                             ("--threads", args.threads, 1), ("--window", args.window, 2), ("--stride", args.stride, 1),
+                             ("--max-tokens", args.max_tokens, 2), ("--num-fewshot", args.num_fewshot, 0),
+                             ("--seed", args.seed, 0)):
+        if value is not None and value < low:
+            raise UserError(f"{flag}: must be at least {low}, got {value}")
+    if args.stride is not None and args.stride > args.window:
+        raise UserError(f"--stride: must not exceed --window ({args.window}), got {args.stride}")
+    import torch
+
+    if not isinstance(getattr(torch, args.dtype, None), torch.dtype):
+        raise UserError(f"--dtype: unknown torch dtype {args.dtype!r} (float32, bfloat16, float16)")
+
+
+def _check_lengths(prepared, tokenizer, max_length: int, args) -> None:
+    """Refuse a continuation longer than the model's maximum length (file:line); warn once per task
+    whose contexts will be cut from the left."""
+    import sys
+
+    from toolkit.evaluate import check_task_lengths, truncation_warning
+
+    for task, data in prepared:
+        if task is None or task.scoring == "perplexity":
+            continue
+        subset = data.select(args.limit, args.seed)
+        cut = check_task_lengths(subset, tokenizer, max_length, True if args.add_bos_token else None)
+        if cut:
+            print(truncation_warning(task.name, cut, len(subset), max_length), file=sys.stderr)
 
 
 def run(args) -> int:
@@ -93,10 +125,8 @@ def run(args) -> int:
 
     if not args.task and not args.text:
         raise UserError("eval: pass --task NAME[,NAME...] or --text FILE (see --list)")
-    if args.limit is not None and args.limit <= 0:
-        raise UserError(f"--limit: must be positive, got {args.limit}")
+    _check_numbers(args)
     from toolkit.cli.common import data_dir
-    from toolkit.evaluate import DEFAULT_BATCH_TOKENS, evaluate_task, perplexity
     from toolkit.fileio import atomic_write_json
     from toolkit.tasks import get_task, load_task
 
@@ -120,24 +150,23 @@ def run(args) -> int:
             raise UserError(f"{args.text}: text file not found")
         prepared.append((None, Path(args.text)))
 
-    if args.batch_tokens is not None and args.batch_tokens <= 0:
-        raise UserError(f"--batch-tokens: must be positive, got {args.batch_tokens}")
-    if args.threads is not None:
-        import torch
+    subnet = None
+    if args.subnet:
+        from toolkit.space import SubnetConfig
 
-        if args.threads <= 0:
-            raise UserError(f"--threads: must be positive, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    loaded, model, subnet = _load(args)
-    results = []
-    for task, data in prepared:
-        if task is None or task.scoring == "perplexity":
-            r = perplexity(model, loaded.tokenizer, data, window=args.window, stride=args.stride, max_tokens=args.max_tokens)
-            results.append({"task": task.name if task else str(data), "file": str(data), **r.to_dict()})
-        else:
-            r = evaluate_task(model, loaded.tokenizer, data, limit=args.limit, seed=args.seed,
-                              add_bos_token=True if args.add_bos_token else None, max_batch_tokens=args.batch_tokens or DEFAULT_BATCH_TOKENS)
-            results.append({"file": str(data.file), **r.to_dict(per_example=args.per_example)})
+        subnet = SubnetConfig.load(args.subnet)  # its format now; whether it fits the parent once that loads
+    from toolkit.evaluate import model_max_length, peek_tokenizer
+
+    peeked = peek_tokenizer(args.model)
+    if peeked is not None:
+        _check_lengths(prepared, *peeked, args)
+    from toolkit.measure import torch_threads
+
+    with torch_threads(args.threads):  # scoped: the caller's thread count is back afterwards
+        loaded, model = _load(args, subnet)
+        if peeked is None:
+            _check_lengths(prepared, loaded.tokenizer, model_max_length(model), args)
+        results = _evaluate(args, prepared, loaded, model)
     record = {
         "version": 1,
         "command": args.command_line,
@@ -155,6 +184,21 @@ def run(args) -> int:
         return 0
     _print_table(record)
     return 0
+
+
+def _evaluate(args, prepared, loaded, model) -> list:
+    from toolkit.evaluate import DEFAULT_BATCH_TOKENS, evaluate_task, perplexity
+
+    results = []
+    for task, data in prepared:
+        if task is None or task.scoring == "perplexity":
+            r = perplexity(model, loaded.tokenizer, data, window=args.window, stride=args.stride, max_tokens=args.max_tokens)
+            results.append({"task": task.name if task else str(data), "file": str(data), **r.to_dict()})
+        else:
+            r = evaluate_task(model, loaded.tokenizer, data, limit=args.limit, seed=args.seed,
+                              add_bos_token=True if args.add_bos_token else None, max_batch_tokens=args.batch_tokens or DEFAULT_BATCH_TOKENS)
+            results.append({"file": str(data.file), **r.to_dict(per_example=args.per_example)})
+    return results
 
 
 def _print_table(record) -> None:
