@@ -276,3 +276,100 @@ def test_smollm2_sorted_supernet_slices_match_extraction(smollm2, data_dir):
         torch.testing.assert_close(sorted_parent(ids).logits, smollm2.model(ids).logits, atol=2e-4, rtol=1e-4)
         torch.testing.assert_close(subnet_forward(sorted_parent, cfg, ids), reference, atol=2e-4, rtol=1e-4)
         torch.testing.assert_close(extract(sorted_parent, cfg, sorted_imp)(ids).logits, reference, atol=2e-4, rtol=1e-4)
+
+
+def test_a_new_model_never_gets_another_models_skeleton(monkeypatch):
+    """Skeletons are cached per parent *object*: even when a new model gets a dead one's ``id()`` (simulated
+    here by making every id equal), it gets its own skeleton, and a collected parent's entries go with it."""
+    import gc
+
+    import toolkit.finetune as F
+    from toolkit.models.tiny import llama_tiny
+
+    monkeypatch.setattr(F, "id", lambda obj: 1, raising=False)  # ids reused after garbage collection
+    cfg = SubnetConfig((0, 1), (128, 128), (2, 2))
+    a, b = llama_tiny(), llama_tiny(vocab_size=300)
+    skel_a, skel_b = F._skeleton(a, cfg), F._skeleton(b, cfg)
+    assert skel_a is not skel_b and skel_b.config.vocab_size == 300
+    assert skel_b.model.rotary_emb is b.model.rotary_emb and F._skeleton(b, cfg) is skel_b  # still cached
+    del a, skel_a
+    gc.collect()
+    assert [m.config.vocab_size for m in F._SKELETONS.keys()] == [300]
+
+
+def _profile(name: str, **features):
+    import dataclasses
+
+    from toolkit.profiles import load_profile
+
+    p = load_profile(name)
+    return dataclasses.replace(p, features=dataclasses.replace(p.features, **features)) if features else p
+
+
+def _fake_cuda(monkeypatch, major: int):
+    import types
+
+    props = types.SimpleNamespace(name="Fake GPU", major=major, minor=0, total_memory=16 << 30, multi_processor_count=40)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda idx: props)
+
+
+def test_auto_precision_comes_from_the_device_profile(monkeypatch):
+    import toolkit.profiles as P
+    from toolkit.finetune import auto_precision
+
+    def no_cpuinfo():
+        raise AssertionError("read the CPU flags although a matching profile was given")
+
+    monkeypatch.setattr(P, "_cpu_flags", no_cpuinfo)
+    assert auto_precision("cpu", _profile("cloud-vm-2core-x86", bf16=True)) == "bf16"
+    assert auto_precision("cpu", _profile("cloud-vm-2core-x86", bf16=False)) == "fp32"
+    assert auto_precision("cuda", _profile("h100-sxm")) == "bf16"  # sm_90
+    assert auto_precision("cuda:0", _profile("h100-sxm", bf16=False)) == "fp32"
+    # Without a profile (or with one of another kind of device): the same detector profiles are written by.
+    monkeypatch.setattr(P, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert auto_precision("cpu") == "bf16" and auto_precision("cpu", _profile("h100-sxm")) == "bf16"
+    monkeypatch.setattr(P, "_cpu_flags", lambda: {"avx2"})
+    assert auto_precision("cpu") == "fp32"
+    _fake_cuda(monkeypatch, major=7)  # a V100/T4: no native bf16
+    assert auto_precision("cuda", _profile("cloud-vm-2core-x86", bf16=True)) == "fp32"
+    _fake_cuda(monkeypatch, major=8)
+    assert auto_precision("cuda") == "bf16"
+
+
+def test_autocast_follows_the_device():
+    import warnings
+
+    from toolkit.finetune import autocast
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available, disabling autocast" on this machine
+        on_cuda = autocast("cuda:0", "bf16")
+    assert on_cuda.device == "cuda" and on_cuda.fast_dtype == torch.bfloat16
+    on_cpu = autocast(torch.device("cpu"), "fp32")
+    assert on_cpu.device == "cpu" and not on_cpu._enabled
+
+
+def test_cli_device_and_precision_from_the_profile(tmp_path, tiny_folder, monkeypatch, capsys):
+    """`--profile` gives the default device and the auto precision; `--device` overrides the device; an
+    unavailable CUDA device is a one-line error before anything loads."""
+    import toolkit.finetune as F
+    import toolkit.profiles as P
+    from toolkit.cli.main import main
+
+    calls = []
+    monkeypatch.setattr(F, "finetune", lambda *a, **kw: calls.append((kw["device"], a[3].precision)) or tmp_path)
+    common = ["finetune", "--model", str(tiny_folder), "--data", "unused.jsonl", "--calibration", "unused.txt",
+              "--out", str(tmp_path / "sn")]
+    rc = main(common + ["--device", "cuda"])  # real torch: no CUDA here
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "CUDA is not available" in err and not calls
+    monkeypatch.setattr(P, "_cpu_flags", lambda: {"avx2"})  # this machine: no native bf16
+    assert main(common + ["--profile", "cloud-vm-2core-x86"]) == 0  # that profile's CPU has avx512_bf16
+    _fake_cuda(monkeypatch, major=9)
+    assert main(common + ["--profile", "h100-sxm"]) == 0
+    assert main(common + ["--profile", "h100-sxm", "--device", "cpu"]) == 0  # a gpu profile says nothing of the CPU
+    assert main(common + ["--profile", "h100-sxm", "--precision", "fp32"]) == 0
+    assert calls == [("cpu", "bf16"), ("cuda", "bf16"), ("cpu", "fp32"), ("cuda", "fp32")]

@@ -21,6 +21,13 @@ teacher's token distribution (KL, teacher detached). The teacher is either the f
 full network's accuracy; costs one no-grad forward) or the super-network's own full network
 (``teacher="inplace"``, InstaTune/OFA style: the full network trains on the LM loss).
 
+**Device and precision.** Training runs on the parent's device (``finetune(device=...)``, the CLI's
+``--device``, default: the ``--profile``'s ``runtime.device``, else cpu) under ``torch.autocast`` of that
+device type. ``precision="bf16"`` autocasts to bfloat16; :func:`auto_precision` picks it where the device
+profile (or, without one, :func:`toolkit.profiles.detect` of this machine: the same detector a profile's
+``features.bf16`` is written by) says the hardware has native bf16 (AVX512-BF16 / AMX CPUs, sm_80+ GPUs).
+The importance ordering is computed on the CPU before the model moves.
+
 **Resumable and reproducible.** A checkpoint holds the weights, AdamW state tensors (safetensors), and
 step, sampler state (``numpy`` bit-generator state), torch RNG and loss history (JSON); the data order
 and learning rate are pure functions of (seed, step). A resumed run reproduces the uninterrupted run's
@@ -40,6 +47,7 @@ import os
 import re
 import shutil
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -87,6 +95,7 @@ def sort_parent(model, importance: Importance) -> Importance:
     for i, layer in enumerate(layers):
         ch = torch.sort(importance.mlp[i], descending=True, stable=True).indices
         mlp = layer.mlp
+        ch = ch.to(mlp.gate_proj.weight.device)
         for lin in (mlp.gate_proj, mlp.up_proj):
             take(lin.weight, 0, ch)
             take(lin.bias, 0, ch)
@@ -94,6 +103,7 @@ def sort_parent(model, importance: Importance) -> Importance:
         groups = torch.sort(importance.head_groups[i], descending=True, stable=True).indices
         q_idx, kv_idx = _head_indices(groups, group, head_dim)
         attn = layer.self_attn
+        q_idx, kv_idx = q_idx.to(attn.q_proj.weight.device), kv_idx.to(attn.q_proj.weight.device)
         for lin, idx in ((attn.q_proj, q_idx), (attn.k_proj, kv_idx), (attn.v_proj, kv_idx)):
             take(lin.weight, 0, idx)
             take(lin.bias, 0, idx)
@@ -109,19 +119,23 @@ def sort_parent(model, importance: Importance) -> Importance:
 
 
 # -- shared-weight sub-network forward -----------------------------------------------------------------
-_SKELETONS: dict[tuple, Any] = {}
+# parent model -> {SubnetConfig: skeleton}. Weakly keyed by the model object itself: an entry goes when its
+# parent is garbage-collected, so a new model can never be handed a dead one's skeleton (an ``id()`` key
+# can: ids are reused after collection).
+_SKELETONS: "weakref.WeakKeyDictionary[Any, dict[SubnetConfig, Any]]" = weakref.WeakKeyDictionary()
+_SKELETONS_PER_PARENT = 64
 
 
 def _skeleton(parent, cfg: SubnetConfig):
-    """The sub-network's module structure on the meta device (cached per parent config and shape)."""
+    """The sub-network's module structure on the meta device (cached per parent model and shape)."""
     from transformers import LlamaForCausalLM
 
     from toolkit.elastic import subnet_hf_config
     from toolkit.models.modeling_elastic_llama import ElasticLlamaForCausalLM
 
-    key = (id(parent), cfg)
-    if key in _SKELETONS:
-        return _SKELETONS[key]
+    cache = _SKELETONS.setdefault(parent, {})
+    if cfg in cache:
+        return cache[cfg]
     config = subnet_hf_config(parent.config, cfg)
     cls = LlamaForCausalLM if cfg.is_uniform() else ElasticLlamaForCausalLM
     with torch.device("meta"):
@@ -132,9 +146,9 @@ def _skeleton(parent, cfg: SubnetConfig):
     for i, layer in enumerate(child.model.layers):
         layer.self_attn.layer_idx = i
     child.train(parent.training)
-    if len(_SKELETONS) > 64:
-        _SKELETONS.clear()
-    _SKELETONS[key] = child
+    if len(cache) >= _SKELETONS_PER_PARENT:
+        cache.clear()
+    cache[cfg] = child
     return child
 
 
@@ -210,8 +224,9 @@ class Lora(torch.nn.Module):
             if p.dim() == 2 and len(parts) > 2 and parts[-2] in _LORA_TARGETS:
                 key = name.replace(".", "__")
                 out_f, in_f = p.shape
-                self.a[key] = torch.nn.Parameter(torch.randn(rank, in_f, generator=generator) / math.sqrt(in_f))
-                self.b[key] = torch.nn.Parameter(torch.zeros(out_f, rank))
+                a = torch.randn(rank, in_f, generator=generator) / math.sqrt(in_f)  # drawn on the CPU generator
+                self.a[key] = torch.nn.Parameter(a.to(p.device))
+                self.b[key] = torch.nn.Parameter(torch.zeros(out_f, rank, device=p.device))
                 self.names.append(name)
 
     def effective(self, parent) -> dict[str, torch.Tensor]:
@@ -267,14 +282,34 @@ def lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
+def autocast(device: str | torch.device, precision: str):
+    """``torch.autocast`` for ``device``'s type (cpu, cuda, ...): bfloat16 when ``precision`` is bf16, else off."""
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def auto_precision(device: str, profile=None) -> str:
+    """``"bf16"`` where the hardware computes bf16 natively, else ``"fp32"``.
+
+    The answer is the device profile's ``features.bf16`` when ``profile`` describes this kind of device
+    (a cpu profile for ``device="cpu"``, a gpu profile for ``cuda[:N]``); otherwise the same flag as
+    :func:`toolkit.profiles.detect` reads it from the machine (CPU flags / CUDA capability >= 8.0).
+    """
+    kind = "gpu" if torch.device(device).type == "cuda" else "cpu"
+    if profile is not None and profile.kind == kind:
+        return "bf16" if profile.features.bf16 else "fp32"
+    from toolkit.profiles import detect
+
+    return "bf16" if detect(device).features.bf16 else "fp32"
+
+
 @torch.no_grad()
 def perplexity_windows(forward: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor, batch_size: int = 4,
-                       precision: str = "fp32") -> float:
-    """exp(mean next-token NLL) over (N, T) windows; a plain monitor, not the benchmark evaluator."""
+                       precision: str = "fp32", device: str | torch.device = "cpu") -> float:
+    """exp(mean next-token NLL) over (N, T) windows on ``device``; a plain monitor, not the benchmark evaluator."""
     nll, count = 0.0, 0
     for i in range(0, windows.shape[0], batch_size):
-        ids = windows[i : i + batch_size]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        ids = windows[i : i + batch_size].to(device)
+        with autocast(device, precision):
             logits = forward(ids)
         nll += lm_loss(logits, ids).item() * ids[:, 1:].numel()
         count += ids[:, 1:].numel()
@@ -309,6 +344,7 @@ class SupernetTrainer:
         self.windows = windows
         self.val_windows = val_windows
         self.teacher = teacher
+        self.device = parent.device  # training runs where the parent is (windows stay on the CPU until used)
         if config.teacher == "original" and teacher is None:
             raise ValueError("teacher='original' needs the frozen original model")
         if teacher is not None:
@@ -362,16 +398,15 @@ class SupernetTrainer:
         losses = {name: 0.0 for name, _ in nets}
         self.optimizer.zero_grad(set_to_none=True)
         first = self.step * c.grad_accum * c.batch_size
-        autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=c.precision == "bf16")
         for micro in range(c.grad_accum):
             idx = batch_indices(self.windows.shape[0], c.seed, first + micro * c.batch_size, c.batch_size)
-            ids = self.windows[torch.from_numpy(idx)]
+            ids = self.windows[torch.from_numpy(idx)].to(self.device)
             teacher_logits = None
             if c.teacher == "original":
-                with torch.no_grad(), torch.autocast(**autocast):
+                with torch.no_grad(), autocast(self.device, c.precision):
                     teacher_logits = self.teacher(input_ids=ids, use_cache=False).logits.float()
             for name, cfg in nets:
-                with torch.autocast(**autocast):
+                with autocast(self.device, c.precision):
                     logits = self.forward(cfg, ids)
                 if name == "full" and c.teacher == "inplace":
                     loss = lm_loss(logits, ids)
@@ -400,7 +435,7 @@ class SupernetTrainer:
         try:
             params = self.params()
             ppl = {name: perplexity_windows(lambda ids, cfg=cfg: subnet_forward(self.parent, cfg, ids, params),
-                                            self.val_windows, precision=self.config.precision)
+                                            self.val_windows, precision=self.config.precision, device=self.device)
                    for name, cfg in self.monitor.items()}
         finally:
             self.parent.train(was)
@@ -540,8 +575,8 @@ def save_supernet(trainer: SupernetTrainer, folder: str | Path, info: Mapping[st
 # -- the whole job (used by the CLI) ----------------------------------------------------------------
 def finetune(model: str, data_file: str | Path, out: str | Path, config: FinetuneConfig, calibration_file: str | Path,
              resume: bool = False, overwrite: bool = False, log: Callable[[str], None] | None = None,
-             max_minutes: float | None = None, command: str | None = None) -> Path:
-    """Load, sort, train (resumably) and save the super-network. Returns the output folder.
+             max_minutes: float | None = None, command: str | None = None, device: str = "cpu") -> Path:
+    """Load, sort, train (resumably) on ``device`` and save the super-network. Returns the output folder.
 
     ``max_minutes`` (wall clock, this session) and SIGTERM stop training early but cleanly: the step in
     flight finishes, a checkpoint is written and the super-network is saved; ``--resume`` continues.
@@ -566,7 +601,8 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
     loaded = load_model(model)
     if (Path(loaded.folder) / "finetune.json").is_file():
         raise UserError(f"{model}: is already a fine-tuned super-network; fine-tune the original model")
-    importance = load_or_compute_importance(loaded, calibration_file)
+    importance = load_or_compute_importance(loaded, calibration_file)  # on the CPU, where it was loaded
+    loaded.model.to(device)
     teacher = copy.deepcopy(loaded.model) if config.teacher == "original" else None
     train_texts = texts[: len(texts) - config.val_docs]
     val_texts = texts[len(texts) - config.val_docs:]
@@ -578,7 +614,7 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
     sessions = _previous_sessions(out) if resume else []
     info = {"model": str(model), "model_hash": loaded.model_hash, "data": str(data_file), "train_windows": int(windows.shape[0]),
             "train_tokens_per_step": config.seq_len * config.batch_size * config.grad_accum,
-            "held_out_docs": config.val_docs, "command": command}
+            "held_out_docs": config.val_docs, "device": str(device), "command": command}
     first_step = trainer.step
     say = log or (lambda s: None)
     say(f"training {len(trainer.trainable)} tensors ({sum(p.numel() for p in trainer.trainable):,} parameters) on "

@@ -40,7 +40,7 @@ class FinetuneConfig:
     lora_rank: int = 16
     lora_alpha: float = 32.0
     train_embeddings: bool = False
-    precision: str = "bf16"  # autocast dtype on CPU: "bf16" | "fp32"
+    precision: str = "bf16"  # autocast dtype on the training device: "bf16" | "fp32" (see finetune.auto_precision)
     seed: int = 0
     # The search space trained for (SearchSpace.from_parent arguments).
     mlp_step: int = 64

@@ -102,7 +102,7 @@ __all__ = [
     "ForeignProfileWarning", "MachineInfo",
     "profile_search_path", "list_profiles", "find_profile", "load_profile", "save_profile",
     "fingerprint_current_machine", "describe_current_machine", "warn_if_foreign",
-    "detect", "measure_matmul_flops", "measure_copy_bandwidth", "profile_machine",
+    "check_device", "detect", "measure_matmul_flops", "measure_copy_bandwidth", "profile_machine",
 ]
 
 SCHEMA_VERSION = 1
@@ -939,6 +939,22 @@ def _resolve_device(device: str) -> str:
         return _device(device)
     except _Bad as bad:
         raise UserError(f"--device: {bad.problem}") from None
+
+
+def check_device(device: str) -> str:
+    """``device`` (cpu | cuda | cuda:N | auto) checked for form and for being present on this machine;
+    a one-line :class:`UserError` otherwise. Returns the resolved name."""
+    device = _resolve_device(device)
+    if device == "cpu":
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def detect(device: str = "auto") -> MachineInfo:

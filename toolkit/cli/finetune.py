@@ -12,6 +12,7 @@ EXAMPLES = """examples:
   toolkit finetune --model smollm2-135m --steps 420 --out ~/supernet-smollm2
   toolkit finetune --model smollm2-135m --steps 600 --out ~/supernet-smollm2 --resume   # continue
   toolkit finetune --model ./my-llama --data my_text.jsonl --train lora --steps 200 --out sn/
+  toolkit finetune --model smollm2-135m --profile h100-sxm --out sn/   # on the profile's device (cuda), bf16
 
 The output folder is a normal HF folder (parent shapes) with importance.safetensors and finetune.json;
 search, eval, calibrate and export accept it as --model. Its checkpoint/ sub-folder only serves --resume
@@ -46,8 +47,11 @@ def register(sub) -> None:
     p.add_argument("--train", choices=("full", "lora"), default=d.train, help="train full weights (default) or LoRA deltas merged at the end")
     p.add_argument("--lora-rank", type=int, default=d.lora_rank)
     p.add_argument("--train-embeddings", action="store_true", help="also train the (tied) embeddings (default: frozen)")
+    p.add_argument("--profile", default=None, help="device profile (name or YAML file): its runtime.device is the default --device and its features.bf16 decides --precision auto")
+    p.add_argument("--device", default=None, help="train on cpu, cuda or cuda:N (default: the --profile's runtime.device, else cpu)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="autocast dtype; auto = bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
+                   help="autocast dtype; auto = bf16 where the device has native bf16 (the profile's features.bf16; "
+                        "without --profile, this machine's: AVX512-BF16/AMX CPUs, CUDA capability >= 8.0), else fp32")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--min-mlp-fraction", type=float, default=d.min_mlp_fraction, help=f"search space trained for: narrowest MLP (default {d.min_mlp_fraction})")
     p.add_argument("--min-depth-fraction", type=float, default=d.min_depth_fraction, help=f"shallowest depth (default {d.min_depth_fraction})")
@@ -63,10 +67,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from toolkit.cli.common import data_dir, default_calibration_file
-    from toolkit.finetune import FinetuneConfig, finetune
-    from toolkit.measure import bf16_is_fast
+    from toolkit.finetune import FinetuneConfig, auto_precision, finetune
+    from toolkit.profiles import check_device, load_profile
 
-    precision = args.precision if args.precision != "auto" else ("bf16" if bf16_is_fast() else "fp32")
+    profile = load_profile(args.profile) if args.profile else None
+    device = check_device(args.device or (profile.runtime.device if profile is not None else "cpu"))
+    precision = args.precision if args.precision != "auto" else auto_precision(device, profile)
     config = FinetuneConfig(
         steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         warmup_steps=args.warmup_steps, num_random=args.num_random, teacher=args.teacher, kd_temperature=args.kd_temperature, full_weight=args.full_weight,
@@ -79,6 +85,6 @@ def run(args) -> int:
     calibration = default_calibration_file(args.calibration, args.data_dir)
     out = finetune(args.model, data, args.out, config, calibration, resume=args.resume, overwrite=args.overwrite,
                    log=lambda s: print(s, file=sys.stderr, flush=True), max_minutes=args.max_minutes,
-                   command=args.command_line)
+                   command=args.command_line, device=device)
     print(out)
     return 0
