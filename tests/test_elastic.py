@@ -209,3 +209,23 @@ def test_space_for_uses_a_supernets_trained_space(tiny_folder, tmp_path):
     (folder / "finetune.json").write_text(json.dumps({"search_space": trained.to_dict()}))
     sup = load_model(folder)
     assert space_for(sup) == trained and space_for(sup).mlp_choices[0] == 128
+
+
+def test_extract_runs_on_one_thread_and_restores_the_callers_count(tiny, monkeypatch):
+    """Extraction gathers on one CPU thread (scoped by measure.torch_threads): the caller's thread count is
+    back afterwards, also when extraction fails."""
+    import toolkit.elastic as E
+
+    seen = []
+    real = E._extract
+    monkeypatch.setattr(E, "_extract", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        child = extract(tiny, SubnetConfig((0, 1), (128, 128), (2, 2)))
+        assert child.config.num_hidden_layers == 2 and seen == [1] and torch.get_num_threads() == 2
+        with pytest.raises(ConfigError):
+            extract(tiny, SubnetConfig((0, 1), (512, 128), (2, 2)))  # wider than the parent
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -92,17 +92,13 @@ def extract(parent, cfg: SubnetConfig, importance: Importance | None = None):
     ``importance`` decides which channels/groups are kept; ``None`` keeps the first ones (use that for a
     super-network whose weights are already sorted by importance).
     """
+    from toolkit.measure import torch_threads
+
     # Gathers are memory copies: on CPU, intra-op threads only add synchronisation (measured: a
     # 768-row gather takes 0.07 ms on 1 thread and 12 ms on 2 threads of a busy 2-core machine).
-    single = parent.device.type == "cpu" and torch.get_num_threads() > 1
-    previous = torch.get_num_threads()
-    if single:
-        torch.set_num_threads(1)
-    try:
+    # Scoped: the caller's thread count is back when this returns or raises.
+    with torch_threads(1 if parent.device.type == "cpu" else None):
         return _extract(parent, cfg, importance)
-    finally:
-        if single:
-            torch.set_num_threads(previous)
 
 
 @torch.no_grad()
