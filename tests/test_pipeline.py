@@ -101,3 +101,130 @@ def test_predictor_for_another_model_is_refused(tmp_path, tiny_folder, task_file
     rc, err = search(load_profile(profile).fingerprint)
     assert rc == 2 and len(err) == 1 and "model_hash" in err[0]
     assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+# -- bad search/report input: one line, exit 2, before the model loads, nothing written -----------------
+@pytest.fixture(scope="module")
+def tiny_hash(tiny_folder):
+    from toolkit.models import load_model
+
+    return load_model(str(tiny_folder)).model_hash
+
+
+def _prior_setup(tmp_path, tiny_hash, profile_text=PROFILE):
+    """A profile and a roofline-prior predictor for the tiny parent (no calibration run needed)."""
+    from toolkit.predictor import Hardware, Predictor, Workload
+    from toolkit.profiles import load_profile
+    from toolkit.space import ParentShape
+
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(profile_text)
+    p = load_profile(profile)
+    predictor = tmp_path / "p.json"
+    Predictor.prior(tiny_hash, p.name, p.fingerprint, ParentShape(4, 64, 256, 4, 2, 16, 256, True),
+                    Hardware(1e11, 1e10), Workload(16, 4, 1)).save(predictor)
+    return profile, predictor
+
+
+def _search_args(tiny_folder, profile, predictor, task_file, calib_text, out):
+    return ["search", "--profile", str(profile), "--predictor", str(predictor), "--model", str(tiny_folder),
+            "--calibration", str(calib_text), "--task", str(task_file), "--limit", "4", "--evals", "4",
+            "--population", "4", "--out", str(out)]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--limit", "-5"], "--limit: must be 0"),
+    (["--max-params", "-1"], "--max-params: must be positive"),
+    (["--max-params", "0"], "--max-params: must be positive"),
+    (["--min-accuracy", "2.0"], "--min-accuracy: must be in [0, 1]"),
+    (["--eval-threads", "0"], "--eval-threads: must be at least 1"),
+    (["--evals", "0"], "--evals: need at least 2"),
+    (["--population", "1"], "--population: need a population of at least 4"),
+    (["--seed", "-3"], "--seed: must be a non-negative"),
+    (["--objectives", "accuracy"], "--objectives: need at least two"),
+])
+def test_bad_search_arguments_are_one_line_before_loading(tmp_path, tiny_folder, tiny_hash, task_file, calib_text,
+                                                          capsys, monkeypatch, flags, message):
+    import toolkit.models
+
+    profile, predictor = _prior_setup(tmp_path, tiny_hash)
+    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "run"
+    args = _search_args(tiny_folder, profile, predictor, task_file, calib_text, out)
+    assert main(args + flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_one_choice_task_row_is_refused_before_loading(tmp_path, tiny_folder, tiny_hash, calib_text, capsys, monkeypatch):
+    import toolkit.models
+
+    profile, predictor = _prior_setup(tmp_path, tiny_hash)
+    task = tmp_path / "one.jsonl"
+    task.write_text(json.dumps({"context": "Q:", "choices": [" a", " b"], "label": 0}) + "\n"
+                    + json.dumps({"context": "Q:", "choices": [" a"], "label": 0}) + "\n")
+    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(_search_args(tiny_folder, profile, predictor, task, calib_text, tmp_path / "run")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{task}:2: choices: need at least 2" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_candidate_over_the_memory_budget(tmp_path, tiny_folder, tiny_hash, task_file, calib_text, capsys):
+    """The parent is measured anyway (it is the reference), pareto.json says nothing was feasible, stderr says
+    so in one line, exit 3; `report` prints the parent's measured accuracy and the empty front."""
+    profile, predictor = _prior_setup(tmp_path, tiny_hash, PROFILE + "memory: {usable_bytes: 1000}\n")
+    run = tmp_path / "run"
+    assert main(_search_args(tiny_folder, profile, predictor, task_file, calib_text, run)) == 3
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and "no feasible sub-network" in err and "GiB" in err
+    assert json.loads(out.strip().splitlines()[-1])["feasible"] == 0
+    pareto = json.loads((run / "pareto.json").read_text())
+    assert pareto["feasible_count"] == 0 and pareto["front"] == []
+    parent = pareto["parent"]
+    assert parent["accuracy_measured"] is True and parent["feasible"] is False and "accuracy_stderr" in parent["metrics"]
+    assert main(["report", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert f"parent: accuracy {parent['metrics']['accuracy']:.3f}" in text and "over the constraints" in text
+    assert "no feasible sub-network" in text
+
+
+@pytest.mark.parametrize("what", ["truncated run.json", "list run.json", "list pareto.json", "bad journal line"])
+def test_report_and_resume_on_a_broken_run_folder(tmp_path, tiny_folder, tiny_hash, task_file, calib_text, capsys,
+                                                  monkeypatch, what):
+    import toolkit.models
+
+    profile, predictor = _prior_setup(tmp_path, tiny_hash)
+    run = tmp_path / "run"
+    args = _search_args(tiny_folder, profile, predictor, task_file, calib_text, run)
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"version": 1, "settings": {"evals": 4}, "space": {}, "meta": {}}))
+    (run / "evaluations.jsonl").write_text("")
+    if what == "truncated run.json":
+        (run / "run.json").write_text('{"version": 1, "settings": {"objectives": ["acc')
+    elif what == "list run.json":
+        (run / "run.json").write_text("[1, 2]")
+    else:  # a real run, then one of its files broken
+        assert main(args[:-2] + ["--out", str(tmp_path / "real")]) == 0
+        run = tmp_path / "real"
+        args = args[:-1] + [str(run)]
+        if what == "list pareto.json":
+            (run / "pareto.json").write_text("[]")
+        else:
+            with open(run / "evaluations.jsonl", "a") as fh:
+                fh.write('{"index": 99}\n')
+    capsys.readouterr()
+    files = sorted(p.name for p in run.iterdir())
+    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    rc = main(["report", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    if what == "list pareto.json":  # re-rendered from the journal
+        assert rc == 0 and isinstance(json.loads((run / "pareto.json").read_text()), dict)
+        return
+    assert rc == 2 and len(err) == 1 and str(run) in err[0] and "Traceback" not in err[0]
+    if what != "bad journal line":
+        assert main(args + ["--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(run / "run.json") in err[0]
+    assert sorted(p.name for p in run.iterdir()) == files

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
-from toolkit.errors import UserError
+from toolkit.errors import ConfigError, UserError
 from toolkit.search import Journal, Searcher, SearchSettings, load_evaluations
 from toolkit.space import ParentShape, SearchSpace
 
@@ -67,8 +67,13 @@ def test_memory_budget_makes_candidates_infeasible_not_crash(tmp_path):
     res, s = run(tmp_path, "m", memory_budget_bytes=budget)
     over = [e for e in res.evaluations if e.metrics["peak_mem_bytes"] > budget]
     assert over and all(not e.feasible and e.violation > 0 for e in over)
-    assert all("accuracy_stderr" not in e.metrics for e in over)  # accuracy not even measured
+    parent_key = SPACE.largest().key()
+    assert all("accuracy" not in e.metrics for e in over if e.key != parent_key)  # accuracy not even measured
     assert res.front and all(e.metrics["peak_mem_bytes"] <= budget for e in res.front)
+    # ... except the parent's: it is the reference the front is read against (report, export fastest-within)
+    parent = json.loads((tmp_path / "m" / "pareto.json").read_text())["parent"]
+    assert parent["feasible"] is False and parent["accuracy_measured"] is True
+    assert parent["metrics"]["accuracy"] == pytest.approx(accuracy(SPACE.largest())["accuracy"])
 
 
 def test_an_exception_is_recorded_and_the_search_goes_on(tmp_path):
@@ -151,3 +156,61 @@ def test_kill_minus_9_three_times_then_resume_gives_the_same_front(tmp_path):
     b = json.loads((run_dir / "pareto.json").read_text())
     assert [f["key"] for f in a["front"]] == [f["key"] for f in b["front"]]
     assert a["hypervolume"] == pytest.approx(b["hypervolume"])
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("evals", 0, "at least 2"), ("population", 1, "at least 4"), ("seed", -1, "non-negative"),
+    ("max_params", -1, "positive"), ("max_params", 0, "positive"), ("min_accuracy", 2.0, "[0, 1]"),
+    ("min_accuracy", -0.1, "[0, 1]"), ("memory_budget_bytes", 0, "positive"), ("evals", 2.5, "integer"),
+    ("min_accuracy", float("nan"), "finite"), ("evals", True, "integer"),
+])
+def test_bad_settings_are_refused(field, value, message):
+    with pytest.raises(ConfigError) as err:
+        SearchSettings(**{field: value})
+    assert err.value.field == field and message in str(err.value)
+
+
+def test_every_candidate_infeasible_is_flagged(tmp_path):
+    res, _ = run(tmp_path, "none", evals=8, population=4, memory_budget_bytes=1.0)  # nothing fits in a byte
+    pareto = json.loads((tmp_path / "none" / "pareto.json").read_text())
+    assert not res.front and pareto["front"] == [] and pareto["feasible_count"] == 0
+    assert pareto["parent"]["accuracy_measured"] is True and pareto["parent"]["metrics"]["accuracy"] > 0
+
+
+def test_every_evaluation_failing_is_counted(tmp_path):
+    def broken(cfg):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    res, _ = run(tmp_path, "err", acc=broken, evals=8, population=4)
+    pareto = json.loads((tmp_path / "err" / "pareto.json").read_text())
+    assert pareto["feasible_count"] == 0 and pareto["error_count"] == len(res.evaluations) > 0
+    assert pareto["parent"]["accuracy_measured"] is False
+
+
+def test_a_user_error_stops_the_search_and_journals_nothing(tmp_path):
+    def bad_input(cfg):
+        raise UserError("items.jsonl:3: choice 0: the continuation is 900 tokens")
+
+    with pytest.raises(UserError, match="items.jsonl:3"):
+        run(tmp_path, "u", acc=bad_input, evals=8, population=4)
+    journal = tmp_path / "u" / "evaluations.jsonl"
+    assert not journal.exists() or journal.read_text() == ""
+
+
+def test_legacy_unmeasured_parent_accuracy_is_not_a_result():
+    from toolkit.search import Evaluation, accuracy_measured
+
+    cfg = SPACE.largest()
+    legacy = Evaluation(0, cfg.key(), cfg, {"accuracy": 0.0, "params": 1.0}, feasible=False, violation=0.3)
+    measured = Evaluation(0, cfg.key(), cfg, {"accuracy": 0.0, "accuracy_stderr": 0.0}, feasible=False, violation=0.3)
+    assert not accuracy_measured(legacy) and accuracy_measured(measured)
+
+
+@pytest.mark.parametrize("text", ['{"version": 1, "settings": {"objec', "[1, 2]", "\x00\xff binary", '{"settings": []}',
+                                  '{"settings": {"evals": -3}, "space": {}}'])
+def test_a_broken_run_json_is_one_line_on_resume(tmp_path, text):
+    run(tmp_path, "b", evals=8, population=4)
+    (tmp_path / "b" / "run.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(UserError) as err:
+        run(tmp_path, "b", resume=True, evals=8, population=4)
+    assert str(tmp_path / "b" / "run.json") in str(err.value) and "\n" not in str(err.value)

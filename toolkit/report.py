@@ -19,11 +19,12 @@ def plot_pareto(path: str | Path, evals: Sequence, front: Sequence, objectives: 
     x_name, y_name = objectives[1], objectives[0]  # speed/size on x, accuracy on y
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     feas = [e for e in evals if e.feasible]
-    infeas = [e for e in evals if not e.feasible and x_name in e.metrics]
+    # An infeasible candidate's accuracy is usually not measured: only those with both values are drawn.
+    infeas = [e for e in evals if not e.feasible and x_name in e.metrics and y_name in e.metrics]
     ax.scatter([e.metrics[x_name] for e in feas], [e.metrics[y_name] for e in feas], s=14, c="#9bb7d4",
                label=f"evaluated ({len(feas)})")
     if infeas:
-        ax.scatter([e.metrics[x_name] for e in infeas], [e.metrics.get(y_name, 0) for e in infeas], s=14, marker="x",
+        ax.scatter([e.metrics[x_name] for e in infeas], [e.metrics[y_name] for e in infeas], s=14, marker="x",
                    c="#d99", label=f"infeasible ({len(infeas)})")
     for name, points in (baselines or {}).items():
         ax.plot([p[0] for p in points], [p[1] for p in points], "o--", ms=4, label=name)
@@ -32,7 +33,7 @@ def plot_pareto(path: str | Path, evals: Sequence, front: Sequence, objectives: 
         fy = [e.metrics[y_name] for e in front]
         order = sorted(range(len(fx)), key=lambda i: fx[i])
         ax.plot([fx[i] for i in order], [fy[i] for i in order], "o-", c="#c0392b", ms=5, label=f"Pareto front ({len(front)})")
-    if parent is not None and x_name in parent.metrics:
+    if parent is not None and x_name in parent.metrics and y_name in parent.metrics:
         ax.scatter([parent.metrics[x_name]], [parent.metrics[y_name]], marker="*", s=220, c="gold",
                    edgecolors="k", zorder=5, label="parent")
     ax.set_xlabel(OBJECTIVES[x_name].label + (" (higher is better)" if OBJECTIVES[x_name].higher_is_better else " (lower is better)"))

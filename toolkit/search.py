@@ -15,8 +15,12 @@ at or after the budget, so a run may overshoot by less than one population.
 
 **Constraints.** Predicted peak memory must fit the profile's usable memory; optionally a minimum
 accuracy and a maximum parameter count. A candidate that violates a *predicted* constraint is recorded
-as infeasible without measuring its accuracy (it costs nothing). A candidate whose evaluation raises is
-recorded with the error, made infeasible, and the search goes on.
+as infeasible without measuring its accuracy (it costs nothing; its record has no ``accuracy``), except
+the parent: it is the reference results are read against, so its accuracy is always measured
+(``pareto.json``: ``parent.accuracy_measured``). A candidate whose evaluation raises is recorded with the
+error, made infeasible, and the search goes on; a :class:`UserError` (bad input, the same for every
+candidate) stops it instead. ``pareto.json`` counts the feasible candidates (``feasible_count``): 0 means
+the front is empty, and ``toolkit search`` exits 3.
 """
 
 from __future__ import annotations
@@ -81,10 +85,32 @@ class SearchSettings:
             raise ConfigError("objectives", "accuracy must be one of the objectives")
         if self.algorithm not in ("nsga2", "random"):
             raise ConfigError("algorithm", f"unknown algorithm {self.algorithm!r} (nsga2 or random)")
+        for name in ("evals", "population", "seed", "version"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(name, f"expected an integer, got {v!r}")
         if self.evals < 2:
             raise ConfigError("evals", f"need at least 2 evaluations, got {self.evals}")
         if self.population < 4:
             raise ConfigError("population", f"need a population of at least 4, got {self.population}")
+        if self.seed < 0:
+            raise ConfigError("seed", f"must be a non-negative integer, got {self.seed}")  # numpy refuses negatives
+        for name in ("memory_budget_bytes", "min_accuracy", "max_params"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise ConfigError(name, f"expected a finite number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        # A non-positive budget would silently turn its constraint off (or make everything infeasible).
+        if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
+            raise ConfigError("memory_budget_bytes", f"must be positive, got {self.memory_budget_bytes:g}")
+        if self.max_params is not None and self.max_params <= 0:
+            raise ConfigError("max_params", f"must be positive, got {self.max_params:g}")
+        if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
+            raise ConfigError("min_accuracy", f"must be in [0, 1] (an accuracy, not a percentage), got {self.min_accuracy:g}")
+        if self.version != SEARCH_VERSION:
+            raise ConfigError("version", f"unsupported search settings version {self.version} (this toolkit writes {SEARCH_VERSION})")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -156,6 +182,36 @@ class Journal:
         self.records[ev.key] = ev
 
 
+def read_run_record(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's ``run.json``, checked enough to be used: a JSON object whose ``settings``,
+    ``space`` and ``meta`` are objects and whose settings are valid :class:`SearchSettings`. A truncated,
+    binary or hand-broken file is a one-line error naming the file (and the field)."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no run.json (not a search run directory)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text (not a run.json written by toolkit search)") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                        "truncated or edited? (not a run.json written by toolkit search)") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    if not isinstance(record, dict):
+        raise ConfigError("<root>", f"expected a JSON object, got {type(record).__name__}", str(path))
+    for part in ("settings", "space", "meta"):
+        if not isinstance(record.get(part, {} if part == "meta" else None), dict):
+            raise ConfigError(part, "missing or not a JSON object", str(path))
+    try:
+        SearchSettings(**record["settings"])
+    except ConfigError as exc:
+        raise ConfigError(f"settings.{exc.field}", exc.problem, str(path)) from None
+    except TypeError as exc:  # an unknown or missing field
+        raise ConfigError("settings", f"not search settings ({exc})", str(path)) from None
+    return record
+
+
 # accuracy_fn(cfg) -> {"accuracy": float, "accuracy_stderr": float, ...}
 AccuracyFn = Callable[[SubnetConfig], Mapping[str, float]]
 # predict_fn(cfg) -> {"decode_tokens_per_s", "prefill_ms", "peak_mem_bytes", "params", ...}
@@ -222,6 +278,7 @@ class Searcher:
         self.journal = Journal(self.run_dir / "evaluations.jsonl")
         self.new_evaluations = 0
         self._visited: set[str] = set()  # keys reached in this (possibly replayed) trajectory
+        self._parent_key = space.largest().key()
 
     # -- run directory ----------------------------------------------------------------------------
     def _run_record(self) -> dict[str, Any]:
@@ -233,7 +290,7 @@ class Searcher:
         if run_json.exists():
             if not resume:
                 raise UserError(f"{self.run_dir}: a search already lives here; pass --resume to continue it or choose another --out")
-            old = json.loads(run_json.read_text())
+            old = read_run_record(self.run_dir)
             for part in ("settings", "space"):
                 if old.get(part) != record[part]:
                     raise UserError(f"{run_json}: {part}: differs from this invocation; resume with the original arguments")
@@ -262,16 +319,18 @@ class Searcher:
                 violation += max(0.0, metrics["peak_mem_bytes"] / s.memory_budget_bytes - 1.0)
             if s.max_params is not None:
                 violation += max(0.0, metrics["params"] / s.max_params - 1.0)
-            if violation == 0.0:
+            # The parent is the reference every result is read against (report, export's fastest-within),
+            # so its accuracy is measured even when it is over the constraints.
+            if violation == 0.0 or key == self._parent_key:
                 metrics.update({k: float(v) for k, v in self.accuracy_fn(cfg).items()})
                 if s.min_accuracy is not None:
                     violation += max(0.0, s.min_accuracy - metrics["accuracy"])
-        except (KeyboardInterrupt, SystemExit):
-            raise
+        except (KeyboardInterrupt, SystemExit, UserError):
+            raise  # bad input (the task, its data) is the same for every candidate: stop, journal nothing
         except Exception as exc:  # one bad candidate must not end the search
             error = f"{type(exc).__name__}: {exc}"
             violation = max(violation, 1.0)
-        metrics.setdefault("accuracy", 0.0)
+        # No "accuracy" when it was not measured (the journal once wrote 0.0 there, which read as a result).
         ev = Evaluation(len(self.journal), key, cfg, metrics, feasible=violation == 0.0 and error is None,
                         violation=violation, error=error, seconds=time.perf_counter() - t0)
         self.journal.append(ev)
@@ -381,6 +440,14 @@ def render_run(run_dir: Path, evals: Sequence[Evaluation], space: SearchSpace, o
     return front, hv
 
 
+def accuracy_measured(ev: Evaluation) -> bool:
+    """Whether ``ev``'s accuracy was measured. Journals written before the parent was always measured
+    recorded an unmeasured accuracy as 0.0 with no ``accuracy_stderr`` beside it: that is not a result."""
+    if ev.error is not None or "accuracy" not in ev.metrics:
+        return False
+    return ev.feasible or ev.metrics["accuracy"] != 0.0 or "accuracy_stderr" in ev.metrics
+
+
 def write_outputs(run_dir: Path, evals: Sequence[Evaluation], front: Sequence[Evaluation], objectives: Sequence[str],
                   hv: float, parent: Evaluation | None, record: Mapping[str, Any]) -> None:
     """pareto.json, evaluations.csv (and pareto.png if matplotlib is available)."""
@@ -395,8 +462,14 @@ def write_outputs(run_dir: Path, evals: Sequence[Evaluation], front: Sequence[Ev
         "objectives": [{"name": o, "higher_is_better": OBJECTIVES[o].higher_is_better} for o in objectives],
         "settings": record.get("settings"),
         "evaluations": len(evals),
+        # 0 feasible: every candidate broke a constraint or failed (the front is empty; `toolkit search`
+        # says so and exits 3).
+        "feasible_count": sum(e.feasible for e in evals),
+        "error_count": sum(e.error is not None for e in evals),
         "hypervolume": hv,
-        "parent": parent.to_dict() if parent else None,
+        # The parent is the reference: "accuracy_measured" says whether metrics.accuracy is a result
+        # (false only when its evaluation failed, or in runs journaled before it was always measured).
+        "parent": {**parent.to_dict(), "accuracy_measured": accuracy_measured(parent)} if parent else None,
         "front": [{**e.to_dict(), "objectives": {o: e.metrics.get(o) for o in objectives}} for e in front],
     }
     atomic_write_json(run_dir / "pareto.json", pareto)

@@ -23,16 +23,19 @@ def register(sub) -> None:
 
 
 def rerender(run_dir: Path) -> dict:
-    from toolkit.search import load_evaluations, render_run
+    """Rebuild pareto.json, evaluations.csv and pareto.png from run.json + the journal (whatever
+    pareto.json held before, even a broken one, is replaced). A broken run.json or journal line is a
+    one-line error naming the file, and nothing is rewritten."""
+    from toolkit.search import load_evaluations, read_run_record, render_run
     from toolkit.space import SearchSpace
 
-    run_json = run_dir / "run.json"
-    if not run_json.exists():
-        raise UserError(f"{run_dir}: no run.json (not a search run directory)")
-    record = json.loads(run_json.read_text())
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a directory (pass a search run directory)")
+    record = read_run_record(run_dir)
     objectives = record["settings"]["objectives"]
-    space = SearchSpace.from_dict(record["space"], str(run_json))
-    render_run(run_dir, load_evaluations(run_dir), space, objectives, record)
+    space = SearchSpace.from_dict(record["space"], str(run_dir / "run.json"))
+    evals = load_evaluations(run_dir)
+    render_run(run_dir, evals, space, objectives, record)
     return json.loads((run_dir / "pareto.json").read_text())
 
 
@@ -55,7 +58,12 @@ def print_front(run_dir: Path) -> None:
                   f"{speed / pm['decode_tokens_per_s']:.2f}x" if speed and pm.get("decode_tokens_per_s") else "-")
     Console().print(t)
     if pm:
-        Console().print(f"parent: accuracy {pm.get('accuracy', 0):.3f}, predicted {pm.get('decode_tokens_per_s', 0):.1f} tok/s")
+        measured = parent.get("accuracy_measured", "accuracy" in pm)  # absent in pareto.json files of older runs
+        acc = f"accuracy {pm['accuracy']:.3f}" if measured else "accuracy not measured"
+        over = "" if parent.get("feasible", True) else " (over the constraints: not a candidate)"
+        Console().print(f"parent: {acc}, predicted {pm.get('decode_tokens_per_s', 0):.1f} tok/s{over}")
+    if pareto.get("feasible_count") == 0:
+        Console().print(f"no feasible sub-network among the {pareto['evaluations']} evaluated: the front is empty")
 
 
 def run(args) -> int:

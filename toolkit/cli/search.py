@@ -13,7 +13,16 @@ EXAMPLES = """examples:
       --task arc_easy --limit 200 --evals 100 --population 20 --seed 0 --out run/search
   toolkit search ... --out run/search --resume          # continue a killed search
   toolkit search ... --algorithm random --out run/random  # the baseline at the same budget
+
+exit codes: 0 a front was found; 2 bad input (one line on stderr, before the model loads); 3 the search
+ran but no candidate was feasible (all over the constraints, or all failed): pareto.json has
+"feasible_count": 0 and an empty front, and stderr says why in one line
 """
+EXIT_NOTHING_FEASIBLE = 3
+
+# SearchSettings field -> the flag it comes from (errors name what the user typed)
+_FLAGS = {"evals": "--evals", "population": "--population", "seed": "--seed", "objectives": "--objectives",
+          "min_accuracy": "--min-accuracy", "max_params": "--max-params", "algorithm": "--algorithm"}
 
 
 def register(sub) -> None:
@@ -45,34 +54,104 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _settings(args, profile):
+    from toolkit.errors import ConfigError, UserError
+    from toolkit.profiles import find_profile
+    from toolkit.search import SearchSettings
+
+    try:
+        return SearchSettings(
+            objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
+            algorithm=args.algorithm, evals=args.evals, population=args.population, seed=args.seed,
+            memory_budget_bytes=float(profile.memory.usable_bytes), min_accuracy=args.min_accuracy,
+            max_params=args.max_params,
+        )
+    except ConfigError as exc:
+        if exc.field == "memory_budget_bytes":
+            raise ConfigError("memory.usable_bytes", exc.problem, str(find_profile(args.profile))) from None
+        raise UserError(f"{_FLAGS.get(exc.field, exc.field)}: {exc.problem}") from None
+
+
+def _check_run_dir(args, settings) -> None:
+    """--out before anything loads: a run there needs --resume, and a resumed run.json must be readable
+    and have been searched with these settings (the rest of it is compared once the model is known)."""
+    from toolkit.errors import UserError
+    from toolkit.search import read_run_record
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out: exists and is not a directory")
+    if not (out / "run.json").exists():
+        return
+    if not args.resume:
+        raise UserError(f"{out}: a search already lives here; pass --resume to continue it or choose another --out")
+    record = read_run_record(out)
+    if record["settings"] != settings.to_dict():
+        raise UserError(f"{out / 'run.json'}: settings: differs from this invocation; resume with the original arguments")
+
+
+def _nothing_feasible(result, settings) -> str:
+    """The one stderr line of a search whose every candidate is infeasible (or failed)."""
+    n = len(result.evaluations)
+    errors = [e for e in result.evaluations if e.error]
+    if len(errors) == n:
+        return f"search: all {n} evaluations failed, nothing is feasible (first error: {errors[0].error})"
+    limits = []
+    if settings.memory_budget_bytes is not None:
+        limits.append(f"predicted peak memory <= {settings.memory_budget_bytes / 2**30:.3g} GiB (the profile's usable memory)")
+    if settings.max_params is not None:
+        limits.append(f"params <= {settings.max_params:g}")
+    if settings.min_accuracy is not None:
+        limits.append(f"accuracy >= {settings.min_accuracy:g}")
+    failed = f", {len(errors)} failed" if errors else ""
+    return (f"search: no feasible sub-network: all {n} candidates break the constraints ({'; '.join(limits)}){failed}; "
+            "the front in pareto.json is empty")
+
+
 def run(args) -> int:
+    import sys
+
     from toolkit.elastic import extract, space_for
-    from toolkit.evaluate import evaluate_task
+    from toolkit.evaluate import check_task_lengths, evaluate_task, model_max_length, peek_tokenizer, truncation_warning
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
     from toolkit.predictor import Predictor
     from toolkit.errors import UserError
     from toolkit.profiles import load_profile
-    from toolkit.search import Searcher, SearchSettings
+    from toolkit.search import Searcher
     from toolkit.cli.common import data_dir
     from toolkit.tasks import get_task, load_task
 
+    # Every argument is checked before the model loads and before anything is written.
+    if args.limit < 0:
+        raise UserError(f"--limit: must be 0 (all examples) or positive, got {args.limit}")
+    if args.eval_threads < 1:
+        raise UserError(f"--eval-threads: must be at least 1, got {args.eval_threads}")
     profile = load_profile(args.profile)  # search times nothing itself: speeds come from the predictor
+    settings = _settings(args, profile)
     predictor = Predictor.load(args.predictor)
     if predictor.profile_fingerprint != profile.fingerprint:
         raise UserError(f"{args.predictor}: profile.fingerprint: calibrated for {predictor.profile_name!r}, "
                         f"not for the profile {profile.name!r} being searched for")
+    _check_run_dir(args, settings)
     task_data = load_task(get_task(args.task), data_dir(args.data_dir))  # read once, reused per candidate
+    limit = args.limit or None
+    subset = task_data.select(limit, args.seed)  # the examples every candidate is graded on
+
+    def check_lengths(tokenizer, max_length):
+        cut = check_task_lengths(subset, tokenizer, max_length)
+        if cut:
+            print(truncation_warning(task_data.task.name, cut, len(subset), max_length), file=sys.stderr)
+
+    peeked = peek_tokenizer(args.model)
+    if peeked is not None:
+        check_lengths(*peeked)
     loaded = load_model(args.model, dtype=args.eval_dtype or profile.runtime.dtype, device=profile.runtime.device)
+    if peeked is None:
+        check_lengths(loaded.tokenizer, model_max_length(loaded.model))
     predictor.check_model(loaded.model_hash, where=args.predictor)
     importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
     space = space_for(loaded, importance)
-    settings = SearchSettings(
-        objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
-        algorithm=args.algorithm, evals=args.evals, population=args.population, seed=args.seed,
-        memory_budget_bytes=float(profile.memory.usable_bytes), min_accuracy=args.min_accuracy, max_params=args.max_params,
-    )
-    limit = args.limit or None
 
     from toolkit.measure import torch_threads
 
@@ -100,9 +179,13 @@ def run(args) -> int:
         searcher = Searcher(space, settings, accuracy, predictor.predict, args.out, meta=meta, resume=args.resume,
                             on_progress=on_progress)
         result = searcher.run()
+    feasible = sum(e.feasible for e in result.evaluations)
     summary = {"run": args.out, "evaluations": len(result.evaluations), "new_evaluations": searcher.new_evaluations,
-               "front": len(result.front), "hypervolume": round(result.hypervolume, 6)}
+               "feasible": feasible, "front": len(result.front), "hypervolume": round(result.hypervolume, 6)}
     print(json.dumps(summary))
+    if not feasible:
+        print(_nothing_feasible(result, settings), file=sys.stderr)
+        return EXIT_NOTHING_FEASIBLE
     if not enabled():
         return 0
     from toolkit.cli.report import print_front
