@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -109,3 +110,54 @@ def test_space_rejects_head_choices_breaking_groups():
     with pytest.raises(ConfigError) as exc:
         SearchSpace(SMOL, (1536,), (4, 9), (30,), tuple(range(30)))
     assert exc.value.field == "head_choices"
+
+
+@pytest.mark.parametrize(
+    "cfg, field, problem",
+    [
+        (SubnetConfig((0, 1), (1536, 1536), (9, 12)), "heads[1]", "12 heads exceed the parent layer 1's 9"),
+        (SubnetConfig((0, 1), (1536, 1536), (9, 4)), "heads[1]", "4 query heads break the GQA groups of 3"),
+        (SubnetConfig((0, 1), (1600, 1536), (9, 9)), "mlp[0]", "width 1600 exceeds the parent layer 0's 1536"),
+        (SubnetConfig((0, 30), (1536, 1536), (9, 9)), "layers", "layer index 30 out of range for a 30-layer parent"),
+    ],
+)
+def test_parent_shape_check_is_the_one_fit_validator(cfg, field, problem):
+    with pytest.raises(ConfigError) as exc:
+        SMOL.check(cfg, "cfg.json")
+    assert (exc.value.field, exc.value.problem.split(" (")[0], exc.value.file) == (field, problem, "cfg.json")
+    with pytest.raises(ConfigError) as again:  # the space's validator starts from the same check
+        space().validate(cfg, "cfg.json")
+    assert again.value.field == field
+    assert SMOL.check(SubnetConfig((0, 29), (64, 1536), (3, 9))) is not None  # any width/group count that fits
+
+
+def test_extract_and_eval_use_the_same_fit_check(tiny):
+    from toolkit.elastic import check_fits, parent_shape
+
+    cfg = SubnetConfig((0, 1), (256, 256), (4, 6))  # 6 heads > the tiny parent's 4
+    with pytest.raises(ConfigError) as a:
+        check_fits(tiny, cfg)
+    with pytest.raises(ConfigError) as b:
+        parent_shape(tiny).check(cfg)
+    assert str(a.value) == str(b.value) == "heads[1]: 6 heads exceed the parent layer 1's 4"
+
+
+def test_binary_and_duplicate_key_config_files_are_one_line_errors(tmp_path):
+    binary = tmp_path / "cfg.json"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(ConfigError) as exc:
+        SubnetConfig.load(str(binary))
+    assert exc.value.file == str(binary) and "UTF-8" in str(exc.value) and "\n" not in str(exc.value)
+    dup = tmp_path / "dup.json"
+    dup.write_text('{"layers": [0], "mlp": [64], "heads": [3], "heads": [6]}')
+    with pytest.raises(ConfigError) as exc:
+        SubnetConfig.load(str(dup))
+    assert (exc.value.field, exc.value.file) == ("heads", str(dup)) and "twice" in exc.value.problem
+
+
+@pytest.mark.parametrize("field, value", [("num_layers", True), ("hidden_size", "576"), ("tie_word_embeddings", 1)])
+def test_parent_shape_refuses_wrong_types(field, value):
+    d = {**dataclasses.asdict(SMOL), field: value}
+    with pytest.raises(ConfigError) as exc:
+        ParentShape.from_dict(d, "p.json")
+    assert exc.value.field == f"shape.{field}" and exc.value.file == "p.json"

@@ -39,23 +39,11 @@ def _layer_shapes(model) -> list[tuple[int, int]]:
 
 
 def check_fits(parent, cfg: SubnetConfig) -> None:
-    """Raise a one-line error naming the field if ``cfg`` does not fit inside ``parent``."""
-    shapes = _layer_shapes(parent)
-    group = parent.config.num_attention_heads // parent.config.num_key_value_heads
-    if cfg.layers[-1] >= len(shapes):
-        from toolkit.errors import ConfigError
+    """Raise a one-line error naming the field if ``cfg`` does not fit inside ``parent`` (the one
+    validator of :func:`toolkit.space.check_fits`, on the parent's real per-layer shapes)."""
+    from toolkit.space import check_fits as check
 
-        raise ConfigError("layers", f"layer index {cfg.layers[-1]} out of range for a {len(shapes)}-layer parent")
-    from toolkit.errors import ConfigError
-
-    for i, (layer, m, h) in enumerate(zip(cfg.layers, cfg.mlp, cfg.heads)):
-        pm, ph = shapes[layer]
-        if m > pm:
-            raise ConfigError(f"mlp[{i}]", f"width {m} exceeds the parent layer {layer}'s {pm}")
-        if h % group:
-            raise ConfigError(f"heads[{i}]", f"{h} query heads break the GQA groups of {group}")
-        if h > ph:
-            raise ConfigError(f"heads[{i}]", f"{h} heads exceed the parent layer {layer}'s {ph}")
+    check(cfg, _layer_shapes(parent), parent.config.num_attention_heads // parent.config.num_key_value_heads)
 
 
 def subnet_hf_config(parent_config, cfg: SubnetConfig):

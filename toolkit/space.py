@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -36,6 +37,37 @@ from toolkit.fileio import sha256_json
 
 SUBNET_VERSION = 1
 SPACE_VERSION = 1
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """The UTF-8 text of a file the user named; a one-line :class:`ConfigError` if it cannot be read
+    or is not text (a binary file passed as a JSON config)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError("<file>", f"cannot read ({exc.strerror})", str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("<file>", f"not a UTF-8 text file (byte {exc.start}: {exc.reason}); expected JSON", str(path)) from None
+
+
+def parse_json(text: str, file: str | None = None) -> Any:
+    """``json.loads`` with one-line errors; a key repeated within one object is an error, not last-wins."""
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise ConfigError(k, "appears twice in one object", file)
+            out[k] = v
+        return out
+
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"line {exc.lineno}", f"invalid JSON ({exc.msg})", file) from None
+    except RecursionError:
+        raise ConfigError("<root>", "JSON nested too deeply", file) from None
 
 
 def _ints(name: str, value: Any, file: str | None) -> tuple[int, ...]:
@@ -116,10 +148,7 @@ class SubnetConfig:
 
     @classmethod
     def from_json(cls, text: str, file: str | None = None) -> "SubnetConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"line {exc.lineno}", f"invalid JSON ({exc.msg})", file) from None
+        data = parse_json(text, file)
         # Accept files that wrap the config, e.g. a Pareto entry {"config": {...}, ...}.
         if isinstance(data, Mapping) and "config" in data and "layers" not in data:
             data = data["config"]
@@ -127,11 +156,7 @@ class SubnetConfig:
 
     @classmethod
     def load(cls, path: str) -> "SubnetConfig":
-        try:
-            text = open(path, encoding="utf-8").read()
-        except OSError as exc:
-            raise ConfigError("<file>", f"cannot read ({exc.strerror})", str(path)) from None
-        return cls.from_json(text, str(path))
+        return cls.from_json(read_text_file(path), str(path))
 
     @classmethod
     def full(cls, num_layers: int, intermediate_size: int, num_heads: int) -> "SubnetConfig":
@@ -154,14 +179,42 @@ class ParentShape:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.type in ("int", int) and (not isinstance(v, int) or v <= 0):
+            if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise ConfigError(f.name, f"must be a positive integer, got {v!r}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ConfigError("tie_word_embeddings", f"must be true or false, got {self.tie_word_embeddings!r}")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError("num_kv_heads", f"{self.num_heads} query heads are not a multiple of {self.num_kv_heads} kv heads")
 
     @property
     def group_size(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+    @classmethod
+    def from_dict(cls, data: Any, file: str | None = None, where: str = "shape") -> "ParentShape":
+        if not isinstance(data, Mapping):
+            raise ConfigError(where, "expected an object", file)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(data) - set(names)
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown field", file)
+        for n in names:
+            if n not in data:
+                raise ConfigError(f"{where}.{n}", "missing required field", file)
+        try:
+            return cls(**{n: data[n] for n in names})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{exc.field}", exc.problem, file) from None
+
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """(MLP width, query heads) of each parent layer: all alike (see ``check_fits`` for others)."""
+        return [(self.intermediate_size, self.num_heads)] * self.num_layers
+
+    def check(self, cfg: SubnetConfig, file: str | None = None) -> SubnetConfig:
+        """Raise a one-line :class:`ConfigError` if ``cfg`` does not fit inside this parent (see
+        :func:`check_fits`); return ``cfg``."""
+        check_fits(cfg, self.layer_shapes(), self.group_size, file)
+        return cfg
 
     @classmethod
     def from_hf_config(cls, config: Any) -> "ParentShape":
@@ -192,6 +245,29 @@ class ParentShape:
             return body
         emb = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
         return body + emb + self.hidden_size  # + final norm
+
+
+def check_fits(cfg: SubnetConfig, layer_shapes: Sequence[tuple[int, int]], group_size: int,
+               file: str | None = None) -> None:
+    """The one check that a sub-network fits inside its parent, used by ``predict``, ``eval --subnet``,
+    ``export`` and ``extract`` alike: every kept layer exists, keeps at most the parent layer's MLP
+    width and query heads, and keeps heads in whole GQA groups of ``group_size``.
+
+    ``layer_shapes[i]`` is parent layer ``i``'s (MLP width, query heads); a heterogeneous parent (an
+    extracted sub-network used as a parent) has different ones per layer.
+    """
+    n = len(layer_shapes)
+    if cfg.layers[-1] >= n:
+        raise ConfigError("layers", f"layer index {cfg.layers[-1]} out of range for a {n}-layer parent", file)
+    for i, (layer, m, h) in enumerate(zip(cfg.layers, cfg.mlp, cfg.heads)):
+        pm, ph = layer_shapes[layer]
+        if m > pm:
+            raise ConfigError(f"mlp[{i}]", f"width {m} exceeds the parent layer {layer}'s {pm}", file)
+        if h % group_size:
+            raise ConfigError(f"heads[{i}]", f"{h} query heads break the GQA groups of {group_size} "
+                              "(heads are removed a whole group at a time)", file)
+        if h > ph:
+            raise ConfigError(f"heads[{i}]", f"{h} heads exceed the parent layer {layer}'s {ph}", file)
 
 
 def _grid(lo: int, hi: int, step: int) -> tuple[int, ...]:
@@ -305,10 +381,9 @@ class SearchSpace:
         return self.encode(self.decode(genome))
 
     def validate(self, cfg: SubnetConfig, file: str | None = None) -> SubnetConfig:
-        """Raise a one-line :class:`ConfigError` naming the field if ``cfg`` is not in this space."""
-        L = self.parent.num_layers
-        if cfg.layers[-1] >= L:
-            raise ConfigError("layers", f"layer index {cfg.layers[-1]} out of range for a {L}-layer parent", file)
+        """Raise a one-line :class:`ConfigError` naming the field if ``cfg`` is not in this space (it must
+        fit the parent, :meth:`ParentShape.check`, and use the space's depths, layers and widths)."""
+        self.parent.check(cfg, file)
         if cfg.depth not in self.depth_choices:
             raise ConfigError("layers", f"depth {cfg.depth} outside the space's depth range {self.depth_choices[0]}..{self.depth_choices[-1]}", file)
         if cfg.layers != self.kept_layers(cfg.depth):
@@ -317,8 +392,6 @@ class SearchSpace:
             if m not in self.mlp_choices:
                 raise ConfigError(f"mlp[{i}]", f"width {m} is not in the space's MLP widths {self.mlp_choices[0]}..{self.mlp_choices[-1]} (step {self._step(self.mlp_choices)})", file)
         for i, h in enumerate(cfg.heads):
-            if h % self.parent.group_size:
-                raise ConfigError(f"heads[{i}]", f"{h} query heads break the GQA groups of {self.parent.group_size} (heads are removed a whole group at a time)", file)
             if h not in self.head_choices:
                 raise ConfigError(f"heads[{i}]", f"{h} heads is not in the space's head choices {list(self.head_choices)}", file)
         return cfg
