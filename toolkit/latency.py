@@ -7,10 +7,13 @@ median and spread). What is measured, for batch ``B``, prompt ``T`` and ``N`` ge
   position only (``logits_to_keep=1``, as ``generate`` does);
 * **decode**: ``N`` greedy steps of one token each on top of a prefilled cache, reported per token
   (median over repeats of the mean step time) and as tokens/s (``B`` tokens per step);
-* **peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` over one prefill + decode; on CPU the
-  exact bytes of the weights plus the peak resident-set growth during one prefill + decode (KV cache and
-  activations), sampled every millisecond. glibc's mmap threshold is pinned (``mallopt``) so that large
-  freed blocks go back to the OS and one sub-network's leftovers do not hide the next one's growth.
+* **peak memory**: the exact bytes of the model's weights plus the peak growth during one prefill +
+  decode (KV cache and activations). On CUDA the growth is ``max_memory_allocated`` after
+  ``reset_peak_memory_stats`` minus what was allocated before (so a parent model, or anything else
+  still on the device, is not counted against the sub-network); on CPU it is the resident-set growth,
+  sampled every millisecond. While a CPU measurement runs, glibc's mmap threshold is pinned (``mallopt``) so
+  that large freed blocks go back to the OS and one sub-network's leftovers do not hide the next one's
+  growth; see :func:`mmap_threshold` for how it is put back afterwards.
 
 A measurement whose spread exceeds ``max_spread`` is re-measured once with more repeats, and flagged if
 it is still noisy.
@@ -26,19 +29,41 @@ from dataclasses import dataclass, field
 
 import torch
 
-_MALLOPT_DONE = False
+M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
+GLIBC_DEFAULT_MMAP_THRESHOLD = 128 * 1024  # DEFAULT_MMAP_THRESHOLD_MIN: glibc's value at process start
 
 
-def _pin_mmap_threshold(threshold_bytes: int = 1 << 20) -> None:
-    """Make glibc serve blocks >= 1 MiB with mmap and return them on free (best effort, Linux only)."""
-    global _MALLOPT_DONE
-    if _MALLOPT_DONE:
-        return
-    _MALLOPT_DONE = True
-    with contextlib.suppress(OSError, AttributeError):
+def _libc():
+    """glibc, or None (not Linux/glibc: musl, macOS; then nothing is pinned)."""
+    try:
         libc = ctypes.CDLL("libc.so.6")
-        M_MMAP_THRESHOLD = -3
-        libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes)
+        libc.mallopt  # noqa: B018 - raises AttributeError where there is no mallopt
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def mmap_threshold(threshold_bytes: int = 1 << 20):
+    """Inside the block, glibc serves blocks >= ``threshold_bytes`` with mmap and returns them to the OS
+    on free (best effort; a no-op without glibc). On exit the threshold is put back.
+
+    *What "put back" means.* glibc starts with a 128 KiB threshold that it raises on its own as large
+    blocks are freed (up to 32 MiB on 64-bit). Any ``mallopt(M_MMAP_THRESHOLD, ...)`` switches that
+    dynamic adjustment off for the rest of the process, and no ``mallopt`` call switches it back on,
+    nor can the current value be read. So on exit the threshold is set to glibc's start value, 128 KiB,
+    static: the evaluations after a measurement no longer run with the 1 MiB pin, but glibc does not
+    resume raising the threshold either.
+    """
+    libc = _libc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes))
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_MMAP_THRESHOLD)
 
 
 class _RssSampler:
@@ -90,31 +115,71 @@ class ModelMeasurement:
 
 
 def weight_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers, each block of memory counted once.
+
+    ``model.parameters()`` already skips a tied ``Parameter`` seen twice; this also counts once two
+    distinct ``Parameter`` objects over the same memory (e.g. ``lm_head.weight = Parameter(embed.weight)``).
+    """
     seen, total = set(), 0
     for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
+        nbytes = t.numel() * t.element_size()
+        region = (t.device, t.data_ptr(), nbytes)
+        if region not in seen:
+            seen.add(region)
+            total += nbytes
     return total
 
 
-@torch.inference_mode()
+def peak_mem_bytes(model, run, device) -> float:
+    """Peak memory of ``model`` while ``run()`` runs: its weights plus what the run allocates on top.
+
+    On CUDA, ``max_memory_allocated`` alone is the peak of *everything* on the device since the last
+    reset, which includes the parent model a sub-network was extracted from (and the sub-network's own
+    weights, already allocated): so the peak is reset, the allocation in place before the run is
+    subtracted, and the model's weights are counted once. On the CPU, the resident-set growth during
+    ``run()`` (after one untimed warm-up ``run()``: one-time library initialisation is not the model's).
+    """
+    wbytes = weight_bytes(model)
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run()
+        torch.cuda.synchronize(device)
+        return float(wbytes + max(0, torch.cuda.max_memory_allocated(device) - before))
+    run()  # warm-up
+    with _RssSampler() as rss:
+        run()
+    return float(wbytes + rss.growth_bytes)
+
+
 def measure_model(model, prompt_tokens: int = 128, generate_tokens: int = 32, batch_size: int = 1,
                   repeats: int = 5, warmup: int = 1, max_spread: float = 0.10, seed: int = 0) -> ModelMeasurement:
-    """Prefill ms, decode ms/token and peak memory of ``model`` on its current device and dtype."""
+    """Prefill ms, decode ms/token and peak memory of ``model`` on its current device and dtype.
+
+    On the CPU the whole measurement (memory and timing alike) runs under :func:`mmap_threshold`, which
+    is put back before returning.
+    """
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    with mmap_threshold() if on_cpu else contextlib.nullcontext():
+        return _measure_model(model, prompt_tokens, generate_tokens, batch_size, repeats, warmup, max_spread, seed)
+
+
+@torch.inference_mode()
+def _measure_model(model, prompt_tokens: int, generate_tokens: int, batch_size: int, repeats: int, warmup: int,
+                   max_spread: float, seed: int) -> ModelMeasurement:
     from transformers import DynamicCache
 
-    from toolkit.measure import time_callable
+    from toolkit.measure import sync_for, time_callable
     from toolkit.models.compat import cache_arg_name
 
-    _pin_mmap_threshold()
     device = next(model.parameters()).device
-    cuda = device.type == "cuda"
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (batch_size, prompt_tokens), generator=gen).to(device)
     step_ids = torch.randint(3, vocab, (batch_size, generate_tokens), generator=gen).to(device)
-    sync = torch.cuda.synchronize if cuda else None
+    sync = sync_for(device)
 
     cache_arg = cache_arg_name(model)  # once, outside the timed loops
 
@@ -130,18 +195,7 @@ def measure_model(model, prompt_tokens: int = 128, generate_tokens: int = 32, ba
             out.logits.argmax(-1)
 
     # Peak memory over one full prefill + decode.
-    wbytes = weight_bytes(model)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        decode_from(prefill())
-        torch.cuda.synchronize()
-        peak = float(torch.cuda.max_memory_allocated(device))
-    else:
-        decode_from(prefill())  # warm-up: one-time library initialisation is not the model's memory
-        with _RssSampler() as rss:
-            decode_from(prefill())
-        peak = float(wbytes + rss.growth_bytes)
+    peak = peak_mem_bytes(model, lambda: decode_from(prefill()), device)
 
     def once(n_repeats: int):
         t_prefill = time_callable(prefill, warmup=warmup, repeats=n_repeats, sync=sync)
@@ -164,7 +218,7 @@ def measure_model(model, prompt_tokens: int = 128, generate_tokens: int = 32, ba
         prefill_ms=t_prefill.median_s * 1e3,
         decode_ms_per_token=t_decode.median_s * 1e3 / generate_tokens,
         peak_mem_bytes=peak,
-        weight_bytes=wbytes,
+        weight_bytes=weight_bytes(model),
         spread={"prefill_ms": t_prefill.spread, "decode_ms_per_token": t_decode.spread},
         repeats=t_decode.repeats,
         flagged=flagged,
@@ -173,15 +227,17 @@ def measure_model(model, prompt_tokens: int = 128, generate_tokens: int = 32, ba
 
 def subnet_measure_fn(loaded, importance, profile, repeats: int = 5):
     """``cfg -> predictor.Measurement``: extract the sub-network and time it on the profile's runtime
-    (threads) and workload."""
+    (device, dtype, threads) and workload."""
     from toolkit.elastic import extract
     from toolkit.measure import torch_threads
     from toolkit.predictor import Measurement
 
     wl = profile.workload
+    device, dtype = torch.device(profile.runtime.device), getattr(torch, profile.runtime.dtype)
 
     def measure(cfg):
-        child = extract(loaded.model, cfg, importance)
+        # On the profile's device and dtype, whatever the parent was loaded with (a no-op when they agree).
+        child = extract(loaded.model, cfg, importance).to(device=device, dtype=dtype)
         with torch_threads(profile.runtime.threads):
             m = measure_model(child, wl.prompt_tokens, wl.generate_tokens, wl.batch_size, repeats=repeats)
         del child
