@@ -415,3 +415,15 @@ def test_cli_eval_threads_are_scoped(tiny_folder, tmp_path, capsys):
     assert main(["eval", "--model", str(tiny_folder), "--task", str(_items(tmp_path)), "--limit", "2", "--json",
                  "--threads", str(before + 1)]) == 0
     assert torch.get_num_threads() == before
+
+
+def test_cli_eval_refuses_a_subnet_that_does_not_fit_before_loading(tiny_folder, tmp_path, capsys, monkeypatch):
+    from toolkit.cli.main import main
+    import toolkit.models
+
+    cfg = tmp_path / "wide.json"
+    cfg.write_text(json.dumps({"layers": [0, 1], "mlp": [512, 64], "heads": [2, 2]}))  # the parent's MLP is 256
+    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["eval", "--model", str(tiny_folder), "--subnet", str(cfg), "--task", str(_items(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(cfg) in err[0] and "mlp[0]" in err[0]

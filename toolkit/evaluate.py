@@ -477,10 +477,10 @@ def truncation_warning(task: str, truncated: int, total: int, max_length: int) -
             f"{max_length} tokens; their contexts are cut from the left, as lm-eval does")
 
 
-def peek_tokenizer(source: str | os.PathLike) -> tuple[Any, int] | None:
-    """A model's tokenizer and lm-eval maximum length, read without loading its weights, so that task
-    files can be checked (:func:`check_task_lengths`) before the model loads. None when that needs the
-    model itself (a GGUF that was never dequantized: check after loading)."""
+def peek_tokenizer(source: str | os.PathLike) -> tuple[Any, int, dict] | None:
+    """A model's tokenizer, lm-eval maximum length and ``config.json``, read without loading its weights,
+    so that task files (:func:`check_task_lengths`) and sub-networks can be checked before the model
+    loads. None when that needs the model itself (a GGUF that was never dequantized: check after loading)."""
     from toolkit.models.loading import _gguf_cache_folder, check_architecture, resolve_source
 
     src = resolve_source(source)
@@ -494,7 +494,7 @@ def peek_tokenizer(source: str | os.PathLike) -> tuple[Any, int] | None:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"{folder}: no usable tokenizer in the model folder ({exc})") from None
-    return tokenizer, model_max_length(config)
+    return tokenizer, model_max_length(config), config
 
 
 def score_examples(model, tokenizer, examples: Sequence[Example], add_bos_token: bool | None = None,

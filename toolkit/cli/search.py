@@ -145,7 +145,7 @@ def run(args) -> int:
 
     peeked = peek_tokenizer(args.model)
     if peeked is not None:
-        check_lengths(*peeked)
+        check_lengths(*peeked[:2])
     loaded = load_model(args.model, dtype=args.eval_dtype or profile.runtime.dtype, device=profile.runtime.device)
     if peeked is None:
         check_lengths(loaded.tokenizer, model_max_length(loaded.model))
