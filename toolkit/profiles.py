@@ -70,9 +70,9 @@ call :func:`warn_if_foreign` before timing anything.
 answer, torch for CUDA); :func:`profile_machine` adds matmul FLOP/s (float32, plus bfloat16/float16
 where the hardware has them) and copy bandwidth, all timed by :func:`toolkit.measure.time_callable`.
 
-Shipped profiles live in the top-level ``profiles/`` folder of a checkout, and in
-``<prefix>/share/llm-nas-toolkit/profiles`` of an installed wheel; ``$TOOLKIT_PROFILES_DIR``
-(``os.pathsep``-separated) is searched first.
+Shipped profiles are package data, ``toolkit/profiles_data/*.yaml``, found with :mod:`importlib.resources`
+wherever the package is installed (a wheel, an editable checkout; ``profiles/`` at the top of a checkout
+is a link to that folder); ``$TOOLKIT_PROFILES_DIR`` (``os.pathsep``-separated) is searched first.
 """
 
 from __future__ import annotations
@@ -85,7 +85,6 @@ import math
 import os
 import platform
 import re
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -100,7 +99,7 @@ __all__ = [
     "SCHEMA_VERSION", "DTYPES", "KINDS", "PROFILES_DIR_ENV",
     "Identity", "Compute", "Memory", "Features", "Runtime", "Workload", "Measured", "Spec", "DeviceProfile",
     "ForeignProfileWarning", "MachineInfo",
-    "profile_search_path", "list_profiles", "find_profile", "load_profile", "save_profile",
+    "shipped_profiles_dir", "profile_search_path", "list_profiles", "find_profile", "load_profile", "save_profile",
     "fingerprint_current_machine", "describe_current_machine", "warn_if_foreign",
     "check_device", "detect", "measure_matmul_flops", "measure_copy_bandwidth", "profile_machine",
 ]
@@ -609,12 +608,19 @@ class DeviceProfile:
 # Files: search path, YAML reading, extends resolution.
 
 
+def shipped_profiles_dir() -> Path:
+    """The folder of the profiles shipped inside the package (``toolkit/profiles_data``)."""
+    from importlib.resources import files
+
+    # A file-system install (wheel or editable) gives a real folder; a zipped install is not supported.
+    return Path(str(files("toolkit").joinpath("profiles_data")))
+
+
 def profile_search_path() -> list[Path]:
-    """Folders searched for profiles by name, in order: ``$TOOLKIT_PROFILES_DIR`` entries, the checkout's
-    ``profiles/``, and an installed wheel's ``<prefix>/share/llm-nas-toolkit/profiles``."""
+    """Folders searched for profiles by name, in order: ``$TOOLKIT_PROFILES_DIR`` entries, then the
+    profiles shipped with the package (:func:`shipped_profiles_dir`)."""
     dirs = [Path(p) for p in os.environ.get(PROFILES_DIR_ENV, "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[1] / "profiles")
-    dirs.append(Path(sys.prefix) / "share" / "llm-nas-toolkit" / "profiles")
+    dirs.append(shipped_profiles_dir())
     out: list[Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
