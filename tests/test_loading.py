@@ -128,7 +128,13 @@ def _one_line_error(argv, capsys, file: Path, text: str) -> str:
 
 
 @pytest.mark.parametrize("case_id,breaks,file,text", FOLDER_CASES, ids=[c[0] for c in FOLDER_CASES])
-def test_bad_model_folder_is_one_line(case_id, breaks, file, text, tiny_folder, tmp_path, capsys):
+def test_bad_model_folder_is_one_line(case_id, breaks, file, text, tiny_folder, tmp_path, capsys, monkeypatch):
+    import torch
+
+    def no_unpickling(*a, **kw):
+        raise AssertionError("torch.load was called on a user file")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
     folder = _copy(tiny_folder, tmp_path)
     breaks(folder)
     _one_line_error(["info", str(folder), "--no-importance", "--json"], capsys, folder / file, text)
