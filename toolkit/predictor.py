@@ -39,7 +39,7 @@ import numpy as np
 
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import atomic_write_json
-from toolkit.space import ParentShape, SearchSpace, SubnetConfig
+from toolkit.space import ParentShape, SearchSpace, SubnetConfig, parse_json, read_text_file
 
 PREDICTOR_VERSION = 1
 TARGETS = ("prefill_ms", "decode_ms_per_token", "peak_mem_bytes")
@@ -163,13 +163,46 @@ class Measurement:
                 "peak_mem_bytes": self.peak_mem_bytes, "spread": dict(self.spread), "flagged": self.flagged}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], file: str | None = None) -> "Measurement":
+    def from_dict(cls, d: Any, file: str | None = None, where: str = "measurements[]",
+                  shape: ParentShape | None = None) -> "Measurement":
+        """Validate one measurement record (every field's type; the config against ``shape`` if given)."""
+        pre = f"{where}." if where else ""
+        if not isinstance(d, Mapping):
+            raise ConfigError(where or "<root>", "expected an object", file)
+        unknown = set(d) - {"config", "prefill_ms", "decode_ms_per_token", "decode_tokens_per_s", "peak_mem_bytes",
+                            "spread", "flagged"}
+        if unknown:
+            raise ConfigError(f"{pre}{sorted(unknown)[0]}", "unknown field", file)
+        for name in ("config", "prefill_ms", "decode_ms_per_token", "peak_mem_bytes"):
+            if name not in d:
+                raise ConfigError(f"{pre}{name}", "missing required field", file)
         try:
-            return cls(SubnetConfig.from_dict(d["config"], file), float(d["prefill_ms"]),
-                       float(d["decode_ms_per_token"]), float(d["peak_mem_bytes"]),
-                       dict(d.get("spread", {})), bool(d.get("flagged", False)))
-        except KeyError as exc:
-            raise ConfigError(f"measurements[].{exc.args[0]}", "missing required field", file) from None
+            cfg = SubnetConfig.from_dict(d["config"], file)
+            if shape is not None:
+                shape.check(cfg, file)
+        except ConfigError as exc:
+            raise ConfigError(f"{pre}config.{exc.field}", exc.problem, file) from None
+        values = {t: _number(f"{pre}{t}", d[t], file, positive=True) for t in TARGETS}
+        if "decode_tokens_per_s" in d:  # derived, written for readers: checked, not trusted
+            _number(f"{pre}decode_tokens_per_s", d["decode_tokens_per_s"], file, positive=True)
+        spread = d.get("spread", {})
+        if not isinstance(spread, Mapping):
+            raise ConfigError(f"{pre}spread", "expected an object of numbers", file)
+        spread = {str(k): _number(f"{pre}spread.{k}", v, file) for k, v in spread.items()}
+        flagged = d.get("flagged", False)
+        if not isinstance(flagged, bool):
+            raise ConfigError(f"{pre}flagged", f"expected true or false, got {flagged!r}", file)
+        return cls(cfg, values["prefill_ms"], values["decode_ms_per_token"], values["peak_mem_bytes"], spread, flagged)
+
+
+def _number(field_name: str, v: Any, file: str | None, positive: bool = False) -> float:
+    """A finite JSON number (not a bool, not a string); ``positive``: > 0, else >= 0."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(field_name, f"expected a number, got {v!r}", file)
+    v = float(v)
+    if not np.isfinite(v) or v < 0 or (positive and v == 0):
+        raise ConfigError(field_name, f"expected a finite {'positive' if positive else 'non-negative'} number, got {v!r}", file)
+    return v
 
 
 def fit_coefficients(X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -300,39 +333,72 @@ class Predictor:
         atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], file: str | None = None) -> "Predictor":
-        if not isinstance(d, Mapping):
-            raise ConfigError("<root>", "expected a JSON object", file)
-        if d.get("version") != PREDICTOR_VERSION:
+    def from_dict(cls, d: Any, file: str | None = None) -> "Predictor":
+        """Validate a predictor JSON field by field (types, counts, finiteness); one-line errors."""
+
+        def obj(name: str, v: Any) -> Mapping[str, Any]:
+            if not isinstance(v, Mapping):
+                raise ConfigError(name, f"expected an object, got {type(v).__name__}", file)
+            return v
+
+        def text(name: str, v: Any) -> str:
+            if not isinstance(v, str) or not v:
+                raise ConfigError(name, f"expected a non-empty string, got {v!r}", file)
+            return v
+
+        def fields_of(name: str, v: Any, allowed: Sequence[str], required: Sequence[str]) -> Mapping[str, Any]:
+            v = obj(name, v)
+            for k in v:
+                if k not in allowed:
+                    raise ConfigError(f"{name}.{k}", "unknown field", file)
+            for k in required:
+                if k not in v:
+                    raise ConfigError(f"{name}.{k}", "missing required field", file)
+            return v
+
+        d = obj("<root>", d)
+        if d.get("version") != PREDICTOR_VERSION or isinstance(d.get("version"), bool):
             raise ConfigError("version", f"unsupported predictor version {d.get('version')!r}", file)
+        for k in ("model_hash", "profile", "shape", "hardware", "workload", "coefficients"):
+            if k not in d:
+                raise ConfigError(k, "missing required field", file)
+        profile = fields_of("profile", d["profile"], ("name", "fingerprint"), ("name", "fingerprint"))
+        shape = ParentShape.from_dict(d["shape"], file)
+        hw = fields_of("hardware", d["hardware"], ("peak_flops", "bandwidth_bytes_per_s", "dtype"),
+                       ("peak_flops", "bandwidth_bytes_per_s"))
+        dtype = hw.get("dtype", "float32")
+        if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+            raise ConfigError("hardware.dtype", f"expected one of {', '.join(DTYPE_BYTES)}, got {dtype!r}", file)
+        hardware = Hardware(_number("hardware.peak_flops", hw["peak_flops"], file, positive=True),
+                            _number("hardware.bandwidth_bytes_per_s", hw["bandwidth_bytes_per_s"], file, positive=True),
+                            dtype)
+        wl = fields_of("workload", d["workload"], [f.name for f in dataclasses.fields(Workload)], ())
         try:
-            return cls(
-                model_hash=str(d["model_hash"]),
-                profile_name=str(d["profile"]["name"]),
-                profile_fingerprint=str(d["profile"]["fingerprint"]),
-                shape=ParentShape(**d["shape"]),
-                hardware=Hardware(**d["hardware"]),
-                workload=Workload(**d["workload"]),
-                coefficients={t: [float(c) for c in d["coefficients"][t]] for t in TARGETS},
-                measurements=tuple(Measurement.from_dict(m, file) for m in d.get("measurements", [])),
-                cv=d.get("cv", {}),
-            )
-        except KeyError as exc:
-            raise ConfigError(str(exc.args[0]), "missing required field", file) from None
+            workload = Workload(**wl)
         except ConfigError as exc:
             raise exc.with_file(file) from None
-        except TypeError as exc:
-            raise ConfigError("<root>", f"malformed predictor ({exc})", file) from None
+        if "features" in d and d["features"] != {t: list(FEATURE_NAMES[t]) for t in TARGETS}:
+            raise ConfigError("features", "written for other predictor features than this toolkit's; recalibrate", file)
+        coefs = fields_of("coefficients", d["coefficients"], TARGETS, TARGETS)
+        coefficients = {}
+        for t in TARGETS:
+            c = coefs[t]
+            if not isinstance(c, list) or len(c) != len(FEATURE_NAMES[t]):
+                raise ConfigError(f"coefficients.{t}", f"expected a list of {len(FEATURE_NAMES[t])} numbers "
+                                  f"({', '.join(FEATURE_NAMES[t])}), got {c!r}", file)
+            coefficients[t] = [_number(f"coefficients.{t}[{i}]", v, file) for i, v in enumerate(c)]
+        ms = d.get("measurements", [])
+        if not isinstance(ms, list):
+            raise ConfigError("measurements", f"expected a list, got {type(ms).__name__}", file)
+        measurements = tuple(Measurement.from_dict(m, file, f"measurements[{i}]", shape) for i, m in enumerate(ms))
+        return cls(model_hash=text("model_hash", d["model_hash"]), profile_name=text("profile.name", profile["name"]),
+                   profile_fingerprint=text("profile.fingerprint", profile["fingerprint"]), shape=shape,
+                   hardware=hardware, workload=workload, coefficients=coefficients, measurements=measurements,
+                   cv=obj("cv", d.get("cv", {})))
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictor":
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError("<file>", f"cannot read ({exc.strerror})", str(path)) from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"line {exc.lineno}", f"invalid JSON ({exc.msg})", str(path)) from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(parse_json(read_text_file(path), str(path)), str(path))
 
 
 def choose_calibration_configs(space: SearchSpace, n: int, seed: int = 0, pool: int = 4000) -> list[SubnetConfig]:
@@ -368,43 +434,52 @@ def choose_calibration_configs(space: SearchSpace, n: int, seed: int = 0, pool: 
     return [cands[i] for i in chosen]
 
 
+CALIBRATION_JOURNAL_VERSION = 1
+
+
+def calibration_header(prior: Predictor, repeats: int | None = None,
+                       runtime: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a calibration journal's measurements depend on: a resume with any of it changed is refused."""
+    return {"journal": "calibration", "version": CALIBRATION_JOURNAL_VERSION, "model_hash": prior.model_hash,
+            "profile_fingerprint": prior.profile_fingerprint, "workload": dataclasses.asdict(prior.workload),
+            "dtype": prior.hardware.dtype, "repeats": repeats, "runtime": dict(runtime or {})}
+
+
 def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn, journal_path: str | Path | None = None,
-              progress=None) -> Predictor:
+              progress=None, *, repeats: int | None = None, runtime: Mapping[str, Any] | None = None) -> Predictor:
     """Measure ``configs`` with ``measure_fn(cfg) -> Measurement`` and fit ``prior``'s coefficients.
 
-    Measurements are appended to ``journal_path`` (JSONL, fsynced) as they are taken, so a killed
-    calibration resumes without re-timing what it already has. The journal is keyed by model hash and
-    profile fingerprint: another model or machine starts afresh.
+    Measurements are appended to ``journal_path`` (a :class:`toolkit.journal.Journal`: JSONL, each line
+    fsynced, a line torn by a kill dropped on resume) as they are taken, so a killed calibration
+    resumes without re-timing what it already has. The journal's header records what the measurements
+    depend on (model hash, profile fingerprint, workload, dtype, ``repeats``, ``runtime``: the device and
+    threads); a journal written with other settings is a one-line error naming the differing fields
+    (never silently discarded).
     """
-    import os
+    from toolkit.journal import Journal, line_error
 
     done: dict[str, Measurement] = {}
-    header = {"model_hash": prior.model_hash, "profile_fingerprint": prior.profile_fingerprint,
-              "workload": dataclasses.asdict(prior.workload), "dtype": prior.hardware.dtype}
+    journal = None
     if journal_path is not None:
-        journal_path = Path(journal_path)
-        if journal_path.exists():
-            lines = journal_path.read_text().splitlines(keepends=True)
-            if lines and json.loads(lines[0]) == header:
-                for line in lines[1:]:
-                    if line.endswith("\n"):
-                        m = Measurement.from_dict(json.loads(line), str(journal_path))
-                        done[m.config.key()] = m
-            else:
-                journal_path.unlink()
-        if not journal_path.exists():
-            journal_path.parent.mkdir(parents=True, exist_ok=True)
-            journal_path.write_text(json.dumps(header) + "\n")
+        journal = Journal(journal_path, calibration_header(prior, repeats, runtime), what="calibration journal")
+        lines: dict[str, int] = {}
+        for rec in journal:
+            try:
+                m = Measurement.from_dict(rec, str(journal.path), "", prior.shape)
+            except ConfigError as exc:
+                raise line_error(journal.path, rec.line, exc.field, exc.problem) from None
+            key = m.config.key()
+            if key in lines:
+                raise line_error(journal.path, rec.line, "config", f"measured twice (first on line {lines[key]}; corrupt journal)")
+            done[key], lines[key] = m, rec.line
     results = []
     for i, cfg in enumerate(configs):
         m = done.get(cfg.key())
         if m is None:
             m = measure_fn(cfg)
-            if journal_path is not None:
-                with open(journal_path, "a") as fh:
-                    fh.write(json.dumps(m.to_dict()) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
+            if journal is not None:
+                journal.append(m.to_dict())
+            done[cfg.key()] = m
         results.append(m)
         if progress is not None:
             progress(i + 1, m)

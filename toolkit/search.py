@@ -137,33 +137,88 @@ class Evaluation:
                 "seconds": round(self.seconds, 4)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Evaluation":
-        return cls(d["index"], d["key"], SubnetConfig.from_dict(d["config"]), dict(d["metrics"]),
-                   bool(d["feasible"]), float(d.get("violation", 0.0)), d.get("error"), float(d.get("seconds", 0.0)))
+    def from_dict(cls, d: Mapping[str, Any], file: str | None = None, space: SearchSpace | None = None) -> "Evaluation":
+        """Validate one journal record (every field's type; the config against ``space`` if given).
+
+        Raises a :class:`ConfigError` naming the field (``file`` attributes it; the journal adds the line).
+        """
+
+        def bad(name: str, problem: str) -> ConfigError:
+            return ConfigError(name, problem, file)
+
+        def number(name: str, v: Any) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise bad(name, f"expected a number, got {v!r}")
+            return float(v)
+
+        if not isinstance(d, Mapping):
+            raise bad("<root>", "expected a JSON object")
+        unknown = set(d) - {"index", "key", "config", "metrics", "feasible", "violation", "error", "seconds"}
+        if unknown:
+            raise bad(sorted(unknown)[0], "unknown field")
+        for name in ("index", "key", "config", "metrics", "feasible"):
+            if name not in d:
+                raise bad(name, "missing required field")
+        index, key, feasible, error = d["index"], d["key"], d["feasible"], d.get("error")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise bad("index", f"expected a non-negative integer, got {index!r}")
+        if not isinstance(feasible, bool):
+            raise bad("feasible", f"expected true or false, got {feasible!r}")
+        if error is not None and not isinstance(error, str):
+            raise bad("error", f"expected a string or null, got {error!r}")
+        if not isinstance(d["metrics"], Mapping):
+            raise bad("metrics", f"expected an object of numbers, got {type(d['metrics']).__name__}")
+        metrics = {str(k): number(f"metrics.{k}", v) for k, v in d["metrics"].items()}
+        violation = number("violation", d.get("violation", 0.0))
+        seconds = number("seconds", d.get("seconds", 0.0))
+        if not violation >= 0 or not seconds >= 0:
+            raise bad("violation" if not violation >= 0 else "seconds", "must be non-negative")
+        if feasible and (violation > 0 or error is not None):
+            raise bad("feasible", "true, but the record has a violation or an error")
+        try:
+            cfg = SubnetConfig.from_dict(d["config"], file)
+            if space is not None:
+                space.validate(cfg, file)
+        except ConfigError as exc:
+            raise ConfigError(f"config.{exc.field}", exc.problem, file) from None
+        if key != cfg.key():
+            raise bad("key", f"{key!r} is not the key of its config ({cfg.key()!r})")
+        return cls(index, key, cfg, metrics, feasible, violation, error, seconds)
 
 
 class Journal:
-    """Append-only JSONL of evaluations, fsynced per line; tolerant of a torn last line."""
+    """The run's evaluations, on :class:`toolkit.journal.Journal` (fsynced lines, a torn last line dropped
+    and truncated). No header line: ``run.json`` holds the settings. Each line is validated as an
+    :class:`Evaluation`, its config against ``space`` (by default the space in ``run.json`` beside the
+    journal, when there is one); a bad line or a key journaled twice is a one-line error naming the line.
+    """
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, space: SearchSpace | None = None):
+        from toolkit.journal import Journal as JournalFile, line_error
+
+        self.path = Path(path)
+        self._file = JournalFile(self.path, header=None, what="search journal")
+        space = space if space is not None else self._space_beside(self.path)
         self.records: dict[str, Evaluation] = {}
-        if path.exists():
-            good = 0
-            raw = path.read_bytes()
-            for line in raw.splitlines(keepends=True):
-                if not line.endswith(b"\n"):
-                    break  # torn write from a kill: it never counted
-                try:
-                    ev = Evaluation.from_dict(json.loads(line))
-                except (json.JSONDecodeError, KeyError, TypeError, ConfigError):
-                    line_no = raw[:good].count(b"\n") + 1
-                    raise UserError(f"{path}: line {line_no}: corrupt journal entry") from None
-                self.records[ev.key] = ev
-                good += len(line)
-            if good != len(raw):
-                with open(path, "r+b") as fh:
-                    fh.truncate(good)
+        lines: dict[str, int] = {}
+        for rec in self._file:
+            try:
+                ev = Evaluation.from_dict(rec, str(self.path), space)
+            except ConfigError as exc:
+                raise line_error(self.path, rec.line, exc.field, exc.problem) from None
+            if ev.key in lines:
+                raise line_error(self.path, rec.line, "key", f"{ev.key} was already journaled on line {lines[ev.key]} (corrupt journal)")
+            self.records[ev.key] = ev
+            lines[ev.key] = rec.line
+
+    @staticmethod
+    def _space_beside(path: Path) -> SearchSpace | None:
+        """The space recorded in the ``run.json`` next to the journal (None if there is none to read:
+        a missing or broken run.json is reported by whoever reads the run, not here)."""
+        try:
+            return SearchSpace.from_dict(json.loads((path.parent / "run.json").read_text(encoding="utf-8"))["space"])
+        except (OSError, ValueError, KeyError, TypeError, UserError):
+            return None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -174,11 +229,7 @@ class Journal:
     def append(self, ev: Evaluation) -> None:
         if ev.key in self.records:
             raise RuntimeError(f"journal: {ev.key} evaluated twice")
-        line = json.dumps(ev.to_dict()) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        self._file.append(ev.to_dict())
         self.records[ev.key] = ev
 
 

@@ -30,10 +30,38 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def check_args(args) -> None:
+    """Every argument error, before any file is created or the model loads (one line, exit 2)."""
+    from toolkit.errors import UserError
+
+    if args.repeats < 1:
+        raise UserError(f"--repeats: need at least 1 timed repeat per measurement, got {args.repeats}")
+    if args.samples < 0 or args.samples == 1:
+        raise UserError(f"--samples: 0 (roofline prior only) or at least 2 sub-networks to measure, got {args.samples}")
+    if args.seed < 0:
+        raise UserError(f"--seed: must be a non-negative integer, got {args.seed}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out: {out} is a directory; name the predictor JSON file to write")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out: {out}: {parent} is not a directory")
+    if not args.refit and not args.profile:
+        raise UserError("--profile: required (unless --refit)")
+
+
+def journal_path(out: str | Path) -> Path:
+    """Where a calibration writing ``out`` journals its measurements (removed once ``out`` is saved)."""
+    return Path(out).with_suffix(".measurements.jsonl")
+
+
 def run(args) -> int:
     from toolkit.errors import UserError
     from toolkit.predictor import Predictor, calibrate, choose_calibration_configs
 
+    check_args(args)
     if args.refit:
         old = Predictor.load(args.refit)
         if not old.measurements:
@@ -42,8 +70,6 @@ def run(args) -> int:
         new.save(args.out)
         print(json.dumps({"out": args.out, "cv": new.cv}, indent=2))
         return 0
-    if not args.profile:
-        raise UserError("--profile: required (unless --refit)")
     from toolkit.elastic import parent_shape, space_for
     from toolkit.importance import load_or_compute_importance
     from toolkit.latency import subnet_measure_fn
@@ -68,14 +94,16 @@ def run(args) -> int:
     configs = choose_calibration_configs(space, args.samples, seed=args.seed)
     from toolkit.progress import progress_bar
 
-    journal = Path(args.out).with_suffix(".measurements.jsonl")
+    journal = journal_path(args.out)
+    runtime = {"device": profile.runtime.device, "threads": profile.runtime.threads}
     with progress_bar() as bar:
         task = bar.add_task("calibrate", total=len(configs), info="")
 
         def progress(done, m):
             bar.update(task, completed=done, info=f"{1e3 / m.decode_ms_per_token:.1f} tok/s, prefill {m.prefill_ms:.0f} ms")
 
-        fitted = calibrate(prior, configs, subnet_measure_fn(loaded, importance, profile, args.repeats), journal, progress)
+        fitted = calibrate(prior, configs, subnet_measure_fn(loaded, importance, profile, args.repeats), journal, progress,
+                           repeats=args.repeats, runtime=runtime)
     fitted.save(args.out)
     journal.unlink(missing_ok=True)
     print(json.dumps({"out": args.out, "samples": len(configs), "cv": fitted.cv}, indent=2))
