@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -97,3 +98,181 @@ def test_malformed_predictor_file(tmp_path):
     p.write_text("{")
     with pytest.raises(ConfigError):
         Predictor.load(p)
+
+
+# -- features() against torch's own FLOP counter -------------------------------------------------------------
+def _flops_by_part(model, B, T):
+    import re
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ids = torch.randint(3, model.config.vocab_size, (B, T), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    parts = {"attn_mm": 0, "attn_bmm": 0, "mlp": 0, "head": 0}
+    for module, ops in counter.get_flop_counts().items():
+        ops = {str(k): v for k, v in ops.items()}
+        if re.search(r"\.model\.layers\.\d+\.self_attn$", module):
+            parts["attn_mm"] += ops.get("aten.mm", 0)
+            parts["attn_bmm"] += ops.get("aten.bmm", 0)
+        elif re.search(r"\.model\.layers\.\d+\.mlp$", module):
+            parts["mlp"] += ops.get("aten.mm", 0)
+        elif module.endswith(".lm_head"):
+            parts["head"] += ops.get("aten.mm", 0)
+    return parts
+
+
+def test_features_match_torch_flop_counter_and_real_weights(tiny):
+    """features() is checked against what torch counts and holds, not against data made by features()."""
+    from toolkit.elastic import extract, parent_shape
+    from toolkit.space import SubnetConfig
+
+    shape = parent_shape(tiny)
+    hw = Hardware(peak_flops=1e3, bandwidth_bytes_per_s=1e3)  # roofline "ms" == FLOPs
+    B, T = 2, 16
+    for cfg in (shape.full_config(), SubnetConfig((0, 2, 3), (128, 256, 64), (2, 4, 2))):
+        child = extract(tiny, cfg)  # which channels are kept does not change the counts
+        f = features(shape, cfg, hw, Workload(T, 4, B))
+        counted = _flops_by_part(child, B, T)
+        _, depth, attn, mlp = f["prefill_ms"]
+        assert depth == cfg.depth and mlp == pytest.approx(counted["mlp"], rel=1e-9)
+        # q/k/v/o projections exactly; scores and values over the causal half (eager attention computes the square)
+        assert attn == pytest.approx(counted["attn_mm"] + counted["attn_bmm"] / 2, rel=1e-9)
+        assert f["_head"][0] == pytest.approx(counted["head"], rel=1e-9)  # last-token logits only
+        assert f["peak_mem_bytes"][1] == sum(p.numel() * 4 for p in child.parameters())
+
+
+# -- the predictor file: every field's type -----------------------------------------------------------------
+def _set(d, path, value):
+    *parents, last = path
+    for k in parents:
+        d = d[k]
+    d[last] = value
+
+
+@pytest.fixture(scope="module")
+def fitted_dict():
+    return prior().fit(synthetic(choose_calibration_configs(space(), 4, pool=200))).to_dict()
+
+
+@pytest.mark.parametrize("path, value, field", [
+    (("coefficients", "prefill_ms", 0), "30.0", "coefficients.prefill_ms[0]"),
+    (("coefficients", "decode_ms_per_token", 1), float("nan"), "coefficients.decode_ms_per_token[1]"),
+    (("coefficients", "peak_mem_bytes"), "1 1 1 1", "coefficients.peak_mem_bytes"),
+    (("coefficients",), [1, 2], "coefficients"),
+    (("model_hash",), 5, "model_hash"),
+    (("profile", "name"), None, "profile.name"),
+    (("shape", "num_layers"), "30", "shape.num_layers"),
+    (("shape", "tie_word_embeddings"), "yes", "shape.tie_word_embeddings"),
+    (("hardware", "peak_flops"), "2e11", "hardware.peak_flops"),
+    (("hardware", "dtype"), "int3", "hardware.dtype"),
+    (("workload", "batch_size"), 1.5, "workload.batch_size"),
+    (("features", "prefill_ms"), ["const"], "features"),
+    (("measurements", 0, "prefill_ms"), "12.5", "measurements[0].prefill_ms"),
+    (("measurements", 0, "flagged"), "false", "measurements[0].flagged"),
+    (("measurements", 0, "spread"), {"prefill_ms": "0.1"}, "measurements[0].spread.prefill_ms"),
+    (("measurements", 0, "config", "heads", 0), 4, "measurements[0].config.heads[0]"),  # breaks GQA groups of 3
+    (("measurements", 0, "config", "mlp", 0), 4096, "measurements[0].config.mlp[0]"),  # wider than the parent
+    (("cv",), [], "cv"),
+])
+def test_every_predictor_field_is_type_checked(tmp_path, fitted_dict, path, value, field):
+    d = copy.deepcopy(fitted_dict)
+    _set(d, path, value)
+    p = tmp_path / "pred.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(ConfigError) as exc:
+        Predictor.load(p)
+    assert (exc.value.field, exc.value.file) == (field, str(p)) and "\n" not in str(exc.value)
+
+
+# -- the CLI: one line on stderr, exit 2, nothing written ---------------------------------------------------
+def _one_line_error(capsys, rc, *needles):
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+@pytest.fixture
+def saved_prior(tmp_path):
+    path = tmp_path / "pred.json"
+    prior().save(path)
+    return path
+
+
+@pytest.mark.parametrize("cfg, field", [
+    ({"layers": [0, 1], "mlp": [1536, 1536], "heads": [9, 12]}, "heads[1]"),  # more heads than the parent's 9
+    ({"layers": [0, 1], "mlp": [1536, 1536], "heads": [9, 4]}, "heads[1]"),  # not whole GQA groups of 3
+    ({"layers": [0, 1], "mlp": [2048, 1536], "heads": [9, 9]}, "mlp[0]"),  # wider than the parent
+    ({"layers": [0, 30], "mlp": [1536, 1536], "heads": [9, 9]}, "layers"),  # no layer 30
+])
+def test_cli_predict_refuses_a_config_that_does_not_fit(tmp_path, saved_prior, capsys, cfg, field):
+    from toolkit.cli.main import main
+
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    _one_line_error(capsys, main(["predict", "--predictor", str(saved_prior), "--config", str(path)]), str(path), field)
+
+
+def test_cli_predict_binary_files_and_string_coefficients(tmp_path, saved_prior, capsys):
+    from toolkit.cli.main import main
+
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(bytes(range(256)))
+    _one_line_error(capsys, main(["predict", "--predictor", str(binary), "--full"]), str(binary), "UTF-8")
+    _one_line_error(capsys, main(["predict", "--predictor", str(saved_prior), "--config", str(binary)]), str(binary), "UTF-8")
+    d = json.loads(saved_prior.read_text())
+    d["coefficients"]["prefill_ms"] = ["30", "1.5", "1", "1"]
+    saved_prior.write_text(json.dumps(d))
+    _one_line_error(capsys, main(["predict", "--predictor", str(saved_prior), "--full"]), str(saved_prior),
+                    "coefficients.prefill_ms[0]")
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--repeats", "0"], "--repeats"),
+    (["--samples", "1"], "--samples"),
+    (["--samples", "-3"], "--samples"),
+    (["--seed", "-1"], "--seed"),
+    (["--out", "{dir}"], "is a directory"),
+])
+def test_cli_calibrate_bad_arguments_before_loading_anything(tmp_path, capsys, monkeypatch, flags, needle):
+    import toolkit.models
+
+    from toolkit.cli.main import main
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(toolkit.models, "load_model", no_load)
+    out = tmp_path / "pred.json"
+    flags = [f.format(dir=tmp_path) for f in flags]
+    argv = ["calibrate", "--profile", "ryzen9-7950x", "--model", "smollm2-135m", "--out", str(out), *flags]
+    _one_line_error(capsys, main(argv), needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no journal, no predictor
+
+
+def test_cli_output_into_a_closed_pipe_is_quiet(tmp_path, saved_prior, capsys, monkeypatch):
+    import subprocess
+    import sys
+
+    from toolkit.cli.main import main
+
+    class ClosedPipe:
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["predict", "--predictor", str(saved_prior), "--full"]) == 141
+    monkeypatch.undo()
+    assert capsys.readouterr().err == ""
+    # the real thing: `toolkit predict ... | head -0`, the reader gone before the first write
+    p = subprocess.Popen([sys.executable, "-m", "toolkit.cli.main", "predict", "--predictor", str(saved_prior), "--full"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and err == "", err

@@ -4,7 +4,8 @@ Each subcommand lives in its own module under ``toolkit.cli`` and exposes ``regi
 which adds its parser and sets ``func`` (called with the parsed args, returns an exit code). Modules
 import their heavy dependencies inside ``func`` so ``toolkit --help`` stays fast.
 
-A :class:`toolkit.errors.UserError` becomes one line on stderr and exit code 2, with no traceback.
+A :class:`toolkit.errors.UserError` becomes one line on stderr and exit code 2, with no traceback; a
+closed stdout pipe ends the command quietly with 141 (128 + SIGPIPE), like other Unix tools.
 """
 
 from __future__ import annotations
@@ -73,13 +74,33 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe (`toolkit predict ... | head -1`) surfaces here, not at exit
+        return rc
+    except BrokenPipeError:
+        return _stdout_closed()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _stdout_closed() -> int:
+    """The reader of our stdout went away: stop quietly, as ``cat`` does, with the shell's SIGPIPE status.
+
+    stdout is pointed at /dev/null so the interpreter's final flush does not print a second error.
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a file descriptor
+        pass
+    return 141  # 128 + SIGPIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

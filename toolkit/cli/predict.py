@@ -27,10 +27,7 @@ def run(args) -> int:
 
     pred = Predictor.load(args.predictor)
     cfg = pred.shape.full_config() if args.full else SubnetConfig.load(args.config)
-    if cfg.layers[-1] >= pred.shape.num_layers:
-        from toolkit.errors import ConfigError
-
-        raise ConfigError("layers", f"layer {cfg.layers[-1]} does not exist in the {pred.shape.num_layers}-layer parent", args.config)
+    pred.shape.check(cfg, args.config)  # the same check as eval --subnet: fits the parent, whole GQA groups
     out = pred.predict(cfg)
     out.update(profile=pred.profile_name, calibrated=pred.calibrated)
     print(json.dumps(out, indent=2))
