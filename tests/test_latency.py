@@ -115,3 +115,23 @@ def test_decode_runs_on_a_fresh_cache_each_repeat(tiny, monkeypatch):
     measure_model(tiny, prompt_tokens=8, generate_tokens=3, repeats=2, warmup=1)
     # every decode sequence is 8, 9, 10 (memory run + warm-up + 2 timed repeats, at least)
     assert lengths and all(lengths[i:i + 3] == [8, 9, 10] for i in range(0, len(lengths), 3))
+
+
+def test_subnets_are_measured_on_the_profiles_device_and_dtype(tiny, monkeypatch):
+    from types import SimpleNamespace
+
+    from toolkit.space import SubnetConfig
+
+    seen = []
+
+    def fake_measure(model, *a, **k):
+        p = next(model.parameters())
+        seen.append((p.device.type, p.dtype))
+        return latency.ModelMeasurement(1.0, 1.0, 1.0, 1)
+
+    monkeypatch.setattr(latency, "measure_model", fake_measure)
+    profile = SimpleNamespace(runtime=SimpleNamespace(device="cpu", dtype="bfloat16", threads=1),
+                              workload=SimpleNamespace(prompt_tokens=4, generate_tokens=2, batch_size=1))
+    measure = latency.subnet_measure_fn(SimpleNamespace(model=tiny), None, profile, repeats=1)
+    measure(SubnetConfig((0, 1), (128, 128), (2, 2)))
+    assert seen == [("cpu", torch.bfloat16)]  # the parent is float32: the profile decides
