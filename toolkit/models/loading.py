@@ -387,6 +387,9 @@ def load_model(
         transformers.utils.logging.disable_progress_bar()
 
     t0 = time.perf_counter()
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise UserError(f"dtype: unknown torch dtype {dtype!r}")
     src = resolve_source(source)
     if src.kind in ("embedded", "gguf"):
         folder = _gguf_cache_folder(src.path)
@@ -394,9 +397,6 @@ def load_model(
             _dequantize_gguf(src.path, folder)
     else:
         folder = src.path
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise UserError(f"dtype: unknown torch dtype {dtype!r}")
     # Everything that can be checked without building a model is checked before transformers runs.
     cfg = check_architecture(folder)
     num_params = check_shape(cfg, folder / "config.json")
