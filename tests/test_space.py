@@ -161,3 +161,17 @@ def test_parent_shape_refuses_wrong_types(field, value):
     with pytest.raises(ConfigError) as exc:
         ParentShape.from_dict(d, "p.json")
     assert exc.value.field == f"shape.{field}" and exc.value.file == "p.json"
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d.update(mlp_choices=5), "mlp_choices"),
+    (lambda d: d["parent"].update(num_heads="9"), "parent.num_heads"),
+    (lambda d: d.pop("layer_order"), "layer_order"),
+    (lambda d: d.update(head_choices=[4, 9]), "head_choices"),
+])
+def test_space_from_dict_names_the_bad_field(edit, field):
+    d = json.loads(json.dumps(space().to_dict()))
+    edit(d)
+    with pytest.raises(ConfigError) as exc:
+        SearchSpace.from_dict(d, "run.json")
+    assert (exc.value.field, exc.value.file) == (field, "run.json")

@@ -426,12 +426,19 @@ class SearchSpace:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], file: str | None = None) -> "SearchSpace":
+    def from_dict(cls, data: Any, file: str | None = None) -> "SearchSpace":
+        if not isinstance(data, Mapping):
+            raise ConfigError("space", f"expected an object, got {type(data).__name__}", file)
+        names = ("parent", "mlp_choices", "head_choices", "depth_choices", "layer_order")
+        for name in names:
+            if name not in data:
+                raise ConfigError(name, "missing required field", file)
+        parent = ParentShape.from_dict(data["parent"], file, "parent")
+        lists = [_ints(name, data[name], file) for name in names[1:]]
+        version = data.get("version", SPACE_VERSION)
+        if version != SPACE_VERSION or isinstance(version, bool):
+            raise ConfigError("version", f"unsupported search space version {version!r}", file)
         try:
-            parent = ParentShape(**data["parent"])
-            return cls(parent, tuple(data["mlp_choices"]), tuple(data["head_choices"]),
-                       tuple(data["depth_choices"]), tuple(data["layer_order"]), data.get("version", SPACE_VERSION))
-        except KeyError as exc:
-            raise ConfigError(str(exc.args[0]), "missing required field", file) from None
-        except TypeError as exc:
-            raise ConfigError("parent", f"bad parent shape ({exc})", file) from None
+            return cls(parent, *lists)
+        except ConfigError as exc:
+            raise exc.with_file(file) from None
