@@ -113,6 +113,21 @@ def test_bad_search_journal_line_names_file_line_and_field(tmp_path, bad, where)
     assert msg.startswith(f"{path}: {where}") and "\n" not in msg
 
 
+def test_cli_report_on_a_bad_journal_line_is_one_line_and_rewrites_nothing(tmp_path, capsys):
+    from toolkit.cli.main import main
+    from toolkit.search import SearchSettings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"version": 1, "settings": SearchSettings().to_dict(),
+                                              "space": SPACE.to_dict(), "meta": {}}))
+    (run / "evaluations.jsonl").write_text(json.dumps(evaluation(0, SPACE.largest(), feasible="false")) + "\n")
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run / 'evaluations.jsonl'}: line 1: feasible" in err and "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir()) == ["evaluations.jsonl", "run.json"]
+
+
 def test_search_journal_refuses_a_duplicated_key_in_a_line_and_a_repeated_evaluation(tmp_path):
     path = tmp_path / "evaluations.jsonl"
     line = json.dumps(evaluation(0, SPACE.largest()))
