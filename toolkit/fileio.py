@@ -2,6 +2,12 @@
 
 Every file the toolkit writes goes through here: write to a temporary sibling, fsync, rename. A killed
 process leaves either the old file or the new one, never half of one.
+
+Modes: ``tempfile.mkstemp`` / ``mkdtemp`` create 0600 files and 0700 folders (private on purpose: they
+are meant to be temporary). Renamed into place they would keep that, so an artifact written under the
+usual umask 022 would be unreadable by anyone else. The temporaries are therefore given the modes a plain
+``open``/``mkdir`` would have created (0666 / 0777 minus the process umask) before the rename; a folder
+also gets that for what libraries wrote inside it through their own ``mkstemp``.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,11 +33,41 @@ def cache_dir() -> Path:
     return path
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the kernel tells (``/proc/self/status``, Linux
+    4.7+); elsewhere set-and-restored under a lock (``os.umask`` has no read-only form)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0666 minus the umask."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode ``mkdir`` would give a new folder: 0777 minus the umask."""
+    return 0o777 & ~current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp's 0600 is for the temporary, not for the file it becomes
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -50,21 +87,59 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def _plain_modes(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes a plain ``mkdir``/``open`` would have: mkdtemp's
+    0700 and the 0600 of files that libraries write through ``mkstemp`` (transformers' safetensors) are
+    meant for temporaries, not for the artifact they become. Executable files stay executable."""
+    fmode, dmode = file_mode(), dir_mode()
+    os.chmod(folder, dmode)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            p = os.path.join(root, d)
+            if not os.path.islink(p):
+                os.chmod(p, dmode)
+        for f in files:
+            p = os.path.join(root, f)
+            if not os.path.islink(p):
+                os.chmod(p, dmode if os.stat(p).st_mode & 0o111 else fmode)
+
+
+def remove_stale(path: str | os.PathLike) -> list[Path]:
+    """Delete what a process killed while writing ``path`` atomically left beside it: temporaries
+    ``.{name}.*.tmp`` (files or folders) and a ``.{name}.old`` folder (killed between the two renames of
+    an overwrite). Returns what was removed. Not for a path another live process is writing."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for stale in [*path.parent.glob(f".{path.name}.*.tmp"), path.with_name(f".{path.name}.old")]:
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        elif stale.exists() or stale.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        else:
+            continue
+        removed.append(stale)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that is renamed to ``path`` only if the block succeeds.
 
-    An exception (or a kill) inside the block leaves no directory at ``path``.
+    An exception (or a kill) inside the block leaves no directory at ``path``; what a kill left is
+    removed by the next call for the same path (:func:`remove_stale`).
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists")
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _plain_modes(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
