@@ -22,9 +22,11 @@ object with a ``"text"`` field per line (documents joined with blank lines).
 Both kinds of sub-network work. A uniform one is a plain Llama folder (GPTQModel's Llama definition). A
 heterogeneous one is an ``elastic_llama`` folder: GPTQModel does not know the model type, so it detects the
 decoder's module tree itself (``model.layers.#`` with the seven projections) and quantizes each layer at its
-own shape; the quantized folder keeps ``modeling_elastic_llama.py`` and loads with
-``trust_remote_code=True``, which both functions pass for that model type only (the modeling file is the
-toolkit's own, copied by :func:`toolkit.elastic.write_subnet`).
+own shape; the quantized folder keeps ``modeling_elastic_llama.py`` so that stock transformers users can
+load it with ``trust_remote_code=True``. Neither function does: both check that the shipped modeling file is
+byte-for-byte the toolkit's own and build the toolkit's ``ElasticLlamaForCausalLM`` (registered for
+``elastic_llama`` in transformers' Auto classes, which is how GPTQModel finds it), unless the caller passes
+``trust_remote_code=True`` (see :mod:`toolkit.export.hf`).
 
 Group size: every decoder linear layer's input width must be a multiple of ``group_size``. GPTQModel
 would write a partial last group, but the CPU kernel that runs it (``aten._weight_int4pack_mm_for_cpu``)
@@ -289,18 +291,20 @@ def export_gptq(hf_folder: Path, out_dir: Path, *, bits: int = 4, group_size: in
         raise UserError(f"--group-size: must be positive or -1, got {group_size}")
     if num_samples < 1 or seq_len < 2:
         raise UserError(f"gptq calibration: need num_samples >= 1 and seq_len >= 2, got {num_samples} and {seq_len}")
+    from toolkit.export.hf import check_loadable, register_elastic_llama
+
     config = _read_config(hf_folder)
     if config.get("model_type") not in ("llama", "elastic_llama"):
         raise UserError(f"{hf_folder}: GPTQ export supports Llama folders, not model_type {config.get('model_type')!r}")
-    # elastic_llama (a heterogeneous sub-network) runs its own modeling file, shipped in the folder.
-    remote = config["model_type"] == "elastic_llama"
+    check_loadable(hf_folder)  # an elastic folder's modeling file must be the toolkit's own: none of it runs
     _check_shapes(hf_folder, bits, group_size)
     require_gptq()
+    register_elastic_llama()
     from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(hf_folder, trust_remote_code=remote)
+        tokenizer = AutoTokenizer.from_pretrained(hf_folder, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise UserError(f"{hf_folder}: GPTQ export needs the tokenizer files in the folder ({exc})") from None
     windows = calibration_windows(tokenizer, calibration_file, num_samples, seq_len, seed)
@@ -313,7 +317,7 @@ def export_gptq(hf_folder: Path, out_dir: Path, *, bits: int = 4, group_size: in
         # bfloat16: GPTQModel's own CPU choice (an fp16 matmul measured 60x slower than bf16 on this
         # AVX-512 CPU, and 3x for fp32); the Hessians are accumulated in float32 regardless.
         model = gptqmodel.GPTQModel.load(str(hf_folder), qcfg, device="cpu", dtype=torch.bfloat16,
-                                         trust_remote_code=remote)
+                                         trust_remote_code=False)
         model.quantize(calibration, batch_size=1)
         model.save(str(out_dir))
     if not (out_dir / "config.json").is_file() or not any(out_dir.glob("*.safetensors")):
@@ -337,39 +341,39 @@ def _has_optimum() -> bool:
     return importlib.util.find_spec("optimum") is not None
 
 
-def load_gptq(folder: Path, device: str = "cpu", dtype: str = "float32"):
-    """Load a GPTQ folder for inference the stock way and return ``(model, tokenizer)``.
+def load_gptq(folder: Path, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False):
+    """Load a GPTQ folder for inference and return ``(model, tokenizer)``.
 
-    ``transformers.AutoModelForCausalLM.from_pretrained(folder)`` with GPTQModel as the kernel backend
-    (transformers' GPTQ quantizer needs ``optimum``); without optimum, ``GPTQModel.load(folder).model``.
-    Either way the model is the folder's ``transformers`` class (``LlamaForCausalLM``, or
-    ``ElasticLlamaForCausalLM`` from the shipped modeling file) with GPTQModel quantized linears in the
-    decoder; gptqmodel is imported first (:func:`is_gptq_available`), which is what lets stock
-    ``from_pretrained`` find its kernels here. ``dtype`` is the compute dtype (default float32: the 4-bit
-    weights dequantize into it, so perplexity differences against an fp32 model are the quantization's
-    alone).
+    ``from_pretrained(folder)`` of the folder's class with GPTQModel as the kernel backend (transformers'
+    GPTQ quantizer needs ``optimum``); without optimum, ``GPTQModel.load(folder).model``. The class is the
+    toolkit's own (``LlamaForCausalLM``, or the toolkit's ``ElasticLlamaForCausalLM`` after checking that
+    the shipped modeling file is byte-for-byte the toolkit's copy: :mod:`toolkit.export.hf`); the folder's
+    own code runs only with ``trust_remote_code=True``. gptqmodel is imported first
+    (:func:`is_gptq_available`), which is what lets ``from_pretrained`` find its kernels here. ``dtype`` is
+    the compute dtype (default float32: the 4-bit weights dequantize into it, so perplexity differences
+    against an fp32 model are the quantization's alone).
     """
     import torch
+
+    from toolkit.export.hf import check_loadable, load_tokenizer, model_class, register_elastic_llama
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: not a GPTQ folder (no config.json)")
-    config = _read_config(folder)
+    config = check_loadable(folder, trust_remote_code)
     qc = config.get("quantization_config") or {}
-    if qc.get("quant_method") != "gptq":
+    if not isinstance(qc, dict) or qc.get("quant_method") != "gptq":
         raise UserError(f"{folder}: config.json has no quantization_config with quant_method 'gptq'")
     require_gptq()
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise UserError(f"gptq load: unknown dtype {dtype!r} (float32, bfloat16, float16)")
-    remote = config.get("model_type") == "elastic_llama"  # its modeling file ships in the folder
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    register_elastic_llama()
 
     with _quiet():
         if _has_optimum():
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map=device,
-                                                         trust_remote_code=remote)
+            model = model_class(config, trust_remote_code, folder)(folder, dtype=torch_dtype, device_map=device)
         else:
             model = _gptqmodel().GPTQModel.load(str(folder), device=device, dtype=torch_dtype,
-                                                trust_remote_code=remote).model
-    return model.eval(), AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
+                                                trust_remote_code=trust_remote_code).model
+    return model.eval(), load_tokenizer(folder, trust_remote_code)
