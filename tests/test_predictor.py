@@ -276,3 +276,19 @@ def test_cli_output_into_a_closed_pipe_is_quiet(tmp_path, saved_prior, capsys, m
     p.stdout.close()
     err = p.stderr.read().decode()
     assert p.wait() == 141 and err == "", err
+
+
+def test_predictor_without_a_workload_field_is_refused(tmp_path):
+    """A missing workload field must not fall back to a default: the coefficients were fit for one workload."""
+    import json
+
+    from toolkit.errors import ConfigError
+    from toolkit.predictor import Hardware, Predictor, Workload
+    from toolkit.space import ParentShape
+
+    p = Predictor.prior("m", "x", "fp", ParentShape(4, 64, 256, 4, 2, 16, 256, True), Hardware(1e11, 1e10),
+                        Workload(16, 4, 1))
+    d = p.to_dict()
+    del d["workload"]["generate_tokens"]
+    with pytest.raises(ConfigError, match="workload.generate_tokens"):
+        Predictor.from_dict(json.loads(json.dumps(d)), "p.json")

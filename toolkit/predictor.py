@@ -372,7 +372,9 @@ class Predictor:
         hardware = Hardware(_number("hardware.peak_flops", hw["peak_flops"], file, positive=True),
                             _number("hardware.bandwidth_bytes_per_s", hw["bandwidth_bytes_per_s"], file, positive=True),
                             dtype)
-        wl = fields_of("workload", d["workload"], [f.name for f in dataclasses.fields(Workload)], ())
+        # Every workload field is required: a default would silently predict for another workload.
+        wl_fields = [f.name for f in dataclasses.fields(Workload)]
+        wl = fields_of("workload", d["workload"], wl_fields, wl_fields)
         try:
             workload = Workload(**wl)
         except ConfigError as exc:
