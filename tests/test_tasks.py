@@ -130,6 +130,7 @@ BAD = [
     ("no context", [{k: v for k, v in GOOD.items() if k != "context"}], 1, "context: missing required field"),
     ("not an object", ["[1, 2]"], 1, "expected a JSON object"),
     ("one choice", [GOOD, {**GOOD, "choices": [" 4"]}], 2, "choices: need at least 2 choices, got 1"),
+    ("bool id", [GOOD, {**GOOD, "id": True}], 2, "id: expected a string, got bool"),
 ]
 
 

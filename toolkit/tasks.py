@@ -265,7 +265,7 @@ def parse_row(task: Task, obj: dict, where: str, line: int) -> Example:
         requests = tuple((context, c) for c in choices)
         norm = tuple(len(_strip_delimiter(c, task.target_delimiter)) for c in choices)
     label = _label(obj, len(choices), where)
-    if "id" in obj and not isinstance(obj["id"], (str, int)):
+    if "id" in obj and (isinstance(obj["id"], bool) or not isinstance(obj["id"], (str, int))):
         raise ConfigError("id", f"expected a string, got {type(obj['id']).__name__}", where)
     ident = str(obj.get("id", f"{task.name}-{line}"))
     return Example(ident, requests, tuple(max(n, 1) for n in norm), label, line)
