@@ -428,12 +428,15 @@ def _paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
 REPLACEMENTS = (None, "x", -1, 0, 1, 1e30, -1e30, 0.5, True, [], {}, [1, 2], "", 10 ** 12)
 
 
-def mutate_json(obj: Any, rng: np.random.Generator) -> Any:
+def mutate_json(obj: Any, rng: np.random.Generator) -> tuple[Any, str]:
+    """One seeded change to a JSON value: (the changed copy, what was changed)."""
     obj = copy.deepcopy(obj)
     paths = _paths(obj)
     path = paths[int(rng.integers(len(paths)))]
+    where = ".".join(map(str, path)) or "<root>"
     if not path:
-        return REPLACEMENTS[int(rng.integers(len(REPLACEMENTS)))]
+        new = REPLACEMENTS[int(rng.integers(len(REPLACEMENTS)))]
+        return new, f"<root> = {new!r}"
     parent = obj
     for k in path[:-1]:
         parent = parent[k]
@@ -441,67 +444,75 @@ def mutate_json(obj: Any, rng: np.random.Generator) -> Any:
     op = int(rng.integers(3))
     if op == 0 and isinstance(parent, dict):
         del parent[last]
-    elif op == 1 and isinstance(parent[last], (int, float)) and not isinstance(parent[last], bool):
-        parent[last] = parent[last] * float(rng.choice([-1, 0, 1000, 0.5, 1e9]))
-    else:
-        parent[last] = REPLACEMENTS[int(rng.integers(len(REPLACEMENTS)))]
-    return obj
+        return obj, f"del {where}"
+    if op == 1 and isinstance(parent[last], (int, float)) and not isinstance(parent[last], bool):
+        factor = float(rng.choice([-1, 0, 1000, 0.5, 1e9]))
+        parent[last] = parent[last] * factor
+        return obj, f"{where} *= {factor:g}"
+    parent[last] = REPLACEMENTS[int(rng.integers(len(REPLACEMENTS)))]
+    return obj, f"{where} = {parent[last]!r}"
 
 
-def mutate_bytes(data: bytes, rng: np.random.Generator) -> bytes:
+def mutate_bytes(data: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
     op = int(rng.integers(4))
     n = len(data)
     if op == 0:
-        return data[: int(rng.integers(n))]
+        cut = int(rng.integers(n))
+        return data[:cut], f"truncated to {cut} of {n} bytes"
     if op == 1:
         b = bytearray(data)
         for i in rng.integers(n, size=max(1, n // 50)):
             b[int(i)] = int(rng.integers(256))
-        return bytes(b)
+        return bytes(b), f"{max(1, n // 50)} random bytes"
     if op == 2:
         i = int(rng.integers(n))
-        return data[:i] + bytes(rng.integers(256, size=16).tolist()) + data[i:]
-    return b""
+        return data[:i] + bytes(rng.integers(256, size=16).tolist()) + data[i:], f"16 random bytes at {i}"
+    return b"", "emptied"
 
 
-def _mutated_text(text: str, rng: np.random.Generator, parse, dump) -> bytes:
+def _mutated_text(text: str, rng: np.random.Generator, parse, dump, log: list[str]) -> bytes:
     if rng.random() < 0.7:
         try:
-            return dump(mutate_json(parse(text), rng)).encode()
+            obj, what = mutate_json(parse(text), rng)
+            out = dump(obj).encode()
+            log.append(what)
+            return out
         except (TypeError, ValueError):
             pass
-    return mutate_bytes(text.encode(), rng)
+    out, what = mutate_bytes(text.encode(), rng)
+    log.append(what)
+    return out
 
 
-def fuzz_inputs(ws: Workspace, rng: np.random.Generator, d: Path) -> tuple[str, list[str]]:
-    """One mutated input: (what it fuzzes, argv of the command that reads it)."""
+def fuzz_inputs(ws: Workspace, rng: np.random.Generator, d: Path, log: list[str]) -> tuple[str, list[str]]:
+    """One mutated input: (what it fuzzes, argv of the command that reads it); ``log`` gets the change."""
     import yaml
 
     kind = ("profile", "subnet", "task", "predictor", "run")[int(rng.integers(5))]
     if kind == "profile":
-        f = _write(d / "p.yaml", _mutated_text(ws.profile.read_text(), rng, yaml.safe_load, yaml.safe_dump))
+        f = _write(d / "p.yaml", _mutated_text(ws.profile.read_text(), rng, yaml.safe_load, yaml.safe_dump, log))
         return kind, ["profile", "validate", str(f)]
     if kind == "subnet":
-        f = _write(d / "subnet.json", _mutated_text(ws.subnet.read_text(), rng, json.loads, json.dumps))
+        f = _write(d / "subnet.json", _mutated_text(ws.subnet.read_text(), rng, json.loads, json.dumps, log))
         return kind, ["predict", "--predictor", str(ws.predictor), "--config", str(f)]
     if kind == "task":
         lines = ws.task.read_text().splitlines()[:6]
         i = int(rng.integers(len(lines)))
-        lines[i] = _mutated_text(lines[i], rng, json.loads, json.dumps).decode("utf-8", "replace").replace("\n", " ")
+        lines[i] = _mutated_text(lines[i], rng, json.loads, json.dumps, log).decode("utf-8", "replace").replace("\n", " ")
         f = _write(d / "task.jsonl", "\n".join(lines) + "\n")
         return kind, ["eval", *ws.model_args, "--task", str(f), "--json"]
     if kind == "predictor":
-        f = _write(d / "predictor.json", _mutated_text(ws.predictor.read_text(), rng, json.loads, json.dumps))
+        f = _write(d / "predictor.json", _mutated_text(ws.predictor.read_text(), rng, json.loads, json.dumps, log))
         return kind, ["predict", "--predictor", str(f), "--full"]
     run = _run_copy(ws, d)
     name = ("run.json", "pareto.json", "evaluations.jsonl")[int(rng.integers(3))]
     if name == "evaluations.jsonl":
         lines = (run / name).read_text().splitlines()
         i = int(rng.integers(len(lines)))
-        lines[i] = _mutated_text(lines[i], rng, json.loads, json.dumps).decode("utf-8", "replace").replace("\n", " ")
+        lines[i] = _mutated_text(lines[i], rng, json.loads, json.dumps, log).decode("utf-8", "replace").replace("\n", " ")
         _write(run / name, "\n".join(lines) + "\n")
     else:
-        _write(run / name, _mutated_text((run / name).read_text(), rng, json.loads, json.dumps))
+        _write(run / name, _mutated_text((run / name).read_text(), rng, json.loads, json.dumps, log))
     return f"run/{name}", ["report", str(run), "--json"]
 
 
@@ -512,13 +523,14 @@ def run_fuzz(ws: Workspace, root: Path, n: int, seed: int) -> list[dict[str, Any
         d = root / f"fuzz{i:04d}"
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-        kind, argv = fuzz_inputs(ws, rng, d)
+        log: list[str] = []
+        kind, argv = fuzz_inputs(ws, rng, d, log)
         o = run_cli(argv, d)
         if o.rc == 0 and o.error is None:
             outcome, why = "accepted_valid", ""
         else:
             outcome, why = classify(o, None, set())
-        results.append({"i": i, "input": kind, "outcome": outcome, "detail": why})
+        results.append({"i": i, "input": kind, "mutation": "; ".join(log), "outcome": outcome, "detail": why})
         shutil.rmtree(d, ignore_errors=True)
     return results
 
@@ -552,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = summary(cases, fuzz)
     path = write("bad_inputs", {**s, "seed": args.seed, "results": cases,
-                                "fuzz_results": [r for r in fuzz if r["outcome"] not in ("clean", "accepted_valid")],
+                                "fuzz_results": fuzz,
                                 "fuzz_inputs": {k: sum(r["input"] == k for r in fuzz) for k in sorted({r["input"] for r in fuzz})}})
     for r in cases:
         if r["outcome"] != "clean":
