@@ -283,9 +283,36 @@ def test_heterogeneous_subnet_quantizes_and_reloads(tiny_model, calib_text, tmp_
     assert (out / "modeling_elastic_llama.py").is_file() and (out / "subnet.json").is_file()
     model, _ = gptq.load_gptq(out)
     assert model.model.layers[2].mlp.down_proj.in_features == 64
+    assert type(model).__module__ == "toolkit.models.modeling_elastic_llama"  # the toolkit's class, not the folder's
     ids = _prompt_ids(calib_text, 128)
     with torch.inference_mode():
         assert _corr(child(ids).logits, model(ids).logits) > 0.85  # measured 0.93
+
+
+def test_load_gptq_runs_no_code_from_the_folder(tiny_model, calib_text, tmp_path, monkeypatch):
+    """A heterogeneous GPTQ folder loads with the toolkit's own class on both loading paths; an edited
+    modeling file (which stock transformers would import with trust_remote_code) is refused, unrun."""
+    _need_gptqmodel()
+    from toolkit.elastic import extract, save_subnet
+    from toolkit.models.tiny import byte_tokenizer
+    from toolkit.space import SubnetConfig
+
+    cfg = SubnetConfig(layers=(0, 2), mlp=(64, 128), heads=(2, 4))
+    save_subnet(extract(tiny_model, cfg), tmp_path / "hf", byte_tokenizer(), cfg)
+    out = tmp_path / "gptq"
+    out.mkdir()
+    gptq.export_gptq(tmp_path / "hf", out, bits=4, group_size=GROUP, calibration_file=calib_text,
+                     num_samples=4, seq_len=64)
+    monkeypatch.setattr(gptq, "_has_optimum", lambda: False)  # GPTQModel.load resolves the class itself
+    model, _ = gptq.load_gptq(out)
+    assert type(model).__module__ == "toolkit.models.modeling_elastic_llama"
+    marker = tmp_path / "PWNED"
+    with open(out / "modeling_elastic_llama.py", "a") as fh:
+        fh.write(f"\nimport pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n")
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=r"gptq/modeling_elastic_llama.py: differs from the toolkit's own"):
+        gptq.load_gptq(out)
+    assert not marker.exists()
 
 
 # -- SmolLM2 ---------------------------------------------------------------------------------------
@@ -315,3 +342,30 @@ def test_smollm2_uniform_subnet_perplexity(smollm2, data_dir, tmp_path):
     assert math.isfinite(q) and q < 2 * fp
     hf_bytes = sum(p.stat().st_size for p in (tmp_path / "hf").glob("*.safetensors"))
     assert facts["size_bytes"] < hf_bytes / 3  # fp32 -> 4-bit decoder + bf16 embeddings
+
+
+def test_export_subnet_gptq_verifies_and_resumes(tiny_model, calib_text, tmp_path, capsys):
+    """The export stage's gptq format end to end: quantized from a scratch HF folder (none left behind),
+    its teacher-forced reference re-checked by `toolkit verify`, kept by --resume only with the same settings."""
+    _need_gptqmodel()
+    from toolkit.cli.main import main
+    from toolkit.elastic import extract
+    from toolkit.export import ExportRequest, export_subnet
+    from toolkit.models.tiny import byte_tokenizer
+    from toolkit.space import SubnetConfig
+
+    cfg = SubnetConfig(layers=(0, 1), mlp=(128, 64), heads=(4, 2))
+    req = dict(formats=("gptq",), out=tmp_path, threads=1, prompt_tokens=8, generate_tokens=2, repeats=1,
+               gptq_group_size=GROUP, gptq_samples=4, calibration_file=calib_text)
+    src = {"model": "tiny", "model_hash": "h"}
+    done = export_subnet(extract(tiny_model, cfg), byte_tokenizer(), ExportRequest(**req), source=src,
+                         subnet=cfg.to_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gptq"]  # the scratch HF folder is gone
+    m = json.loads((done["gptq"] / "manifest.json").read_text())
+    assert m["reference"]["method"] == "teacher-forced" and m["details"]["bits"] == 4
+    assert main(["verify", str(done["gptq"])]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"]
+    assert export_subnet(None, None, ExportRequest(**req, resume=True), source=src, subnet=cfg.to_dict()) == done
+    with pytest.raises(UserError, match=r"cannot be kept \(it was quantized with other settings \(bits\)\)"):
+        export_subnet(None, None, ExportRequest(**{**req, "gptq_bits": 8}, resume=True), source=src,
+                      subnet=cfg.to_dict())

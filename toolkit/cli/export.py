@@ -10,18 +10,21 @@ from toolkit.cli.common import add_data_dir_arg
 
 EXAMPLES = """examples:
   toolkit export run/search --pick 0 --format hf,onnx --out run/export          # front member 0 (most accurate)
+  toolkit export run/search --pick fastest-within:0.01 --format hf,onnx,gptq --out run/export --resume
   toolkit export --model smollm2-135m --config subnet.json --format hf,onnx,gptq --out out/
   toolkit verify run/export/onnx
 """
 
 
 def register(sub) -> None:
+    from toolkit.cli.common import non_negative_int, positive_int
+
     p = sub.add_parser("export", help="stage 4: export a sub-network (hf, onnx, gptq) with a manifest", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", help="search run directory (reads its pareto.json)")
     p.add_argument("--pick", default="0",
                    help="front member: an index (0 = most accurate), or 'fastest-within:0.01' (fastest member "
-                        "within 0.01 accuracy of the parent)")
+                        "within 0.01 accuracy of the parent; needs the parent's measured accuracy)")
     p.add_argument("--config", help="sub-network JSON instead of a run")
     p.add_argument("--model", help="parent model (default: the run's)")
     p.add_argument("--format", default="hf,onnx", help="comma-separated: hf, onnx, gptq")
@@ -31,73 +34,50 @@ def register(sub) -> None:
     p.add_argument("--calibration", default=None, help="calibration text (importance and GPTQ)")
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group-size", type=int, default=64, help="GPTQ group size (must divide every layer input width)")
-    p.add_argument("--gptq-samples", type=int, default=32, help="GPTQ calibration windows of 512 tokens")
+    p.add_argument("--gptq-samples", type=positive_int, default=32, help="GPTQ calibration windows of 512 tokens")
     p.add_argument("--task", default=None, help="task for accuracy before/after GPTQ (e.g. arc_easy)")
-    p.add_argument("--limit", type=int, default=200)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--limit", type=non_negative_int, default=200, help="task examples (0 = all)")
+    p.add_argument("--overwrite", action="store_true", help="replace format folders that already exist")
+    p.add_argument("--resume", action="store_true",
+                   help="keep format folders that already verify (manifest and hashes, same sub-network and model) "
+                        "and export only the others, e.g. after an interrupted export")
     add_data_dir_arg(p)
     p.set_defaults(func=run)
 
 
-def pick_from_run(run_dir: Path, pick: str) -> dict:
-    from toolkit.errors import UserError
-
-    path = run_dir / "pareto.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir}: no pareto.json (run `toolkit search` or `toolkit report` first)")
-    try:
-        pareto = json.loads(path.read_text())
-        front = pareto["front"]
-    except (json.JSONDecodeError, KeyError):
-        raise UserError(f"{path}: front: not a pareto.json written by toolkit search") from None
-    if not front:
-        raise UserError(f"{path}: front: empty (no feasible sub-network was found)")
-    if pick.startswith("fastest-within:"):
-        tol = float(pick.split(":", 1)[1])
-        parent = (pareto.get("parent") or {}).get("metrics", {})
-        ok = [f for f in front if f["metrics"]["accuracy"] >= parent.get("accuracy", 0) - tol]
-        if not ok:
-            raise UserError(f"{path}: no front member within {tol} accuracy of the parent")
-        entry = max(ok, key=lambda f: f["metrics"].get("decode_tokens_per_s", 0))
-    else:
-        try:
-            entry = front[int(pick)]
-        except (ValueError, IndexError):
-            raise UserError(f"--pick: {pick!r} is not an index into the {len(front)}-member front") from None
-    return {"pareto": pareto, "entry": entry}
-
-
-def run_profile_ref(pareto: dict) -> str | None:
+def run_profile_ref(pareto) -> str | None:
     """The profile a search ran for: its file when it still exists (a measured profile written next to the
-    run is not on the profile search path), else its name."""
-    file = pareto.get("profile_file")
+    run is not on the profile search path), else its name. ``pareto``: a ParetoFront or the raw dict."""
+    get = pareto.get if isinstance(pareto, dict) else lambda k: getattr(pareto, k)
+    file = get("profile_file")
     if file and Path(file).is_file():
         return file
-    return pareto.get("profile")
+    return get("profile")
 
 
 def run(args) -> int:
     from toolkit.cli.common import data_dir, default_calibration_file
-    from toolkit.elastic import check_fits, extract
     from toolkit.errors import UserError
-    from toolkit.export import ExportRequest, export_subnet
-    from toolkit.importance import load_or_compute_importance
-    from toolkit.models import load_model
+    from toolkit.export import ExportRequest, parse_formats, plan_formats
     from toolkit.space import SubnetConfig
 
-    predicted, profile_ref, model = None, args.profile, args.model
+    # Everything about the arguments and the files they name is checked before the model loads.
+    formats = parse_formats(args.format)
+    predicted, profile_ref, model, expected_hash = None, args.profile, args.model, None
     if args.run and args.config:
         raise UserError("give either a run directory or --config, not both")
     if args.run:
-        picked = pick_from_run(Path(args.run), args.pick)
-        cfg = SubnetConfig.from_dict(picked["entry"]["config"], str(Path(args.run) / "pareto.json"))
-        predicted = picked["entry"]["metrics"]
-        model = model or picked["pareto"].get("model")
-        profile_ref = profile_ref or run_profile_ref(picked["pareto"])
-        expected_hash = picked["pareto"].get("model_hash")
+        from toolkit.export.pareto import PARETO_FILE, ParetoFront, parse_pick
+
+        pick = parse_pick(args.pick)
+        pareto = ParetoFront.read(Path(args.run))
+        entry = pareto.pick(pick, str(Path(args.run) / PARETO_FILE))
+        cfg, predicted = entry.config, dict(entry.metrics)
+        model = model or pareto.model
+        profile_ref = profile_ref or run_profile_ref(pareto)
+        expected_hash = pareto.model_hash
     elif args.config:
         cfg = SubnetConfig.load(args.config)
-        expected_hash = None
     else:
         raise UserError("nothing to export: give a search run directory or --config")
     if not model:
@@ -107,19 +87,20 @@ def run(args) -> int:
         from toolkit.profiles import load_profile
 
         profile = load_profile(profile_ref)
-    loaded = load_model(model)
-    if expected_hash and loaded.model_hash != expected_hash:
-        raise UserError(f"{args.run}/pareto.json: model_hash: the run searched {expected_hash}, {model} is {loaded.model_hash}")
-    check_fits(loaded.model, cfg)
-    calib = default_calibration_file(args.calibration, args.data_dir)
-    importance = load_or_compute_importance(loaded, calib)
+    pred = None
     if args.predictor and predicted is None:
         from toolkit.predictor import Predictor
 
         pred = Predictor.load(args.predictor)
-        pred.check_model(loaded.model_hash, args.predictor)
-        predicted = pred.predict(cfg)
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    if "onnx" in formats:
+        from toolkit.export.onnx import require_onnx
+
+        require_onnx()
+    if "gptq" in formats:
+        from toolkit.export.gptq import require_gptq
+
+        require_gptq()
+    calib = default_calibration_file(args.calibration, args.data_dir)
     task_data = None
     if args.task and "gptq" in formats:
         from toolkit.tasks import get_task, load_task
@@ -131,22 +112,41 @@ def run(args) -> int:
         prompt_tokens=wl.prompt_tokens if wl else 128, generate_tokens=wl.generate_tokens if wl else 32,
         gptq_bits=args.bits, gptq_group_size=args.group_size, gptq_samples=args.gptq_samples, calibration_file=calib,
         perplexity_file=data_dir(args.data_dir) / "wikitext2" / "test.txt" if "gptq" in formats else None,
-        task_data=task_data, task_limit=args.limit, overwrite=args.overwrite,
+        task_data=task_data, task_limit=args.limit or None, overwrite=args.overwrite, resume=args.resume,
     )
-    child = extract(loaded.model, cfg, importance)
+    req.check_out()
+
+    from toolkit.elastic import check_fits, extract
+    from toolkit.export import export_subnet
+    from toolkit.importance import load_or_compute_importance
+    from toolkit.models import load_model
+
+    loaded = load_model(model)
+    if expected_hash and loaded.model_hash != expected_hash:
+        raise UserError(f"{args.run}/pareto.json: model_hash: the run searched {expected_hash}, {model} is {loaded.model_hash}")
+    check_fits(loaded.model, cfg)
+    source = {"model": str(model), "model_hash": loaded.model_hash, "source_kind": loaded.source.kind}
+    keep = plan_formats(req, source, cfg.to_dict())
+    if pred is not None:
+        pred.check_model(loaded.model_hash, args.predictor)
+        predicted = pred.predict(cfg)
+    summary = {}
+    if set(keep) != set(formats):
+        importance = load_or_compute_importance(loaded, calib)
+        child = extract(loaded.model, cfg, importance)
+    else:
+        child = None  # every format is kept: nothing to extract
     from toolkit.progress import status
 
-    with status(f"Exporting {', '.join(formats)} to {args.out}"):
+    todo = [f for f in formats if f not in keep]
+    with status(f"Exporting {', '.join(todo)} to {args.out}" if todo else f"Keeping {', '.join(keep)} in {args.out}"):
         done = export_subnet(
-            child, loaded.tokenizer, req,
-            source={"model": str(model), "model_hash": loaded.model_hash, "source_kind": loaded.source.kind},
-            subnet=cfg.to_dict(),
+            child, loaded.tokenizer, req, source=source, subnet=cfg.to_dict(),
             profile={"name": profile.name, "fingerprint": profile.fingerprint} if profile else None,
-            predicted=predicted,
+            predicted=predicted, keep=keep,
         )
-    summary = {}
     for fmt, folder in done.items():
         m = json.loads((folder / "manifest.json").read_text())
-        summary[fmt] = {"folder": str(folder), "parity": m["parity"], "throughput": m["throughput"]}
+        summary[fmt] = {"folder": str(folder), "kept": fmt in keep, "parity": m["parity"], "throughput": m["throughput"]}
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,19 +1,23 @@
 """Stage 4: export a chosen sub-network as a Hugging Face folder, ONNX (onnxruntime) or GPTQ 4-bit.
 
 Each format goes to ``OUT/<format>/``, written in a temporary sibling folder and renamed only when the
-export and its checks succeeded: an interrupted export leaves nothing behind. Every artifact carries a
-``manifest.json`` (see :mod:`toolkit.export.manifest`) with the reference outputs ``toolkit verify``
-re-checks.
+export and its checks succeeded: an interrupted export leaves nothing visible behind, and what it left
+hidden (temporary folders) is removed when the next export into ``OUT`` starts. With ``resume`` a format
+whose folder already verifies (manifest readable, every file's hash as recorded, same sub-network and
+source model) is kept instead of exported again. Every artifact carries a ``manifest.json`` (see
+:mod:`toolkit.export.manifest`) with the reference ``toolkit verify`` re-checks.
 
-Checks at export time, each in the format's stock runtime:
+Checks at export time, each the teacher-forced parity of :mod:`toolkit.export.parity` (the artifact's
+logits on PyTorch's prompt + greedy continuation, at every position) on three fixed prompts:
 
-* ``hf``: reloaded with stock ``transformers.AutoModelForCausalLM`` (``trust_remote_code=True`` only for
-  heterogeneous sub-networks, whose folder ships the small modeling file); logits parity and equal
-  greedy generation.
-* ``onnx``: onnxruntime CPU provider; max |logit diff| on fixed prompts (prefill) and greedy generation
-  with the KV cache equal to PyTorch's for 32 tokens; decode tokens/s vs PyTorch eager.
-* ``gptq``: GPTQModel 4-bit (:mod:`toolkit.export.gptq`); perplexity (and task accuracy when a task is
-  given) before and after quantization.
+* ``hf``: reloaded with the toolkit's own classes (:mod:`toolkit.export.hf`; no code from the folder runs).
+* ``onnx``: onnxruntime CPU provider, prefill then one cached decode step per token; decode tokens/s vs
+  PyTorch eager.
+* ``gptq``: GPTQModel 4-bit (:mod:`toolkit.export.gptq`); 4-bit logits differ from fp32 by design, so its
+  check is perplexity (and task accuracy when a task is given) before and after quantization, and its
+  reference is the quantized model's own (what ``verify`` re-checks later).
+
+A parity failure is a :class:`~toolkit.export.parity.ParityError`: one line, exit code 2, no artifact.
 """
 
 from __future__ import annotations
@@ -25,17 +29,35 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from toolkit.errors import UserError
-from toolkit.export.manifest import REFERENCE_PROMPT, Manifest, check_files
+from toolkit.export.manifest import FORMATS, REFERENCE_PROMPT, Manifest, check_files
 
-FORMATS = ("hf", "onnx", "gptq")
 PARITY_PROMPTS = (REFERENCE_PROMPT, "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"",
                   "Question: Which gas do plants absorb from the air?\nAnswer:")
-GREEDY_TOKENS = 32
+GPTQ_SCRATCH = "gptq-source"  # OUT/.gptq-source.*.tmp: the temporary HF folder GPTQ quantizes without --format hf
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``"hf,onnx"`` -> ("hf", "onnx"); an unknown, repeated or missing format is a UserError."""
+    formats = tuple(f.strip() for f in str(text).split(",") if f.strip())
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise UserError(f"--format: unknown format {bad[0] if bad else '(none)'!r}; choose from {', '.join(FORMATS)}")
+    if len(set(formats)) != len(formats):
+        raise UserError(f"--format: {text!r} names a format twice")
+    return formats
+
+
+def _check_int(value: Any, flag: str, low: int, allow: tuple[int, ...] = (), optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or (value < low and value not in allow):
+        also = f" or {', '.join(map(str, allow))}" if allow else ""
+        raise UserError(f"{flag}: must be an integer >= {low}{also}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportRequest:
-    """What to export and how to check it."""
+    """What to export and how to check it (validated on construction, before any model is loaded)."""
 
     formats: tuple[str, ...]
     out: Path
@@ -52,39 +74,93 @@ class ExportRequest:
     task_data: Any = None  # toolkit.tasks.TaskData for accuracy before/after
     task_limit: int | None = 200
     overwrite: bool = False
+    resume: bool = False
 
     def __post_init__(self) -> None:
-        bad = [f for f in self.formats if f not in FORMATS]
-        if bad or not self.formats:
-            raise UserError(f"--format: unknown format {bad[0] if bad else '(none)'!r}; choose from {', '.join(FORMATS)}")
+        from toolkit.export.gptq import SUPPORTED_BITS
+
+        object.__setattr__(self, "formats", tuple(self.formats))
+        parse_formats(",".join(self.formats))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"--out: {self.out} exists and is not a folder")
+        _check_int(self.threads, "threads", 1, optional=True)
+        for name in ("prompt_tokens", "generate_tokens", "repeats", "perplexity_tokens"):
+            _check_int(getattr(self, name), name, 1)
+        if self.gptq_bits not in SUPPORTED_BITS:
+            raise UserError(f"--bits: {self.gptq_bits!r} is not supported; choose from {', '.join(map(str, SUPPORTED_BITS))}")
+        _check_int(self.gptq_group_size, "--group-size", 1, allow=(-1,))
+        _check_int(self.gptq_samples, "--gptq-samples", 1)
+        _check_int(self.task_limit, "--limit", 1, optional=True)
+        if "gptq" in self.formats and self.calibration_file is None:
+            raise UserError("--calibration: GPTQ needs calibration text (default: <data-dir>/calibration/calibration.txt)")
+        if "gptq" in self.formats and not Path(self.calibration_file).is_file():
+            raise UserError(f"--calibration: {self.calibration_file}: no such file")
+
+    def check_out(self) -> None:
+        """Refuse existing format folders that neither --overwrite nor --resume may touch (cheap: no hashing)."""
+        if self.overwrite or self.resume:
+            return
+        for fmt in self.formats:
+            if (self.out / fmt).exists():
+                raise UserError(f"{self.out / fmt}: exists; pass --resume to keep it if it verifies, --overwrite "
+                                "to replace it, or choose another --out")
 
 
-def reference_outputs(model, tokenizer, prompt: str = REFERENCE_PROMPT, tokens: int = 16) -> dict[str, Any]:
-    """Logits (first 64 of the last position) and greedy continuation of a fixed prompt."""
-    import torch
+# -- resume ---------------------------------------------------------------------------------------
+def reuse_problem(folder: Path, fmt: str, req: ExportRequest, source: Mapping[str, Any],
+                  subnet: Mapping[str, Any] | None) -> str | None:
+    """Why the existing ``folder`` cannot be kept for this export (None: it verifies and matches).
 
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    with torch.inference_mode():
-        logits = model(input_ids=ids).logits[0, -1, :64].float()
-        out = model.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    return {"prompt": prompt, "input_ids": ids[0].tolist(), "logits_last": [round(float(x), 6) for x in logits],
-            "greedy_ids": out[0, ids.shape[1]:].tolist()}
+    Checks what makes an artifact this export's without running it: the manifest reads, every file's
+    hash is as recorded, and format, sub-network, source model hash (and GPTQ settings) are the same.
+    """
+    try:
+        m = Manifest.read(folder)
+    except UserError as exc:
+        return str(exc)
+    problems = check_files(folder, m)
+    if problems:
+        return problems[0]
+    if m.format != fmt:
+        return f"its manifest says format {m.format!r}"
+    if m.subnet != (dict(subnet) if subnet is not None else None):
+        return "it holds another sub-network"
+    if m.source.get("model_hash") != source.get("model_hash"):
+        return f"it was exported from another model (hash {m.source.get('model_hash')!r})"
+    if fmt == "gptq":
+        d = m.details
+        want = {"bits": req.gptq_bits, "group_size": req.gptq_group_size}
+        diff = [k for k, v in want.items() if d.get(k) != v]
+        if diff or d.get("calibration", {}).get("num_samples") != req.gptq_samples:
+            return f"it was quantized with other settings ({', '.join(diff) or 'calibration samples'})"
+    return None
 
 
-def _max_logit_diff(model_a, run_b, tokenizer, prompts: Sequence[str]) -> float:
-    import numpy as np
-    import torch
+def plan_formats(req: ExportRequest, source: Mapping[str, Any], subnet: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The formats to keep as they are (``req.resume``); raises if a folder may not be replaced."""
+    keep = []
+    for fmt in req.formats:
+        folder = req.out / fmt
+        if not folder.exists():
+            continue
+        problem = reuse_problem(folder, fmt, req, source, subnet) if req.resume else None
+        if req.resume and problem is None:
+            keep.append(fmt)
+        elif not req.overwrite:
+            why = f" and cannot be kept ({problem})" if problem else ""
+            raise UserError(f"{folder}: exists{why}; pass --overwrite to replace it, or choose another --out")
+    return tuple(keep)
 
-    worst = 0.0
-    for p in prompts:
-        ids = tokenizer(p, return_tensors="pt").input_ids
-        with torch.inference_mode():
-            a = model_a(input_ids=ids).logits.float().numpy()
-        b = run_b(ids.numpy())
-        worst = max(worst, float(np.abs(a - b).max()))
-    return worst
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove the hidden temporaries a killed export left in ``out`` (every format's, GPTQ's scratch)."""
+    from toolkit.fileio import remove_stale
+
+    return [p for name in (*FORMATS, GPTQ_SCRATCH) for p in remove_stale(Path(out) / name)]
 
 
+# -- export ---------------------------------------------------------------------------------------
 def _pytorch_decode(model, req: ExportRequest):
     from toolkit.latency import measure_model
     from toolkit.measure import torch_threads
@@ -109,34 +185,37 @@ def _quality(model, tokenizer, req: ExportRequest) -> dict[str, Any]:
 
 
 def export_subnet(child, tokenizer, req: ExportRequest, source: Mapping[str, Any], subnet: Mapping[str, Any] | None,
-                  profile: Mapping[str, Any] | None = None, predicted: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Export the extracted sub-network ``child`` in every requested format; returns format -> folder."""
+                  profile: Mapping[str, Any] | None = None, predicted: Mapping[str, Any] | None = None,
+                  keep: Sequence[str] | None = None) -> dict[str, Path]:
+    """Export the extracted sub-network ``child`` in every requested format; returns format -> folder.
+
+    ``keep``: formats already checked by :func:`plan_formats` to be kept (computed here when None).
+    """
+    from toolkit.export.parity import make_reference
     from toolkit.fileio import atomic_directory
 
     req.out.mkdir(parents=True, exist_ok=True)
-    for fmt in req.formats:
-        if (req.out / fmt).exists() and not req.overwrite:
-            raise UserError(f"{req.out / fmt}: exists; pass --overwrite or choose another --out")
-    done: dict[str, Path] = {}
+    clean_stale(req.out)
+    keep = plan_formats(req, source, subnet) if keep is None else tuple(keep)
+    todo = [f for f in req.formats if f not in keep]
+    done: dict[str, Path] = {f: req.out / f for f in keep}
     base = {"source": dict(source), "subnet": subnet, "profile": profile}
-    pt_ref = reference_outputs(child, tokenizer)
-    pt_speed = None
-    if any(f in req.formats for f in ("hf", "onnx")):
-        pt_speed = _pytorch_decode(child, req)
-    fp_quality = _quality(child, tokenizer, req) if "gptq" in req.formats else {}
-    for fmt in req.formats:
-        with atomic_directory(req.out / fmt, overwrite=req.overwrite) as tmp:
+    refs = [make_reference(child, tokenizer, p) for p in PARITY_PROMPTS] if {"hf", "onnx"} & set(todo) else []
+    pt_speed = _pytorch_decode(child, req) if {"hf", "onnx"} & set(todo) else None
+    fp_quality = _quality(child, tokenizer, req) if "gptq" in todo else {}
+    for fmt in todo:
+        with atomic_directory(req.out / fmt, overwrite=True) as tmp:
             _hook("TOOLKIT_EXPORT_TEST_SLEEP")
             if fmt == "hf":
-                m = _export_hf(child, tokenizer, tmp, subnet, source, pt_ref, pt_speed, predicted)
+                m = _export_hf(child, tokenizer, tmp, subnet, source, refs, pt_speed, predicted)
             elif fmt == "onnx":
-                m = _export_onnx(child, tokenizer, tmp, req, pt_ref, pt_speed, predicted)
+                m = _export_onnx(child, tokenizer, tmp, req, refs, pt_speed, predicted)
             else:
                 m = _export_gptq(child, tokenizer, tmp, req, subnet, source, fp_quality, predicted, done.get("hf"))
             m.source, m.subnet, m.profile = base["source"], base["subnet"], base["profile"]
             m.write(tmp)
         done[fmt] = req.out / fmt
-    return done
+    return {f: done[f] for f in req.formats}
 
 
 def _hook(var: str) -> None:
@@ -152,56 +231,50 @@ def _throughput(measured_tps: float | None, predicted: Mapping[str, Any] | None,
             "predicted_peak_mem_bytes": (predicted or {}).get("peak_mem_bytes"), **extra}
 
 
-def _export_hf(child, tokenizer, tmp: Path, subnet, source, pt_ref, pt_speed, predicted) -> Manifest:
-    import torch
-    from transformers import AutoModelForCausalLM
+def _check_tokenizer(tokenizer, ref, what: str) -> None:
+    """The artifact's tokenizer must turn the reference prompt into the reference's ids."""
+    ids = list(tokenizer(ref.prompt)["input_ids"])
+    if ids != list(ref.prompt_ids):
+        raise UserError(f"{what}: tokenizer: encodes the reference prompt {ref.prompt!r} differently from the "
+                        "reference")
 
+
+def _export_hf(child, tokenizer, tmp: Path, subnet, source, refs, pt_speed, predicted) -> Manifest:
     from toolkit.elastic import write_subnet
+    from toolkit.export.hf import load_hf
+    from toolkit.export.parity import check, merge, torch_logits
     from toolkit.space import SubnetConfig
 
     cfg = SubnetConfig.from_dict(subnet) if subnet else None
     write_subnet(child, tmp, tokenizer, cfg, source.get("model_hash"))
     hetero = child.config.model_type == "elastic_llama"
-    stock = AutoModelForCausalLM.from_pretrained(tmp, trust_remote_code=hetero, dtype=torch.float32).eval()
-    ref = reference_outputs(stock, tokenizer)
-    diff = max(abs(a - b) for a, b in zip(ref["logits_last"], pt_ref["logits_last"]))
-    if ref["greedy_ids"] != pt_ref["greedy_ids"] or diff > 1e-3:
-        raise RuntimeError(f"hf export: reloaded model disagrees with PyTorch (max |logit diff| {diff:.2e})")
-    return Manifest(format="hf", source={}, subnet=None, profile=None, reference=ref,
-                    parity={"reloaded_by": "transformers.AutoModelForCausalLM" + (" (trust_remote_code)" if hetero else ""),
-                            "max_abs_logit_diff": diff, "greedy_equal": True},
+    reloaded, tok = load_hf(tmp)  # the toolkit's own classes: the check runs no code from the folder
+    _check_tokenizer(tok, refs[0], "hf export")
+    results = [check(r, torch_logits(reloaded, r.sequence), "hf export") for r in refs]
+    cls = type(reloaded)
+    return Manifest(format="hf", source={}, subnet=None, profile=None, reference=refs[0].to_dict(),
+                    parity={**merge(results), "reloaded_by": f"{cls.__module__}.{cls.__name__} (trust_remote_code off)",
+                            "greedy_equal": True},
                     throughput=_throughput(pt_speed.decode_tokens_per_s, predicted, runtime="pytorch eager",
                                            measured_prefill_ms=pt_speed.prefill_ms),
-                    details={"heterogeneous": hetero, "trust_remote_code_needed": hetero})
+                    details={"heterogeneous": hetero, "trust_remote_code_needed": False,
+                             "stock_transformers_needs_trust_remote_code": hetero})
 
 
-def _export_onnx(child, tokenizer, tmp: Path, req: ExportRequest, pt_ref, pt_speed, predicted) -> Manifest:
-    import numpy as np
-    import torch
-
+def _export_onnx(child, tokenizer, tmp: Path, req: ExportRequest, refs, pt_speed, predicted) -> Manifest:
     from toolkit.export.onnx import OrtCausalLM, export_onnx
+    from toolkit.export.parity import CONTINUATION_TOKENS, check, merge
 
     facts = export_onnx(child, tmp)
     tokenizer.save_pretrained(tmp)
     child.config.save_pretrained(tmp)
     ort_lm = OrtCausalLM(tmp, facts["kv_heads"], facts["head_dim"], threads=req.threads)
-    diff = _max_logit_diff(child, lambda ids: ort_lm.forward(ids, ort_lm.empty_past(ids.shape[0]))[0], tokenizer,
-                           PARITY_PROMPTS)
-    ids = tokenizer(REFERENCE_PROMPT, return_tensors="pt").input_ids
-    with torch.inference_mode():
-        pt_gen = child.generate(ids, max_new_tokens=GREEDY_TOKENS, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    ort_gen = ort_lm.generate(ids.numpy(), GREEDY_TOKENS)
-    greedy_equal = bool(np.array_equal(pt_gen.numpy(), ort_gen))
-    if diff > 1e-3 or not greedy_equal:
-        raise RuntimeError(f"onnx export: onnxruntime disagrees with PyTorch (max |logit diff| {diff:.2e}, greedy equal {greedy_equal})")
+    results = [check(r, ort_lm.teacher_forced_logits(r.sequence, len(r.prompt_ids)), "onnx export") for r in refs]
     ms, spread = ort_lm.decode_ms_per_token(req.prompt_tokens, req.generate_tokens, req.repeats, child.config.vocab_size)
-    logits, _ = ort_lm.forward(ids.numpy(), ort_lm.empty_past(1))
-    ref = dict(pt_ref, logits_last=[round(float(x), 6) for x in logits[0, -1, :64]],
-               greedy_ids=ort_gen[0, ids.shape[1]:ids.shape[1] + 16].tolist())
     ort_tps = 1e3 / ms
-    return Manifest(format="onnx", source={}, subnet=None, profile=None, reference=ref,
-                    parity={"runtime": "onnxruntime CPUExecutionProvider", "prompts": len(PARITY_PROMPTS),
-                            "max_abs_logit_diff": diff, "greedy_tokens": GREEDY_TOKENS, "greedy_equal": greedy_equal},
+    return Manifest(format="onnx", source={}, subnet=None, profile=None, reference=refs[0].to_dict(),
+                    parity={"runtime": "onnxruntime CPUExecutionProvider", **merge(results),
+                            "greedy_tokens": CONTINUATION_TOKENS, "greedy_equal": True},
                     throughput=_throughput(ort_tps, predicted, runtime="onnxruntime", spread=spread,
                                            pytorch_eager_decode_tokens_per_s=pt_speed.decode_tokens_per_s,
                                            speedup_vs_pytorch_eager=ort_tps / pt_speed.decode_tokens_per_s),
@@ -214,13 +287,13 @@ def _export_gptq(child, tokenizer, tmp: Path, req: ExportRequest, subnet, source
 
     from toolkit.elastic import write_subnet
     from toolkit.export.gptq import export_gptq, load_gptq
+    from toolkit.export.parity import make_reference
     from toolkit.space import SubnetConfig
 
-    if req.calibration_file is None:
-        raise UserError("--calibration: GPTQ needs calibration text (default: <data-dir>/calibration/calibration.txt)")
-    with tempfile.TemporaryDirectory(dir=req.out) as scratch:
+    # GPTQ quantizes an HF folder: the hf export's, else a temporary one (swept by clean_stale if killed)
+    with tempfile.TemporaryDirectory(dir=req.out, prefix=f".{GPTQ_SCRATCH}.", suffix=".tmp") as scratch:
         src = hf_folder
-        if src is None:  # GPTQ quantizes an HF folder: write a temporary one
+        if src is None:
             src = Path(scratch) / "hf"
             src.mkdir()
             write_subnet(child, src, tokenizer, SubnetConfig.from_dict(subnet) if subnet else None, source.get("model_hash"))
@@ -228,11 +301,14 @@ def _export_gptq(child, tokenizer, tmp: Path, req: ExportRequest, subnet, source
                             calibration_file=req.calibration_file, num_samples=req.gptq_samples)
         fp_bytes = sum(p.stat().st_size for p in Path(src).glob("*.safetensors"))
     qmodel, qtok = load_gptq(tmp)
-    ref = reference_outputs(qmodel, qtok)
+    ref = make_reference(qmodel, qtok, REFERENCE_PROMPT)
     q_quality = _quality(qmodel, qtok, req)
     q_bytes = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
     speed = _pytorch_decode(qmodel, req)
-    return Manifest(format="gptq", source={}, subnet=None, profile=None, reference=ref,
+    return Manifest(format="gptq", source={}, subnet=None, profile=None, reference=ref.to_dict(),
+                    parity={"method": "teacher-forced",
+                            "reference_from": "the quantized model as toolkit.export.gptq.load_gptq loads it "
+                                              "(4-bit logits differ from fp32 by design: see accuracy)"},
                     accuracy={"before": fp_quality, "after": q_quality},
                     throughput=_throughput(speed.decode_tokens_per_s, predicted, runtime="gptqmodel (CPU)"),
                     details={**facts, "weights_bytes": q_bytes, "fp32_weights_bytes": fp_bytes,
@@ -240,41 +316,41 @@ def _export_gptq(child, tokenizer, tmp: Path, req: ExportRequest, subnet, source
 
 
 # -- verify ----------------------------------------------------------------------------------------
-def verify(folder: Path, threads: int | None = None) -> dict[str, Any]:
-    """Re-hash an artifact's files and re-run it against its manifest's reference. Raises on failure."""
+def verify(folder: Path, threads: int | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Re-hash an artifact's files and re-run it, teacher-forced, against its manifest's reference.
+
+    Runs no code from the folder unless ``trust_remote_code`` (:mod:`toolkit.export.hf`). Raises a
+    UserError (one line) on any failure.
+    """
+    from toolkit.export.parity import check, torch_logits
+    from toolkit.measure import torch_threads
+
     folder = Path(folder)
     m = Manifest.read(folder)
     problems = check_files(folder, m)
     if problems:
         raise UserError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    ref = m.reference
+    ref = m.parity_reference(folder)
     if m.format == "onnx":
-        import numpy as np
-
+        from toolkit.export.hf import load_tokenizer
         from toolkit.export.onnx import OrtCausalLM
 
         lm = OrtCausalLM.from_artifact(folder, threads)
-        ids = np.array([ref["input_ids"]])
-        logits, _ = lm.forward(ids, lm.empty_past(1))
-        got = {"logits_last": logits[0, -1, :64].tolist(),
-               "greedy_ids": lm.generate(ids, len(ref["greedy_ids"]))[0, ids.shape[1]:].tolist()}
+        tok = load_tokenizer(folder, trust_remote_code)
+        logits = lm.teacher_forced_logits(ref.sequence, len(ref.prompt_ids))
     else:
-        import torch
-
         if m.format == "gptq":
             from toolkit.export.gptq import load_gptq
 
-            model, tok = load_gptq(folder)
+            model, tok = load_gptq(folder, trust_remote_code=trust_remote_code)
         else:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from toolkit.export.hf import load_hf
 
-            # Hashes were checked above, so the modeling file that runs is the one that was exported.
-            remote = bool(m.details.get("heterogeneous", False))
-            model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=remote, dtype=torch.float32).eval()
-            tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
-        got = reference_outputs(model, tok, ref["prompt"], len(ref["greedy_ids"]))
-    diff = max(abs(a - b) for a, b in zip(got["logits_last"], ref["logits_last"]))
-    tol = 1e-3
-    if diff > tol or got["greedy_ids"] != ref["greedy_ids"]:
-        raise UserError(f"{folder}: parity: outputs differ from the manifest's reference (max |logit diff| {diff:.2e})")
-    return {"folder": str(folder), "format": m.format, "files": len(m.files), "max_abs_logit_diff": diff, "ok": True}
+            model, tok = load_hf(folder, trust_remote_code=trust_remote_code)
+        with torch_threads(threads):
+            logits = torch_logits(model, ref.sequence)
+    _check_tokenizer(tok, ref, str(folder))
+    res = check(ref, logits, str(folder))
+    return {"folder": str(folder), "format": m.format, "files": len(m.files), "method": "teacher-forced",
+            "positions": res.positions, "max_abs_logit_diff": res.max_abs_logit_diff, "near_ties": res.near_ties,
+            "trust_remote_code": trust_remote_code, "ok": True}

@@ -355,7 +355,7 @@ def load_gptq(folder: Path, device: str = "cpu", dtype: str = "float32", trust_r
     """
     import torch
 
-    from toolkit.export.hf import check_loadable, load_tokenizer, model_class, register_elastic_llama
+    from toolkit.export.hf import check_loadable, load_failure, load_tokenizer, model_class, register_elastic_llama
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -370,10 +370,16 @@ def load_gptq(folder: Path, device: str = "cpu", dtype: str = "float32", trust_r
         raise UserError(f"gptq load: unknown dtype {dtype!r} (float32, bfloat16, float16)")
     register_elastic_llama()
 
-    with _quiet():
-        if _has_optimum():
-            model = model_class(config, trust_remote_code, folder)(folder, dtype=torch_dtype, device_map=device)
-        else:
-            model = _gptqmodel().GPTQModel.load(str(folder), device=device, dtype=torch_dtype,
-                                                trust_remote_code=trust_remote_code).model
+    failure = None
+    with _quiet():  # caught inside, so that _quiet does not dump GPTQModel's output tail for a bad folder
+        try:
+            if _has_optimum():
+                model = model_class(config, trust_remote_code, folder)(folder, dtype=torch_dtype, device_map=device)
+            else:
+                model = _gptqmodel().GPTQModel.load(str(folder), device=device, dtype=torch_dtype,
+                                                    trust_remote_code=trust_remote_code).model
+        except Exception as exc:  # the folder is user input (e.g. a quantization_config that does not fit its weights)
+            failure = exc
+    if failure is not None:
+        raise UserError(f"{folder}: cannot load the GPTQ model ({load_failure(failure)})")
     return model.eval(), load_tokenizer(folder, trust_remote_code)

@@ -109,15 +109,20 @@ def register_elastic_llama() -> None:
     AutoModelForCausalLM.register(ElasticLlamaConfig, ElasticLlamaForCausalLM, exist_ok=True)
 
 
+def load_failure(exc: BaseException) -> str:
+    """An exception from a third-party loader, short enough for a one-line error."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
 def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     register_elastic_llama()  # AutoTokenizer reads config.json through AutoConfig
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{folder}: cannot load the tokenizer without running the folder's code "
-                        f"({' '.join(str(exc).split())[:200]})") from None
+    except Exception as exc:  # the folder is user input
+        raise UserError(f"{folder}: cannot load the tokenizer{'' if trust_remote_code else ' without running the folder code'} "
+                        f"({load_failure(exc)})") from None
 
 
 def load_hf(folder: Path, trust_remote_code: bool = False, dtype: str = "float32"):
@@ -129,6 +134,6 @@ def load_hf(folder: Path, trust_remote_code: bool = False, dtype: str = "float32
     load = model_class(cfg, trust_remote_code, folder)
     try:
         model = load(folder, dtype=getattr(torch, dtype), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{folder}: cannot load the model ({' '.join(str(exc).split())[:200]})") from None
+    except Exception as exc:  # the folder is user input: a config that does not match its weights, say
+        raise UserError(f"{folder}: cannot load the model ({load_failure(exc)})") from None
     return model.eval(), load_tokenizer(folder, trust_remote_code)

@@ -9,8 +9,13 @@ model is exported with ``torch.onnx.export(..., dynamo=True)`` (onnxscript), in 
     outputs: logits (B, S, vocab), present.{i}.key / .value (B, kv_i, P+S, head_dim)
 
 Batch, sequence and past length are dynamic; ``P = 0`` (empty past tensors) is the prefill. Layers may
-have different kv-head counts (heterogeneous sub-networks). :class:`OrtCausalLM` runs greedy generation
-on the graph with onnxruntime (all graph optimisations on).
+have different kv-head counts (heterogeneous sub-networks). :class:`OrtCausalLM` runs the graph in
+onnxruntime (all graph optimisations on): teacher-forced logits through the KV cache (the parity check,
+:mod:`toolkit.export.parity`) and timed cached decode steps.
+
+:func:`export_onnx` leaves the caller's model as it was: the export needs fp32 on the CPU in eval mode
+with eager attention, so a model in another dtype or on another device is exported from a copy, and the
+attention setting and train/eval mode of the caller's model are restored afterwards.
 """
 
 from __future__ import annotations
@@ -77,12 +82,27 @@ def io_names(num_layers: int) -> tuple[list[str], list[str]]:
             ["logits"] + [f"present.{n}" for n in kv])
 
 
-def export_onnx(model, out_dir: Path) -> dict:
-    """Write ``model.onnx`` for ``model`` (fp32, CPU) into ``out_dir``; returns facts for the manifest."""
-    require_onnx()
+def _needs_copy(model) -> bool:
+    """Whether exporting needs ``model`` converted (a floating tensor not fp32, or not on the CPU)."""
     import torch
 
-    model = model.float().cpu().eval()
+    return any((t.is_floating_point() and t.dtype != torch.float32) or t.device.type != "cpu"
+               for t in [*model.parameters(), *model.buffers()])
+
+
+def export_onnx(model, out_dir: Path) -> dict:
+    """Write ``model.onnx`` for ``model`` (fp32, CPU) into ``out_dir``; returns facts for the manifest.
+
+    The caller's ``model`` is not changed (dtype, device, train/eval mode, attention implementation)."""
+    require_onnx()
+    import copy
+
+    import torch
+
+    caller, was_training = model, model.training
+    if _needs_copy(model):
+        model = copy.deepcopy(model).float().cpu()
+    model.eval()
     attn = model.config._attn_implementation
     model.config._attn_implementation = "eager"  # the sdpa path's masks do not export cleanly everywhere
     try:
@@ -106,13 +126,14 @@ def export_onnx(model, out_dir: Path) -> dict:
                               verbose=False)
     finally:
         model.config._attn_implementation = attn
+        caller.train(was_training)
     return {"file": ONNX_FILE, "opset": None, "export_seconds": round(time.perf_counter() - t0, 2),
             "kv_heads": _kv_heads(model), "head_dim": model.model.layers[0].self_attn.head_dim,
             "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}"}
 
 
 class OrtCausalLM:
-    """Greedy generation with a KV cache on an exported graph, in onnxruntime."""
+    """An exported graph with its KV cache, in onnxruntime."""
 
     def __init__(self, folder: Path, kv_heads: Sequence[int], head_dim: int, threads: int | None = None):
         require_onnx()
@@ -122,7 +143,12 @@ class OrtCausalLM:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(Path(folder) / ONNX_FILE), opts, providers=["CPUExecutionProvider"])
+        self.path = Path(folder) / ONNX_FILE
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # a corrupt or foreign graph is bad input, not a toolkit bug
+            raise UserError(f"{self.path}: onnxruntime cannot load it ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]})") from None
         self.kv_heads = list(kv_heads)
         self.head_dim = int(head_dim)
         self.names_in, self.names_out = io_names(len(self.kv_heads))
@@ -130,10 +156,17 @@ class OrtCausalLM:
     @classmethod
     def from_artifact(cls, folder: Path, threads: int | None = None) -> "OrtCausalLM":
         """Open an exported ONNX artifact (the cache layout is in its manifest)."""
-        from toolkit.export.manifest import Manifest
+        from toolkit.errors import ConfigError
+        from toolkit.export.manifest import MANIFEST, Manifest
 
         d = Manifest.read(folder).details
-        return cls(folder, d["kv_heads"], d["head_dim"], threads)
+        file = str(Path(folder) / MANIFEST)
+        kv, hd = d.get("kv_heads"), d.get("head_dim")
+        if not isinstance(kv, list) or not kv or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in kv):
+            raise ConfigError("details.kv_heads", "expected a non-empty list of positive integers (one per layer)", file)
+        if isinstance(hd, bool) or not isinstance(hd, int) or hd <= 0:
+            raise ConfigError("details.head_dim", "expected a positive integer", file)
+        return cls(folder, kv, hd, threads)
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         return [np.zeros((batch, h, 0, self.head_dim), np.float32) for h in self.kv_heads for _ in (0, 1)]
@@ -144,16 +177,24 @@ class OrtCausalLM:
         feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": np.ones((B, P + S), np.int64),
                 "position_ids": np.broadcast_to(np.arange(P, P + S, dtype=np.int64), (B, S)).copy()}
         feed.update(zip(self.names_in[3:], past))
-        out = self.session.run(None, feed)
+        try:
+            out = self.session.run(None, feed)
+        except Exception as exc:  # e.g. a manifest whose cache layout (kv_heads, head_dim) is not the graph's
+            raise UserError(f"{self.path}: onnxruntime cannot run it with the manifest's cache layout (kv_heads "
+                            f"{self.kv_heads}, head_dim {self.head_dim}): {type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:160]}") from None
         return out[0], out[1:]
 
-    def generate(self, input_ids: np.ndarray, max_new_tokens: int) -> np.ndarray:
-        logits, past = self.forward(input_ids, self.empty_past(input_ids.shape[0]))
-        tokens = [logits[:, -1].argmax(-1)]
-        for _ in range(max_new_tokens - 1):
-            logits, past = self.forward(tokens[-1][:, None], past)
-            tokens.append(logits[:, -1].argmax(-1))
-        return np.concatenate([input_ids, np.stack(tokens, 1)], 1)
+    def teacher_forced_logits(self, sequence: Sequence[int], prompt_len: int) -> np.ndarray:
+        """Logits at every position of ``sequence``, (T, vocab): the first ``prompt_len`` tokens in one
+        prefill, then one cached decode step per remaining token (the path generation takes)."""
+        ids = np.asarray([list(sequence)], dtype=np.int64)  # (1, T)
+        logits, past = self.forward(ids[:, :prompt_len], self.empty_past(1))
+        rows = [logits[0]]
+        for t in range(prompt_len, ids.shape[1]):
+            logits, past = self.forward(ids[:, t:t + 1], past)
+            rows.append(logits[0])
+        return np.concatenate(rows, 0)
 
     def decode_ms_per_token(self, prompt_tokens: int = 128, generate_tokens: int = 32, repeats: int = 5,
                             vocab: int = 1000, seed: int = 0) -> tuple[float, float]:
