@@ -1,7 +1,8 @@
 """GPTQ 4-bit export (toolkit.export.gptq) on a tiny random Llama, plus one SmolLM2 sub-network (slow).
 
-gptqmodel is a CI dependency (see the module docstring of toolkit.export.gptq for the install line): the
-tests that quantize fail, not skip, when it does not import.
+gptqmodel is optional (see the module docstring of toolkit.export.gptq for the install line): the tests
+that quantize skip where it does not import, and CI, which installs it, fails on any skip
+(TOOLKIT_FAIL_ON_SKIP in .ci/run).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 
 def _need_gptqmodel() -> None:
     if not gptq.is_gptq_available():
-        pytest.fail(f"gptqmodel does not import; install it as CI does: {gptq.INSTALL_HINT}")
+        pytest.skip(f"gptqmodel does not import; install it as CI does: {gptq.INSTALL_HINT}")
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
