@@ -41,13 +41,9 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PROFILE = """\
-version: 1
-name: tiny-test-cpu
-extends: ryzen9-7950x
-runtime: {device: cpu, dtype: float32, threads: 1}
-workload: {prompt_tokens: 16, generate_tokens: 4, batch_size: 1}
-"""
+from toolkit.models.tiny import tiny_profile_yaml  # noqa: E402 (after the path set-up)
+
+PROFILE = tiny_profile_yaml()
 SUBNET = {"version": 1, "layers": [0, 1, 3], "mlp": [256, 128, 64], "heads": [4, 2, 4]}  # of llama_tiny
 
 

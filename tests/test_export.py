@@ -238,13 +238,20 @@ def test_export_parity_failure_is_a_one_line_error_and_leaves_nothing(tmp_path, 
 MARKER_CODE = "\nimport pathlib as _p\n_p.Path({marker!r}).write_text('the artifact ran its own code')\n"
 
 
-def test_verify_refuses_a_tampered_modeling_file_and_runs_none_of_it(exported, tmp_path, capsys):
+def _tampered_hf_copy(exported, tmp_path, marker):
+    """A copy of the hf export whose modeling file writes ``marker`` when imported, re-hashed in the manifest."""
     out, _ = exported
-    copy = _copy(out / "hf", tmp_path / "hf")
-    marker = tmp_path / "PWNED"
+    copy = _copy(out / "hf", tmp_path / f"hf_{marker.name}")
     with open(copy / "modeling_elastic_llama.py", "a") as fh:
         fh.write(MARKER_CODE.format(marker=str(marker)))
     _rehash(copy, "modeling_elastic_llama.py")  # the hashes now "protect" the edited file
+    return copy
+
+
+def test_verify_refuses_a_tampered_modeling_file_and_runs_none_of_it(exported, tmp_path, capsys):
+    out, _ = exported
+    marker = tmp_path / "PWNED"
+    copy = _tampered_hf_copy(exported, tmp_path, marker)
     assert main(["verify", str(copy)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "modeling_elastic_llama.py" in err[0] and "--trust-remote-code" in err[0]
@@ -255,12 +262,8 @@ def test_verify_refuses_a_tampered_modeling_file_and_runs_none_of_it(exported, t
 
 
 def test_verify_trust_remote_code_runs_the_folders_code_when_asked(exported, tmp_path, capsys):
-    out, _ = exported
-    copy = _copy(out / "hf", tmp_path / "hf_trusted")
     marker = tmp_path / "RAN"
-    with open(copy / "modeling_elastic_llama.py", "a") as fh:
-        fh.write(MARKER_CODE.format(marker=str(marker)))
-    _rehash(copy, "modeling_elastic_llama.py")
+    copy = _tampered_hf_copy(exported, tmp_path, marker)
     assert main(["verify", str(copy), "--trust-remote-code"]) == 0
     assert marker.exists() and json.loads(capsys.readouterr().out)["trust_remote_code"] is True
 

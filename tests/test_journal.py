@@ -16,6 +16,7 @@ import pytest
 
 from toolkit.errors import ConfigError, UserError
 from toolkit.journal import Journal
+from toolkit.models.tiny import tiny_profile_yaml
 from toolkit.predictor import Hardware, Measurement, Predictor, Workload, calibrate
 from toolkit.search import Evaluation, Journal as SearchJournal, load_evaluations
 from toolkit.space import ParentShape, SearchSpace, SubnetConfig
@@ -220,13 +221,7 @@ def test_calibrate_journal_bad_line_names_file_and_line(tmp_path, edit, where):
 
 
 # -- calibrate: kill -9 mid-write, twice --------------------------------------------------------------------
-PROFILE = """\
-version: 1
-name: tiny-test-cpu
-extends: ryzen9-7950x
-runtime: {device: cpu, dtype: float32, threads: 1}
-workload: {prompt_tokens: 8, generate_tokens: 2, batch_size: 1}
-"""
+PROFILE = tiny_profile_yaml(prompt_tokens=8, generate_tokens=2)
 
 
 def _complete_lines(path):

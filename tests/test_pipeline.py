@@ -5,14 +5,9 @@ import json
 import pytest
 
 from toolkit.cli.main import main
+from toolkit.models.tiny import tiny_profile_yaml
 
-PROFILE = """\
-version: 1
-name: tiny-test-cpu
-extends: ryzen9-7950x
-runtime: {device: cpu, dtype: float32, threads: 1}
-workload: {prompt_tokens: 16, generate_tokens: 4, batch_size: 1}
-"""
+PROFILE = tiny_profile_yaml()
 
 
 @pytest.fixture

@@ -63,3 +63,14 @@ def byte_tokenizer():
     tok.decoder = decoders.ByteLevel()
     inv = {i: ch for ch, i in vocab.items()}
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=inv[0], bos_token=inv[1], eos_token=inv[2])
+
+
+def tiny_profile_yaml(prompt_tokens: int = 16, generate_tokens: int = 4) -> str:
+    """A device profile for timing the tiny model: this CPU, one thread, fp32, a few-token workload."""
+    return (
+        "version: 1\n"
+        "name: tiny-test-cpu\n"
+        "extends: ryzen9-7950x\n"
+        "runtime: {device: cpu, dtype: float32, threads: 1}\n"
+        f"workload: {{prompt_tokens: {prompt_tokens}, generate_tokens: {generate_tokens}, batch_size: 1}}\n"
+    )
