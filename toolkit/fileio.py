@@ -106,12 +106,15 @@ def _plain_modes(folder: Path) -> None:
 
 def remove_stale(path: str | os.PathLike) -> list[Path]:
     """Delete what a process killed while writing ``path`` atomically left beside it: temporaries
-    ``.{name}.*.tmp`` (files or folders) and a ``.{name}.old`` folder (killed between the two renames of
-    an overwrite). Returns what was removed. Not for a path another live process is writing."""
+    ``.{name}.*.tmp`` (files or folders) and a ``.{name}.old`` folder left by a finished overwrite. A
+    ``.{name}.old`` with nothing at ``path`` is the previous version, moved aside by an overwrite killed
+    between its two renames: it is put back, not deleted. Returns what was removed. Not for a path
+    another live process is writing."""
     path = Path(path)
     removed = []
     if not path.parent.is_dir():
         return removed
+    restore_interrupted_overwrite(path)
     for stale in [*path.parent.glob(f".{path.name}.*.tmp"), path.with_name(f".{path.name}.old")]:
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
@@ -122,6 +125,17 @@ def remove_stale(path: str | os.PathLike) -> list[Path]:
             continue
         removed.append(stale)
     return removed
+
+
+def restore_interrupted_overwrite(path: str | os.PathLike) -> bool:
+    """Put back the previous ``path`` if an overwrite stopped after moving it aside (``.{name}.old``)
+    and before moving the new one in. Returns whether it did."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if os.path.lexists(path) or not old.is_dir() or old.is_symlink():
+        return False
+    os.replace(old, path)
+    return True
 
 
 @contextlib.contextmanager
@@ -150,6 +164,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
             os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        restore_interrupted_overwrite(path)  # failed between the renames: the old version stays
         raise
 
 
