@@ -13,7 +13,8 @@ median and spread). What is measured, for batch ``B``, prompt ``T`` and ``N`` ge
   still on the device, is not counted against the sub-network); on CPU it is the resident-set growth,
   sampled every millisecond. While a CPU measurement runs, glibc's mmap threshold is pinned (``mallopt``) so
   that large freed blocks go back to the OS and one sub-network's leftovers do not hide the next one's
-  growth; see :func:`mmap_threshold` for how it is put back afterwards.
+  growth; see :func:`mmap_threshold` for what it is set to afterwards (glibc's own behaviour cannot be
+  restored, only approximated).
 
 A measurement whose spread exceeds ``max_spread`` is re-measured once with more repeats, and flagged if
 it is still noisy.
@@ -30,7 +31,9 @@ from dataclasses import dataclass, field
 import torch
 
 M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
-GLIBC_DEFAULT_MMAP_THRESHOLD = 128 * 1024  # DEFAULT_MMAP_THRESHOLD_MIN: glibc's value at process start
+# DEFAULT_MMAP_THRESHOLD_MAX on 64-bit glibc: the ceiling of glibc's dynamic threshold, where it settles
+# in a process that frees large tensors (what an evaluation does). Set on leaving mmap_threshold().
+MMAP_THRESHOLD_AFTER = 32 * 1024 * 1024
 
 
 def _libc():
@@ -46,14 +49,18 @@ def _libc():
 @contextlib.contextmanager
 def mmap_threshold(threshold_bytes: int = 1 << 20):
     """Inside the block, glibc serves blocks >= ``threshold_bytes`` with mmap and returns them to the OS
-    on free (best effort; a no-op without glibc). On exit the threshold is put back.
+    on free (best effort; a no-op without glibc). On exit the threshold is set to 32 MiB: glibc's
+    own behaviour is *not* restored, only approximated.
 
-    *What "put back" means.* glibc starts with a 128 KiB threshold that it raises on its own as large
-    blocks are freed (up to 32 MiB on 64-bit). Any ``mallopt(M_MMAP_THRESHOLD, ...)`` switches that
-    dynamic adjustment off for the rest of the process, and no ``mallopt`` call switches it back on,
-    nor can the current value be read. So on exit the threshold is set to glibc's start value, 128 KiB,
-    static: the evaluations after a measurement no longer run with the 1 MiB pin, but glibc does not
-    resume raising the threshold either.
+    *Why it cannot be restored.* glibc starts with a 128 KiB threshold that it raises on its own as
+    large mmapped blocks are freed, up to ``DEFAULT_MMAP_THRESHOLD_MAX`` (32 MiB on 64-bit). The first
+    ``mallopt(M_MMAP_THRESHOLD, ...)`` switches that dynamic adjustment off for the rest of the
+    process; no ``mallopt`` call switches it back on, and the current value cannot be read. Whatever
+    is set on exit stays, static, for every later allocation. 128 KiB (the start value) would send
+    every allocation of 128 KiB or more to mmap for good, a slowdown for every evaluation after a
+    calibrate/export measurement; so the exit value is 32 MiB, where the dynamic threshold settles in a
+    process that allocates and frees large tensors. What is lost: glibc would have kept a lower
+    threshold in a process that never freed a large block, and blocks above 32 MiB still use mmap.
     """
     libc = _libc()
     if libc is None:
@@ -63,7 +70,7 @@ def mmap_threshold(threshold_bytes: int = 1 << 20):
     try:
         yield
     finally:
-        libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_MMAP_THRESHOLD)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_AFTER)
 
 
 class _RssSampler:
@@ -158,8 +165,9 @@ def measure_model(model, prompt_tokens: int = 128, generate_tokens: int = 32, ba
                   repeats: int = 5, warmup: int = 1, max_spread: float = 0.10, seed: int = 0) -> ModelMeasurement:
     """Prefill ms, decode ms/token and peak memory of ``model`` on its current device and dtype.
 
-    On the CPU the whole measurement (memory and timing alike) runs under :func:`mmap_threshold`, which
-    is put back before returning.
+    On the CPU the whole measurement (memory and timing alike) runs under :func:`mmap_threshold`; the
+    threshold is set to 32 MiB before returning (an approximation of glibc's dynamic default, which no
+    ``mallopt`` call can restore).
     """
     on_cpu = next(model.parameters()).device.type == "cpu"
     with mmap_threshold() if on_cpu else contextlib.nullcontext():
