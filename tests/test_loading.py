@@ -169,6 +169,23 @@ def test_valid_tiny_gguf_passes_the_check(tmp_path):
     check_gguf(_tiny_gguf(tmp_path / "ok.gguf"))  # no error: the check does not over-refuse
 
 
+def test_peek_tokenizer_reads_a_gguf_through_the_public_cache_folder(tiny_folder, tmp_path, monkeypatch):
+    """Where a GGUF's dequantized folder is cached is public (gguf_cache_folder): loading writes it and
+    evaluate.peek_tokenizer reads it, with no private import across modules."""
+    from toolkit.evaluate import peek_tokenizer
+    from toolkit.models import loading
+
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    assert not hasattr(loading, "_gguf_cache_folder")  # no private alias left behind
+    gguf = _tiny_gguf(tmp_path / "ok.gguf")
+    folder = loading.gguf_cache_folder(gguf)
+    assert folder.parent == tmp_path / "cache" / "models" and folder == loading.gguf_cache_folder(gguf)
+    assert peek_tokenizer(gguf) is None  # never dequantized: checked after loading
+    shutil.copytree(tiny_folder, folder)  # as if dequantized once
+    tokenizer, max_length, config = peek_tokenizer(gguf)
+    assert tokenizer is not None and config["model_type"] == json.loads((tiny_folder / "config.json").read_text())["model_type"]
+
+
 def test_safetensors_are_loaded_and_a_pickle_beside_them_never_is(tiny_folder, tmp_path):
     from toolkit.models import load_model
 

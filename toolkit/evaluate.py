@@ -481,10 +481,10 @@ def peek_tokenizer(source: str | os.PathLike) -> tuple[Any, int, dict] | None:
     """A model's tokenizer, lm-eval maximum length and ``config.json``, read without loading its weights,
     so that task files (:func:`check_task_lengths`) and sub-networks can be checked before the model
     loads. None when that needs the model itself (a GGUF that was never dequantized: check after loading)."""
-    from toolkit.models.loading import _gguf_cache_folder, check_architecture, resolve_source
+    from toolkit.models.loading import check_architecture, gguf_cache_folder, resolve_source
 
     src = resolve_source(source)
-    folder = src.path if src.kind == "hf" else _gguf_cache_folder(src.path)
+    folder = src.path if src.kind == "hf" else gguf_cache_folder(src.path)
     if not (folder / "config.json").is_file():
         return None
     config = check_architecture(folder)

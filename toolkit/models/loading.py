@@ -331,7 +331,9 @@ def _weights_fingerprint(folder: Path) -> str:
     return sha256_json({p.name: sha256_file_cached(p) for p in files})[:16]
 
 
-def _gguf_cache_folder(gguf_path: Path) -> Path:
+def gguf_cache_folder(gguf_path: Path) -> Path:
+    """Where a GGUF file's dequantized HF folder is cached (keyed by the file's content hash): what
+    loading writes and what ``peek_tokenizer`` reads."""
     return cache_dir() / "models" / f"gguf-{sha256_file_cached(gguf_path)[:16]}"
 
 
@@ -392,7 +394,7 @@ def load_model(
         raise UserError(f"dtype: unknown torch dtype {dtype!r}")
     src = resolve_source(source)
     if src.kind in ("embedded", "gguf"):
-        folder = _gguf_cache_folder(src.path)
+        folder = gguf_cache_folder(src.path)
         if not (folder / "config.json").is_file():
             _dequantize_gguf(src.path, folder)
     else:
