@@ -80,6 +80,24 @@ def test_corrupt_complete_line_names_file_and_line(tmp_path, line, where):
     assert str(exc.value).startswith(f"{path}: {where}") and "\n" not in str(exc.value)
 
 
+def test_readonly_journal_skips_a_torn_tail_and_writes_nothing(tmp_path):
+    path = tmp_path / "j.jsonl"
+    j = Journal(path, HEADER)
+    j.append({"a": 1})
+    with open(path, "ab") as fh:
+        fh.write(b'{"a": 2, "b"')  # the line a live writer is in the middle of
+    before = path.read_bytes()
+    ro = Journal(path, HEADER, readonly=True)
+    assert [dict(r) for r in ro] == [{"a": 1}] and path.read_bytes() == before
+    with pytest.raises(RuntimeError, match="read-only"):
+        ro.append({"a": 3})
+    assert path.read_bytes() == before
+    torn_header = tmp_path / "h.jsonl"
+    torn_header.write_bytes(b'{"journal": "te')  # a journal being created right now
+    assert len(Journal(torn_header, HEADER, readonly=True)) == 0 and torn_header.read_bytes() == b'{"journal": "te'
+    assert len(Journal(tmp_path / "none.jsonl", HEADER, readonly=True)) == 0 and not (tmp_path / "none.jsonl").exists()
+
+
 # -- search's evaluations journal ---------------------------------------------------------------------------
 def evaluation(i, cfg, **over):
     return {**Evaluation(i, cfg.key(), cfg, {"accuracy": 0.5, "params": 1.0}, True).to_dict(), **over}
@@ -127,6 +145,32 @@ def test_cli_report_on_a_bad_journal_line_is_one_line_and_rewrites_nothing(tmp_p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{run / 'evaluations.jsonl'}: line 1: feasible" in err and "Traceback" not in err
     assert sorted(p.name for p in run.iterdir()) == ["evaluations.jsonl", "run.json"]
+
+
+def test_load_evaluations_and_report_leave_a_torn_journal_byte_identical(tmp_path, capsys):
+    """report / export read the journal beside a live search: the torn last line is the one the search
+    is writing at that moment, so they skip it and never truncate it."""
+    from toolkit.cli.main import main
+    from toolkit.search import SearchSettings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"version": 1, "settings": SearchSettings().to_dict(),
+                                              "space": SPACE.to_dict(), "meta": {}}))
+    metrics = {"accuracy": 0.5, "accuracy_stderr": 0.01, "decode_tokens_per_s": 10.0, "params": 1.0}
+    parent = Evaluation(0, SPACE.largest().key(), SPACE.largest(), metrics, True).to_dict()
+    small = Evaluation(1, SPACE.smallest().key(), SPACE.smallest(), {**metrics, "accuracy": 0.4,
+                                                                      "decode_tokens_per_s": 20.0}, True).to_dict()
+    path = run / "evaluations.jsonl"
+    torn = json.dumps(evaluation(2, SPACE.smallest()))[:40].encode()  # the line the search is writing
+    path.write_bytes((json.dumps(parent) + "\n" + json.dumps(small) + "\n").encode() + torn)
+    before = path.read_bytes()
+    evals = load_evaluations(run)
+    assert [e.to_dict() for e in evals] == [parent, small] and path.read_bytes() == before
+    assert main(["report", str(run)]) == 0
+    capsys.readouterr()
+    assert path.read_bytes() == before
+    assert json.loads((run / "pareto.json").read_text())["evaluations"] == 2
 
 
 def test_search_journal_refuses_a_duplicated_key_in_a_line_and_a_repeated_evaluation(tmp_path):

@@ -206,6 +206,23 @@ def test_legacy_unmeasured_parent_accuracy_is_not_a_result():
     assert not accuracy_measured(legacy) and accuracy_measured(measured)
 
 
+def test_report_front_of_an_old_pareto_json_does_not_print_an_unmeasured_parent_accuracy(tmp_path, capsys):
+    """An old run's pareto.json: the infeasible parent's accuracy 0.0 was never measured and there is no
+    accuracy_measured flag; report decides with the search's own rule, not its own default."""
+    from toolkit.cli.report import print_front
+    from toolkit.search import Evaluation
+
+    cfg = SPACE.largest()
+    parent = Evaluation(0, cfg.key(), cfg, {"accuracy": 0.0, "decode_tokens_per_s": 5.0, "params": 1.0},
+                        feasible=False, violation=0.3).to_dict()
+    assert "accuracy_measured" not in parent
+    (tmp_path / "pareto.json").write_text(json.dumps({"evaluations": 1, "hypervolume": 0.0, "feasible_count": 0,
+                                                      "front": [], "parent": parent}))
+    print_front(tmp_path)
+    out = capsys.readouterr().out
+    assert "accuracy not measured" in out and "accuracy 0.000" not in out
+
+
 @pytest.mark.parametrize("text", ['{"version": 1, "settings": {"objec', "[1, 2]", "\x00\xff binary", '{"settings": []}',
                                   '{"settings": {"evals": -3}, "space": {}}'])
 def test_a_broken_run_json_is_one_line_on_resume(tmp_path, text):

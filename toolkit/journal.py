@@ -15,7 +15,9 @@ record that was appended survives a kill. A kill *during* a write leaves a last 
 ``\\n`` (a torn line). On open, a torn last line is dropped and the file itself is truncated to the end
 of the last complete line, so the next append starts on a fresh line instead of being glued onto the
 fragment. A torn header (the process died while creating the journal) counts as an empty journal and
-the header is rewritten. Any *complete* line that is not a JSON object, or repeats a key within the
+the header is rewritten. A *read-only* journal (``Journal(..., readonly=True)``, what ``toolkit report``
+and ``toolkit export`` use) skips a torn tail without truncating it and never writes anything: beside a
+live search, the "torn" last line may be the one the search is writing at that moment. Any *complete* line that is not a JSON object, or repeats a key within the
 object, is corruption (a kill never produces it): a one-line error naming the file and line number.
 
 Why hand-written: the whole contract is ~100 lines of file handling whose crash behaviour we test with
@@ -86,12 +88,17 @@ class Journal:
     ``header``: the settings this run writes as the first line, or ``None`` for a journal without a
     header line. ``what`` names the file's role in error messages (e.g. ``"calibration journal"``).
     After construction, :attr:`records` holds every complete record in file order.
+
+    ``readonly``: only read. A torn last line (or torn header) is skipped, not truncated (it may be a
+    line another process is writing right now), no header is written, and :meth:`append` refuses.
     """
 
-    def __init__(self, path: str | os.PathLike, header: Mapping[str, Any] | None = None, what: str = "journal"):
+    def __init__(self, path: str | os.PathLike, header: Mapping[str, Any] | None = None, what: str = "journal",
+                 readonly: bool = False):
         self.path = Path(path)
         self.header = dict(header) if header is not None else None
         self.what = what
+        self.readonly = readonly
         self.records: list[JournalLine] = []
         self._open()
 
@@ -106,6 +113,8 @@ class Journal:
         first = 1
         if self.header is not None:
             if not lines:  # no journal yet, or only a torn header: start afresh
+                if self.readonly:
+                    return
                 atomic_write_text(path, json.dumps(self.header) + "\n")
                 return
             old = _parse_line(path, 1, lines[0])
@@ -115,7 +124,7 @@ class Journal:
             rec = JournalLine(_parse_line(path, first + i, line))
             rec.line = first + i
             self.records.append(rec)
-        if len(complete) != len(raw):
+        if len(complete) != len(raw) and not self.readonly:
             with open(path, "r+b") as fh:  # drop the torn tail: the next append starts a fresh line
                 fh.truncate(len(complete))
                 fh.flush()
@@ -138,6 +147,8 @@ class Journal:
 
     def append(self, record: Mapping[str, Any]) -> JournalLine:
         """Write ``record`` as one line and fsync it; it counts once this returns."""
+        if self.readonly:
+            raise RuntimeError(f"{self.path}: {self.what} was opened read-only")
         data = (json.dumps(record) + "\n").encode("utf-8")
         with open(self.path, "ab") as fh:
             pause = os.environ.get(TEAR_HOOK)

@@ -191,13 +191,15 @@ class Journal:
     and truncated). No header line: ``run.json`` holds the settings. Each line is validated as an
     :class:`Evaluation`, its config against ``space`` (by default the space in ``run.json`` beside the
     journal, when there is one); a bad line or a key journaled twice is a one-line error naming the line.
+    ``readonly``: read without touching the file (a torn last line is skipped, not truncated: it may be
+    the line a live search is writing); what ``report`` and ``export`` use, via :func:`load_evaluations`.
     """
 
-    def __init__(self, path: Path, space: SearchSpace | None = None):
+    def __init__(self, path: Path, space: SearchSpace | None = None, readonly: bool = False):
         from toolkit.journal import Journal as JournalFile, line_error
 
         self.path = Path(path)
-        self._file = JournalFile(self.path, header=None, what="search journal")
+        self._file = JournalFile(self.path, header=None, what="search journal", readonly=readonly)
         space = space if space is not None else self._space_beside(self.path)
         self.records: dict[str, Evaluation] = {}
         lines: dict[str, int] = {}
@@ -491,12 +493,21 @@ def render_run(run_dir: Path, evals: Sequence[Evaluation], space: SearchSpace, o
     return front, hv
 
 
-def accuracy_measured(ev: Evaluation) -> bool:
-    """Whether ``ev``'s accuracy was measured. Journals written before the parent was always measured
-    recorded an unmeasured accuracy as 0.0 with no ``accuracy_stderr`` beside it: that is not a result."""
-    if ev.error is not None or "accuracy" not in ev.metrics:
+def accuracy_measured(ev: Evaluation | Mapping[str, Any]) -> bool:
+    """Whether ``ev``'s accuracy was measured: an :class:`Evaluation`, or an entry as ``pareto.json``
+    writes it (a boolean ``accuracy_measured`` flag there is the answer). Journals written before the
+    parent was always measured recorded an unmeasured accuracy as 0.0 with no ``accuracy_stderr``
+    beside it: that is not a result. The one definition (``toolkit report`` uses it too)."""
+    if isinstance(ev, Evaluation):
+        metrics, feasible, error = ev.metrics, ev.feasible, ev.error
+    else:
+        flag = ev.get("accuracy_measured")
+        if isinstance(flag, bool):
+            return flag
+        metrics, feasible, error = ev.get("metrics") or {}, ev.get("feasible", True), ev.get("error")
+    if error is not None or "accuracy" not in metrics:
         return False
-    return ev.feasible or ev.metrics["accuracy"] != 0.0 or "accuracy_stderr" in ev.metrics
+    return bool(feasible) or metrics["accuracy"] != 0.0 or "accuracy_stderr" in metrics
 
 
 def write_outputs(run_dir: Path, evals: Sequence[Evaluation], front: Sequence[Evaluation], objectives: Sequence[str],
@@ -542,7 +553,9 @@ def write_outputs(run_dir: Path, evals: Sequence[Evaluation], front: Sequence[Ev
 
 
 def load_evaluations(run_dir: str | Path) -> list[Evaluation]:
+    """A run's complete evaluations, by index. Read-only: the journal is left byte-identical (a torn
+    last line is skipped, not truncated), so this is safe beside a search that is still writing it."""
     path = Path(run_dir) / "evaluations.jsonl"
     if not path.exists():
         raise UserError(f"{run_dir}: no evaluations.jsonl (not a search run directory)")
-    return sorted(Journal(path).records.values(), key=lambda e: e.index)
+    return sorted(Journal(path, readonly=True).records.values(), key=lambda e: e.index)

@@ -43,6 +43,8 @@ def print_front(run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from toolkit.search import accuracy_measured
+
     pareto = json.loads((run_dir / "pareto.json").read_text())
     parent = pareto.get("parent") or {}
     pm = parent.get("metrics", {})
@@ -58,7 +60,7 @@ def print_front(run_dir: Path) -> None:
                   f"{speed / pm['decode_tokens_per_s']:.2f}x" if speed and pm.get("decode_tokens_per_s") else "-")
     Console().print(t)
     if pm:
-        measured = parent.get("accuracy_measured", "accuracy" in pm)  # absent in pareto.json files of older runs
+        measured = accuracy_measured(parent)  # the flag, or (older pareto.json files) the search's own rule
         acc = f"accuracy {pm['accuracy']:.3f}" if measured else "accuracy not measured"
         over = "" if parent.get("feasible", True) else " (over the constraints: not a candidate)"
         Console().print(f"parent: {acc}, predicted {pm.get('decode_tokens_per_s', 0):.1f} tok/s{over}")
