@@ -151,6 +151,81 @@ def test_parity_forgives_a_flip_at_a_near_tie_but_not_a_clear_one():
     assert not res.ok and res.max_abs_logit_diff == pytest.approx(2e-3) and not res.greedy_mismatches
 
 
+
+def _full_reference(margins, vocab=32):
+    """A Reference with the real TOP_K over a ``vocab``-token vocabulary; position t keeps ids t..t+k-1."""
+    from toolkit.export.parity import TOP_K, Reference
+
+    T = len(margins)
+    ids = tuple(tuple((t + j) % vocab for j in range(TOP_K)) for t in range(T))
+    vals = tuple(tuple([5.0, 5.0 - m] + [2.5 - 0.1 * j for j in range(TOP_K - 2)]) for m in margins)
+    return Reference(prompt="x", prompt_ids=(7,), continuation_ids=tuple(range(T - 1)), topk_ids=ids, topk_logits=vals)
+
+
+def _fake_runtime(ref, vocab=32, low=-10.0):
+    """What a faithful artifact returns: the reference's logits at its top-k ids, lower ones elsewhere."""
+    import numpy as np
+
+    out = np.full((len(ref.sequence), vocab), low)
+    for t, (ids, vals) in enumerate(zip(ref.topk_ids, ref.topk_logits)):
+        out[t, list(ids)] = vals
+    return out
+
+
+def test_parity_bounds_the_logits_outside_the_reference_top_k_at_every_position():
+    from toolkit.export.parity import ParityError, check, compare
+
+    ref = _full_reference([2.0, 1e-5, 2.0])  # position 1 is a near-tie
+    outside = 30  # in no position's top-8
+    assert all(outside not in row for row in ref.topk_ids)
+    assert compare(ref, _fake_runtime(ref)).ok
+    # a token the reference did not keep wins the near-tie (within the tolerance of the top-1, so no logit
+    # the reference kept is off): the margin rule forgives any argmax there, the top-k rule does not
+    logits = _fake_runtime(ref)
+    logits[1, outside] = ref.topk_logits[1][0] + 5e-4
+    res = compare(ref, logits)
+    assert not res.ok and res.off_topk == (1,) and not res.greedy_mismatches and res.max_abs_logit_diff == 0.0
+    with pytest.raises(ParityError, match=r"^what: parity: .*top-k .* 1 position\(s\) \(first: 1\)$"):
+        check(ref, logits, "what")
+    # far above the top-1 at the near-tie
+    logits[1, outside] = 50.0
+    assert compare(ref, logits).off_topk == (1,)
+    # not the argmax, but far above PyTorch's 8th logit (which bounds every id it did not keep), at a clear margin
+    logits = _fake_runtime(ref)
+    logits[2, outside] = ref.topk_logits[2][0] - 0.5
+    res = compare(ref, logits)
+    assert not res.ok and res.off_topk == (2,) and not res.greedy_mismatches
+    # up to the tolerance above the 8th logit is still a faithful artifact
+    logits[2, outside] = ref.topk_logits[2][-1] + 5e-4
+    assert compare(ref, logits).ok
+
+
+def test_verify_fails_an_artifact_with_a_wrong_logit_outside_the_top_k(exported, tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from toolkit.export.manifest import Manifest
+    from toolkit.export.onnx import OrtCausalLM
+
+    out, _ = exported
+    copy = _copy(out / "onnx", tmp_path / "onnx")
+    ref = Manifest.read(copy).parity_reference(copy)
+    vals = np.asarray(ref.topk_logits)
+    t = int(np.argmax(vals[:, 0] - vals[:, -1]))  # the position whose 8th logit is furthest below its top-1
+    assert vals[t, 0] - vals[t, -1] > 0.1
+    real = OrtCausalLM.teacher_forced_logits
+
+    def one_wrong_logit(self, sequence, prompt_len):
+        logits = real(self, sequence, prompt_len)
+        row = logits[t]
+        outside = next(i for i in np.argsort(row) if i not in ref.topk_ids[t])
+        row[outside] = row.max() - 0.05  # not the winner, but far above anything PyTorch gave it
+        return logits
+
+    monkeypatch.setattr(OrtCausalLM, "teacher_forced_logits", one_wrong_logit)
+    assert main(["verify", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "parity" in err[0] and str(copy) in err[0] and f"(first: {t})" in err[0]
+
 def test_reference_is_teacher_forced_and_small(exported):
     from toolkit.export.manifest import Manifest
     from toolkit.export.parity import CONTINUATION_TOKENS, TOP_K
@@ -383,6 +458,38 @@ def test_cli_export_then_resume_keeps_the_verified_folder(tiny_folder, calib, tm
     assert json.loads(capsys.readouterr().out)["hf"]["kept"] is True
     assert (out / "hf" / "manifest.json").read_bytes() == manifest and not (out / ".hf.x.tmp").exists()
 
+
+
+@pytest.mark.parametrize("subnet,field", [
+    (SubnetConfig((0, 1), (64, 64), (2, 8)), "heads[1]"),  # the tiny parent has 4 heads per layer
+    (SubnetConfig((0, 1), (512, 64), (2, 2)), "mlp[0]"),  # and MLP width 256
+])
+def test_export_config_that_does_not_fit_the_parent_is_refused_before_loading(tiny_folder, tmp_path, capsys,
+                                                                              monkeypatch, subnet, field):
+    import toolkit.models
+
+    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(subnet.to_json())
+    rc = main(["export", "--config", str(bad), "--model", str(tiny_folder), "--format", "hf",
+               "--out", str(tmp_path / "out"), "--calibration", str(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {bad}: {field}: "), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_loading_hf_and_onnx_folders_registers_nothing_in_transformers(exported, tiny_folder):
+    """Only the GPTQ paths register elastic_llama in the Auto classes; plain llama, elastic hf and onnx
+    folders (and their tokenizers) load without it, in a fresh process where nothing registered it."""
+    out, _ = exported
+    code = ("import sys; from pathlib import Path; from transformers import CONFIG_MAPPING;"
+            "from toolkit.export.hf import load_hf, load_tokenizer;"
+            "assert 'elastic_llama' not in CONFIG_MAPPING;"
+            "[load_tokenizer(Path(d)) for d in sys.argv[1:]]; load_hf(Path(sys.argv[2]));"
+            "print('registered' if 'elastic_llama' in CONFIG_MAPPING else 'clean')")
+    r = subprocess.run([sys.executable, "-c", code, str(tiny_folder), str(out / "hf"), str(out / "onnx")],
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.stdout.strip().splitlines()[-1:] == ["clean"], r.stderr[-2000:]
 
 # -- bad input before any model loads (items 4, 5, 7, 8) -------------------------------------------
 def _front_entry(acc, tps, cfg=CFG):

@@ -270,6 +270,23 @@ def check_fits(cfg: SubnetConfig, layer_shapes: Sequence[tuple[int, int]], group
             raise ConfigError(f"heads[{i}]", f"{h} heads exceed the parent layer {layer}'s {ph}", file)
 
 
+def check_fits_hf_config(cfg: SubnetConfig, config: Mapping[str, Any], file: str | None = None) -> None:
+    """:func:`check_fits` against a parent's ``config.json`` (a dict), before its weights load, so that
+    ``eval --subnet`` and ``export --config`` refuse a sub-network that does not fit in a second rather
+    than after loading the model. Only uniform parents (``llama``/``mistral``) are checked here; a
+    heterogeneous parent (per-layer sizes), or a config the model loader itself refuses with its own
+    one-line error, is left to the check on the loaded model's real layers."""
+    from types import SimpleNamespace
+
+    if config.get("model_type") not in ("llama", "mistral"):
+        return
+    try:
+        shape = ParentShape.from_hf_config(SimpleNamespace(**config))
+    except (AttributeError, TypeError, ConfigError):
+        return
+    shape.check(cfg, file)
+
+
 def _grid(lo: int, hi: int, step: int) -> tuple[int, ...]:
     return tuple(range(lo, hi + 1, step))
 

@@ -118,23 +118,6 @@ def _check_lengths(prepared, tokenizer, max_length: int, args) -> None:
             print(truncation_warning(task.name, cut, len(subset), max_length), file=sys.stderr)
 
 
-def _check_subnet_fits(subnet, config: dict, file: str) -> None:
-    """The sub-network against the parent's config.json, before the weights load. A heterogeneous parent
-    (per-layer sizes) is checked on its real layers once loaded."""
-    from types import SimpleNamespace
-
-    from toolkit.errors import ConfigError
-    from toolkit.space import ParentShape
-
-    if config.get("model_type") not in ("llama", "mistral"):
-        return
-    try:
-        shape = ParentShape.from_hf_config(SimpleNamespace(**config))
-    except (AttributeError, TypeError, ConfigError):
-        return  # a config the loader refuses with its own one-line error
-    shape.check(subnet, file)
-
-
 def run(args) -> int:
     if args.list:
         return _list_tasks()
@@ -178,7 +161,9 @@ def run(args) -> int:
     if peeked is not None:
         _check_lengths(prepared, *peeked[:2], args)
         if subnet is not None:
-            _check_subnet_fits(subnet, peeked[2], args.subnet)
+            from toolkit.space import check_fits_hf_config
+
+            check_fits_hf_config(subnet, peeked[2], args.subnet)
     from toolkit.measure import torch_threads
 
     with torch_threads(args.threads):  # scoped: the caller's thread count is back afterwards

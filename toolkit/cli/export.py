@@ -82,6 +82,13 @@ def run(args) -> int:
         raise UserError("nothing to export: give a search run directory or --config")
     if not model:
         raise UserError("--model: required with --config")
+    if args.config:  # (a run's members come from a search of its model, whose hash is checked once loaded)
+        from toolkit.evaluate import peek_tokenizer
+        from toolkit.space import check_fits_hf_config
+
+        peeked = peek_tokenizer(model)  # config.json and tokenizer, no weights
+        if peeked is not None:
+            check_fits_hf_config(cfg, peeked[2], args.config)
     profile = None
     if profile_ref:
         from toolkit.profiles import load_profile

@@ -299,7 +299,7 @@ def export_gptq(hf_folder: Path, out_dir: Path, *, bits: int = 4, group_size: in
     check_loadable(hf_folder)  # an elastic folder's modeling file must be the toolkit's own: none of it runs
     _check_shapes(hf_folder, bits, group_size)
     require_gptq()
-    register_elastic_llama()
+    register_elastic_llama()  # GPTQModel.load resolves the folder's class through transformers' Auto classes
     from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
@@ -368,7 +368,7 @@ def load_gptq(folder: Path, device: str = "cpu", dtype: str = "float32", trust_r
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise UserError(f"gptq load: unknown dtype {dtype!r} (float32, bfloat16, float16)")
-    register_elastic_llama()
+    register_elastic_llama()  # GPTQModel.load (and transformers' GPTQ quantizer) look the class up in the Auto classes
 
     failure = None
     with _quiet():  # caught inside, so that _quiet does not dump GPTQModel's output tail for a bad folder

@@ -100,7 +100,12 @@ def register_elastic_llama() -> None:
     """Map ``elastic_llama`` to the toolkit's classes in transformers' Auto registries, for third-party
     loaders (GPTQModel) that resolve a folder's class through ``AutoConfig``/``AutoModelForCausalLM``:
     they then build the toolkit's class without ``trust_remote_code``. Registers only this one model
-    type, with the toolkit's own code; nothing else changes."""
+    type, with the toolkit's own code; nothing else changes.
+
+    The registration is process-wide, so it is made only where GPTQModel needs it: by
+    :mod:`toolkit.export.gptq` just before it hands a folder to GPTQModel or to transformers' GPTQ loading
+    (``export_gptq``, ``load_gptq``). Loading an ``hf`` folder (:func:`load_hf` builds the class itself),
+    an ``onnx`` folder or a tokenizer (:func:`load_tokenizer`) never registers anything."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from toolkit.models.modeling_elastic_llama import ElasticLlamaConfig, ElasticLlamaForCausalLM
@@ -115,9 +120,10 @@ def load_failure(exc: BaseException) -> str:
 
 
 def load_tokenizer(folder: Path, trust_remote_code: bool = False):
+    """A folder's tokenizer, without its code unless ``trust_remote_code``. Registers nothing in transformers'
+    Auto classes (an ``elastic_llama`` config.json that AutoConfig does not know is read as a plain config)."""
     from transformers import AutoTokenizer
 
-    register_elastic_llama()  # AutoTokenizer reads config.json through AutoConfig
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as exc:  # the folder is user input

@@ -9,8 +9,12 @@ One check, used by every export format and by ``toolkit verify``:
 2. The artifact's runtime is fed the *same* token sequence (teacher forcing: it never picks its own next
    token) and returns its logits at every position.
 3. It passes when, at every position, its logits at the reference's top-k ids are within
-   :data:`TOLERANCE` of PyTorch's, and its own argmax (over the whole vocabulary) is PyTorch's top-1 at
-   every position where PyTorch's top-1 vs top-2 margin leaves no room for a tie.
+   :data:`TOLERANCE` of PyTorch's; its own argmax (over the whole vocabulary) is one of the reference's
+   top-k ids, its own max logit is at most PyTorch's top-1 logit plus :data:`TOLERANCE`, and its logit at
+   every id outside the top-k is at most PyTorch's k-th logit plus :data:`TOLERANCE` (PyTorch scored those
+   ids no higher than that), so no token whose logit the reference does not keep can score too high
+   anywhere, near-ties included; and its argmax is PyTorch's top-1 at every position where PyTorch's
+   top-1 vs top-2 margin leaves no room for a tie.
 
 Why not compare free-running greedy generation: two runtimes whose logits agree to 1e-4 still pick
 different tokens at the first near-tie (a margin below their rounding difference), after which they
@@ -20,7 +24,9 @@ a near-tie costs one position, and the margin rule does not count it at all.
 
 The margin rule: a position counts as a greedy decision only when PyTorch's margin exceeds
 ``2 * tolerance``: with every logit within ``tolerance``, the two leading logits can close a gap of up to
-twice that, so below it a different argmax is consistent with a passing logit comparison.
+twice that, so below it a different argmax is consistent with a passing logit comparison. The top-k rule
+holds everywhere: a correct artifact's argmax can fall outside PyTorch's top-k only if the k+1 leading
+logits all lie within ``2 * tolerance`` of each other.
 """
 
 from __future__ import annotations
@@ -134,21 +140,29 @@ class ParityResult:
     near_ties: int  # positions whose margin is too small to count as a greedy decision
     greedy_mismatches: tuple[int, ...] = field(default=())  # positions where the argmax differs despite a clear margin
     tolerance: float = TOLERANCE
+    # positions where the artifact's argmax is not among the reference's top-k ids, its max logit exceeds the
+    # reference's top-1, or a logit outside the top-k exceeds the reference's k-th, by more than the tolerance
+    # (checked at every position, near-ties included)
+    off_topk: tuple[int, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_logit_diff <= self.tolerance and not self.greedy_mismatches
+        return self.max_abs_logit_diff <= self.tolerance and not self.greedy_mismatches and not self.off_topk
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": "teacher-forced", "positions": self.positions, "tolerance": self.tolerance,
                 "max_abs_logit_diff": self.max_abs_logit_diff, "worst_position": self.worst_position,
-                "near_ties": self.near_ties, "greedy_mismatches": list(self.greedy_mismatches), "ok": self.ok}
+                "near_ties": self.near_ties, "greedy_mismatches": list(self.greedy_mismatches),
+                "off_topk": list(self.off_topk), "ok": self.ok}
 
     def describe(self) -> str:
         out = f"max |logit diff| {self.max_abs_logit_diff:.2e} (position {self.worst_position}, tolerance {self.tolerance:g})"
         if self.greedy_mismatches:
             out += f", argmax differs at {len(self.greedy_mismatches)} position(s) with a clear margin " \
                    f"(first: {self.greedy_mismatches[0]})"
+        if self.off_topk:
+            out += f", a token outside the reference's top-k wins or scores above the reference by more than the " \
+                   f"tolerance at {len(self.off_topk)} position(s) (first: {self.off_topk[0]})"
         return out
 
 
@@ -163,14 +177,26 @@ def compare(ref: Reference, logits: np.ndarray, tolerance: float = TOLERANCE) ->
     if ids.max() >= logits.shape[1]:
         raise ParityError(f"parity: the reference names token id {int(ids.max())}, the artifact's vocabulary "
                           f"has {logits.shape[1]}")
-    got = np.take_along_axis(logits.astype(np.float64), ids, axis=1)  # (T, k)
-    diff = np.abs(got - np.asarray(ref.topk_logits, dtype=np.float64)).max(axis=1)  # (T,)
+    full = logits.astype(np.float64)
+    vals = np.asarray(ref.topk_logits, dtype=np.float64)  # (T, k)
+    got = np.take_along_axis(full, ids, axis=1)  # (T, k)
+    diff = np.abs(got - vals).max(axis=1)  # (T,)
     clear = ref.margins > 2 * tolerance
-    argmax = logits.argmax(axis=1)
+    argmax = full.argmax(axis=1)
     mismatches = tuple(int(t) for t in np.flatnonzero(clear & (argmax != ids[:, 0])))
+    # Every position, near-ties too: the artifact's winner must be a token the reference kept, its best logit
+    # no higher than PyTorch's best + tolerance, and an id the reference did not keep (PyTorch scored it at
+    # most the k-th logit) no higher than the k-th + tolerance: this bounds every logit, not only the winner's.
+    in_topk = (ids == argmax[:, None]).any(axis=1)
+    too_high = full.max(axis=1) > vals[:, 0] + tolerance
+    rest = full.copy()
+    np.put_along_axis(rest, ids, -np.inf, axis=1)
+    rest_too_high = rest.max(axis=1) > vals[:, -1] + tolerance
+    off = tuple(int(t) for t in np.flatnonzero(~in_topk | too_high | rest_too_high | np.isnan(full).any(axis=1)))
     worst = int(diff.argmax())
     return ParityResult(positions=T, max_abs_logit_diff=float(diff[worst]), worst_position=worst,
-                        near_ties=int((~clear).sum()), greedy_mismatches=mismatches, tolerance=tolerance)
+                        near_ties=int((~clear).sum()), greedy_mismatches=mismatches, tolerance=tolerance,
+                        off_topk=off)
 
 
 # -- runtimes -------------------------------------------------------------------------------------
@@ -214,4 +240,5 @@ def merge(results: Sequence[ParityResult]) -> dict[str, Any]:
             "continuation_tokens": CONTINUATION_TOKENS, "top_k": TOP_K, "tolerance": worst.tolerance,
             "max_abs_logit_diff": worst.max_abs_logit_diff, "near_ties": sum(r.near_ties for r in results),
             "greedy_mismatches": sum(len(r.greedy_mismatches) for r in results),
+            "off_topk": sum(len(r.off_topk) for r in results),
             "ok": all(r.ok for r in results)}
