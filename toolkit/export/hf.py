@@ -123,12 +123,19 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     """A folder's tokenizer, without its code unless ``trust_remote_code``. Registers nothing in transformers'
     Auto classes (an ``elastic_llama`` config.json that AutoConfig does not know is read as a plain config)."""
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # Reading an unregistered elastic_llama config.json as a plain one makes transformers warn that the
+    # model types differ; only the tokenizer files are used here, so that warning is noise for the user.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as exc:  # the folder is user input
         raise UserError(f"{folder}: cannot load the tokenizer{'' if trust_remote_code else ' without running the folder code'} "
                         f"({load_failure(exc)})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def load_hf(folder: Path, trust_remote_code: bool = False, dtype: str = "float32"):
