@@ -86,3 +86,14 @@ def pytest_sessionfinish(session, exitstatus):
             reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
             print(f"\nci: skipped but CI installs everything: {rep.nodeid}: {reason}")
         session.exitstatus = 1
+
+
+@pytest.fixture
+def model_must_not_load(monkeypatch):
+    """Fail the test if a model is loaded: for inputs that must be refused before any weights are read."""
+    import toolkit.models
+
+    def load_model(*args, **kwargs):
+        pytest.fail("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(toolkit.models, "load_model", load_model)

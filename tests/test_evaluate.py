@@ -361,15 +361,13 @@ def test_a_multi_megabyte_context_is_cut_before_tokenizing_and_scores_as_lm_eval
         [((c + x)[-513:], x) for c, x in ref]
 
 
-def test_cli_eval_refuses_an_over_long_continuation_before_loading(tiny_folder, tmp_path, capsys, monkeypatch):
+def test_cli_eval_refuses_an_over_long_continuation_before_loading(tiny_folder, tmp_path, capsys, model_must_not_load):
     from toolkit.cli.main import main
-    import toolkit.models
 
     path = tmp_path / "long.jsonl"
     rows = [{"context": "Q: a?\nA:", "choices": [" a", " b"], "label": 0},
             {"context": "Q: b?\nA:", "choices": [" x" * 600, " b"], "label": 1}]  # 1200 tokens > 512
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(["eval", "--model", str(tiny_folder), "--task", str(path), "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{path}:2: choice 0:" in err[0] and "maximum length 512" in err[0]
@@ -396,11 +394,9 @@ def test_cli_eval_warns_once_when_contexts_are_cut(tiny_folder, tmp_path, capsys
     (["--dtype", "float33"], "--dtype: unknown torch dtype"),
     (["--subnet", "MISSING"], "MISSING"),
 ])
-def test_cli_eval_bad_arguments_are_one_line_before_loading(tiny_folder, tmp_path, capsys, monkeypatch, flags, message):
+def test_cli_eval_bad_arguments_are_one_line_before_loading(tiny_folder, tmp_path, capsys, flags, message, model_must_not_load):
     from toolkit.cli.main import main
-    import toolkit.models
 
-    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     flags = [str(tmp_path / "missing.json") if f == "MISSING" else f for f in flags]
     message = str(tmp_path / "missing.json") if message == "MISSING" else message
     assert main(["eval", "--model", str(tiny_folder), "--task", str(_items(tmp_path)), *flags]) == 2
@@ -417,13 +413,11 @@ def test_cli_eval_threads_are_scoped(tiny_folder, tmp_path, capsys):
     assert torch.get_num_threads() == before
 
 
-def test_cli_eval_refuses_a_subnet_that_does_not_fit_before_loading(tiny_folder, tmp_path, capsys, monkeypatch):
+def test_cli_eval_refuses_a_subnet_that_does_not_fit_before_loading(tiny_folder, tmp_path, capsys, model_must_not_load):
     from toolkit.cli.main import main
-    import toolkit.models
 
     cfg = tmp_path / "wide.json"
     cfg.write_text(json.dumps({"layers": [0, 1], "mlp": [512, 64], "heads": [2, 2]}))  # the parent's MLP is 256
-    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(["eval", "--model", str(tiny_folder), "--subnet", str(cfg), "--task", str(_items(tmp_path))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(cfg) in err[0] and "mlp[0]" in err[0]

@@ -465,10 +465,8 @@ def test_cli_export_then_resume_keeps_the_verified_folder(tiny_folder, calib, tm
     (SubnetConfig((0, 1), (512, 64), (2, 2)), "mlp[0]"),  # and MLP width 256
 ])
 def test_export_config_that_does_not_fit_the_parent_is_refused_before_loading(tiny_folder, tmp_path, capsys,
-                                                                              monkeypatch, subnet, field):
-    import toolkit.models
+                                                                              subnet, field, model_must_not_load):
 
-    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     bad = tmp_path / "bad.json"
     bad.write_text(subnet.to_json())
     rc = main(["export", "--config", str(bad), "--model", str(tiny_folder), "--format", "hf",

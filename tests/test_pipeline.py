@@ -139,11 +139,9 @@ def _search_args(tiny_folder, profile, predictor, task_file, calib_text, out):
     (["--objectives", "accuracy"], "--objectives: need at least two"),
 ])
 def test_bad_search_arguments_are_one_line_before_loading(tmp_path, tiny_folder, tiny_hash, task_file, calib_text,
-                                                          capsys, monkeypatch, flags, message):
-    import toolkit.models
+                                                          capsys, flags, message, model_must_not_load):
 
     profile, predictor = _prior_setup(tmp_path, tiny_hash)
-    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     out = tmp_path / "run"
     args = _search_args(tiny_folder, profile, predictor, task_file, calib_text, out)
     assert main(args + flags) == 2
@@ -152,14 +150,12 @@ def test_bad_search_arguments_are_one_line_before_loading(tmp_path, tiny_folder,
     assert not out.exists()
 
 
-def test_one_choice_task_row_is_refused_before_loading(tmp_path, tiny_folder, tiny_hash, calib_text, capsys, monkeypatch):
-    import toolkit.models
+def test_one_choice_task_row_is_refused_before_loading(tmp_path, tiny_folder, tiny_hash, calib_text, capsys, model_must_not_load):
 
     profile, predictor = _prior_setup(tmp_path, tiny_hash)
     task = tmp_path / "one.jsonl"
     task.write_text(json.dumps({"context": "Q:", "choices": [" a", " b"], "label": 0}) + "\n"
                     + json.dumps({"context": "Q:", "choices": [" a"], "label": 0}) + "\n")
-    monkeypatch.setattr(toolkit.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(_search_args(tiny_folder, profile, predictor, task, calib_text, tmp_path / "run")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{task}:2: choices: need at least 2" in err[0]

@@ -237,15 +237,9 @@ def test_cli_predict_binary_files_and_string_coefficients(tmp_path, saved_prior,
     (["--seed", "-1"], "--seed"),
     (["--out", "{dir}"], "is a directory"),
 ])
-def test_cli_calibrate_bad_arguments_before_loading_anything(tmp_path, capsys, monkeypatch, flags, needle):
-    import toolkit.models
-
+def test_cli_calibrate_bad_arguments_before_loading_anything(tmp_path, capsys, model_must_not_load, flags, needle):
     from toolkit.cli.main import main
 
-    def no_load(*a, **k):
-        raise AssertionError("the model was loaded before the arguments were checked")
-
-    monkeypatch.setattr(toolkit.models, "load_model", no_load)
     out = tmp_path / "pred.json"
     flags = [f.format(dir=tmp_path) for f in flags]
     argv = ["calibrate", "--profile", "ryzen9-7950x", "--model", "smollm2-135m", "--out", str(out), *flags]
