@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from toolkit.errors import UserError
-from toolkit.tasks import Example, Task, TaskData, get_task, load_task
+from toolkit.tasks import PARTS, Example, Task, TaskData, get_task, load_task
 
 EVAL_VERSION = 1
 # Tokens per packed forward: on a 2-core AVX2 CPU, 1024-2048 ran HellaSwag ~10 % faster than 4096 (whose
@@ -400,6 +400,7 @@ class TaskResult:
     num_fewshot: int = 0
     limit: int | None = None
     seed: int = 0
+    split: str = "all"  # the task's part the examples come from (toolkit.tasks: "search", "report", "all")
     tokens_forward: int = 0  # tokens run through the decoder (shared prefixes once)
     cpu_seconds: float = 0.0  # process CPU time (all threads): the work, whatever else shares the cores
     truncated_examples: int = 0  # examples whose context was cut from the left to the model's max length
@@ -413,11 +414,13 @@ class TaskResult:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"TaskResult: {name} must be in [0, 1], got {v}")
+        if self.split not in PARTS:
+            raise ValueError(f"TaskResult: split must be one of {', '.join(PARTS)}, got {self.split!r}")
 
     def to_dict(self, per_example: bool = False) -> dict[str, Any]:
         d = {
             "version": self.version, "task": self.task, "n": self.n, "num_fewshot": self.num_fewshot,
-            "limit": self.limit, "seed": self.seed, "acc": self.acc, "acc_stderr": self.acc_stderr,
+            "limit": self.limit, "seed": self.seed, "split": self.split, "acc": self.acc, "acc_stderr": self.acc_stderr,
             "acc_norm": self.acc_norm, "acc_norm_stderr": self.acc_norm_stderr, "seconds": self.seconds,
             "cpu_seconds": self.cpu_seconds, "tokens_forward": self.tokens_forward,
             "truncated_examples": self.truncated_examples, "metrics": list(self.metrics),
@@ -525,12 +528,15 @@ def evaluate_task(
     add_bos_token: bool | None = None,
     max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: bool = True,
+    split: str = "all",
 ) -> TaskResult:
     """Evaluate a model on a multiple-choice task: lm-eval's acc / acc_norm and their standard errors.
 
     ``task`` is a registered name, a :class:`Task`, or already-loaded :class:`TaskData`. ``limit`` takes a
     fixed seeded subset (the same ``limit`` and ``seed`` give the same examples; use it inside the search),
-    ``None`` the full set (for reports).
+    ``None`` the full set. ``split`` takes the task's "search" or "report" part first (see
+    :mod:`toolkit.tasks`: the search selects on its part, reports are measured on the other); "all" keeps
+    ``task`` as it is (already-split :class:`TaskData` stays its part). ``TaskResult.split`` records it.
     """
     t0, c0 = time.perf_counter(), time.process_time()
     if isinstance(task, TaskData):
@@ -541,6 +547,8 @@ def evaluate_task(
 
             data_dir = default_data_dir(None)
         data = load_task(get_task(task) if isinstance(task, str) else task, data_dir, num_fewshot)
+    if split != "all":  # "all": the data as given (a part already taken stays that part)
+        data = data.split(split)
     data = data.select(limit, seed)
     examples = data.examples
     if progress:
@@ -559,7 +567,7 @@ def evaluate_task(
         acc_norm=float(np.mean(acc_norm)), acc_norm_stderr=mean_stderr(acc_norm),
         seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, metrics=data.task.metrics,
         higher_is_better=dict(data.task.higher_is_better), num_fewshot=data.num_fewshot, limit=limit, seed=seed,
-        tokens_forward=tokens, truncated_examples=sum(r.truncated for r in per), per_example=tuple(per),
+        split=data.part, tokens_forward=tokens, truncated_examples=sum(r.truncated for r in per), per_example=tuple(per),
     )
 
 

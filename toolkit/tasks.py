@@ -27,10 +27,23 @@ context up to and including the first blank line.
 
 Any other ``*.jsonl`` path in the common schema is a task too (``scoring="choices"``). Every row is
 checked; a bad one stops loading with one line naming the file, the line number and the field.
+
+**Search and report parts** (:meth:`TaskData.split`). The search keeps the sub-networks whose accuracy on
+its examples came out highest; among many candidates with noisy estimates (standard error ~3.5 pt at
+n=200) the winners are partly the lucky ones, so their accuracy on those same examples is biased upwards
+(selection bias, the "winner's curse"). Numbers that are reported must therefore be measured on examples
+the search never saw. Every multiple-choice task is cut into two disjoint halves: the *search* part (the
+first ``round(n / 2)`` positions of a fixed permutation, where ``toolkit search`` draws its ``--limit``
+subset) and the *report* part (the rest; ``toolkit eval --split report``). The permutation depends only on
+the task's name and its number of examples, never on a search seed, so every run, process and machine
+cuts the same way. It orders the positions by SHA-256 of ``"<task name>:<position>"`` rather than with a
+numpy Generator: numpy does not promise the same stream across releases (NEP 19), and a split that moved
+after an upgrade would leak search examples into reports.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -43,6 +56,7 @@ from toolkit.errors import ConfigError, UserError
 
 TASK_VERSION = 1
 SCORINGS = ("choices", "partial", "perplexity")
+PARTS = ("search", "report", "all")  # TaskData.split: the search's half, the held-out half, everything
 
 
 @dataclass(frozen=True)
@@ -147,21 +161,61 @@ class Example:
         return len(self.requests)
 
 
+def split_positions(name: str, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(search positions, report positions) of a task named ``name`` with ``n`` examples, each sorted.
+
+    The permutation orders positions by SHA-256 of ``"<name>:<position>"`` (see the module docstring);
+    the search part is its first ``round(n / 2)`` positions, the report part the rest.
+    """
+    if n < 2:
+        raise UserError(f"task {name}: {n} example(s) cannot be split into search and report parts (need at least 2)")
+    order = sorted(range(n), key=lambda i: hashlib.sha256(f"{name}:{i}".encode()).digest())
+    cut = round(n / 2)
+    return tuple(sorted(order[:cut])), tuple(sorted(order[cut:]))
+
+
 @dataclass(frozen=True)
 class TaskData:
-    """A task's examples, loaded and validated; ``select`` takes a seeded subset."""
+    """A task's examples, loaded and validated; ``split`` takes the search or report part, ``select`` a
+    seeded subset (of the part)."""
 
     task: Task
     file: Path
     examples: tuple[Example, ...]
     num_fewshot: int = 0
     indices: tuple[int, ...] = ()  # positions in the full file (all of them when not a subset)
+    # Which part of the task these examples come from: "search", "report" or "all". (Named ``part``, not
+    # ``split``: ``split`` is the method that takes one, and ``Task.split`` is the dataset's own split.)
+    part: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.part not in PARTS:
+            raise UserError(f"split: must be one of {', '.join(PARTS)}, got {self.part!r}")
 
     def __len__(self) -> int:
         return len(self.examples)
 
+    def split(self, part: str) -> "TaskData":
+        """The ``part`` ("search", "report" or "all") of the whole task, in file order; ``indices`` stay
+        positions in the full file. Asking a part for its own part returns it; any other split of a part,
+        or a split of a ``select`` subset (its halves would not be the task's), is a :class:`UserError`."""
+        if part not in PARTS:
+            raise UserError(f"split: must be one of {', '.join(PARTS)}, got {part!r}")
+        if part == self.part:
+            return self
+        if self.part != "all":
+            raise UserError(f"task {self.task.name}: already the {self.part} part; it cannot be split again "
+                            "(split the whole task, then select)")
+        if self.indices and self.indices != tuple(range(len(self.examples))):
+            raise UserError(f"task {self.task.name}: a {len(self)}-example subset cannot be split; split the whole "
+                            "task first, then select")
+        search, report = split_positions(self.task.name, len(self.examples))
+        keep = search if part == "search" else report
+        return replace(self, examples=tuple(self.examples[i] for i in keep), indices=keep, part=part)
+
     def select(self, limit: int | None, seed: int = 0) -> "TaskData":
-        """A fixed random subset of ``limit`` examples (seeded; kept in file order); all when ``limit`` is None."""
+        """A fixed random subset of ``limit`` examples (seeded; kept in file order) of this part; all when
+        ``limit`` is None."""
         n = len(self.examples)
         if limit is None or limit >= n:
             return self
