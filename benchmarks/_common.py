@@ -39,9 +39,11 @@ def command() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
-def write(name: str, data: dict) -> Path:
+def write(name: str, data: dict, results_dir: Path | None = None, command_line: str | None = None) -> Path:
+    """``<results_dir>/<name>.json`` (default ``benchmarks/results``), atomically, with the command and machine.
+    ``command_line`` replaces ``sys.argv`` for a script whose ``main(argv)`` was called from Python (tests)."""
     from toolkit.fileio import atomic_write_json
 
-    path = RESULTS / f"{name}.json"
-    atomic_write_json(path, {"benchmark": name, "command": command(), "machine": machine(), **data})
+    path = Path(results_dir or RESULTS) / f"{name}.json"
+    atomic_write_json(path, {"benchmark": name, "command": command_line or command(), "machine": machine(), **data})
     return path
