@@ -21,6 +21,12 @@ the parent: it is the reference results are read against, so its accuracy is alw
 error, made infeasible, and the search goes on; a :class:`UserError` (bad input, the same for every
 candidate) stops it instead. ``pareto.json`` counts the feasible candidates (``feasible_count``): 0 means
 the front is empty, and ``toolkit search`` exits 3.
+
+**Which examples.** ``toolkit search`` grades candidates on the task's *search* part only
+(:meth:`toolkit.tasks.TaskData.split`); the front's accuracies are selected on, so they are optimistic, and
+numbers to report come from the disjoint *report* part (``toolkit eval --split report``). ``run.json``
+records the part in ``meta.split`` (runs from before it: all examples), a resume on another part is
+refused, and ``pareto.json`` says which part its accuracies are on (``split``, ``limit``).
 """
 
 from __future__ import annotations
@@ -265,6 +271,20 @@ def read_run_record(run_dir: str | Path) -> dict[str, Any]:
     return record
 
 
+def run_split(meta: Mapping[str, Any]) -> str:
+    """The task part a run's accuracies were measured on (``meta.split``); runs journaled before the
+    split existed have none and were graded on all examples."""
+    return meta.get("split", "all")
+
+
+def check_same_split(run_json: Path, old_meta: Mapping[str, Any], split: str) -> None:
+    """Refuse to resume a run on another part of the task: its journaled accuracies would not compare."""
+    was = run_split(old_meta)
+    if was != split:
+        why = " (runs made before --split existed were graded on all examples)" if "split" not in old_meta else ""
+        raise UserError(f"{run_json}: meta.split: was {was!r}, now {split!r}; resume with --split {was}{why}")
+
+
 # accuracy_fn(cfg) -> {"accuracy": float, "accuracy_stderr": float, ...}
 AccuracyFn = Callable[[SubnetConfig], Mapping[str, float]]
 # predict_fn(cfg) -> {"decode_tokens_per_s", "prefill_ms", "peak_mem_bytes", "params", ...}
@@ -350,6 +370,7 @@ class Searcher:
             for k in ("model_hash", "task", "limit", "predictor", "eval_dtype"):
                 if k in old.get("meta", {}) and old["meta"].get(k) != record["meta"].get(k):
                     raise UserError(f"{run_json}: meta.{k}: was {old['meta'].get(k)!r}, now {record['meta'].get(k)!r}")
+            check_same_split(run_json, old.get("meta", {}), run_split(record["meta"]))
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run_json, record)
@@ -521,6 +542,10 @@ def write_outputs(run_dir: Path, evals: Sequence[Evaluation], front: Sequence[Ev
         "profile": meta.get("profile"),
         "profile_file": meta.get("profile_file"),
         "task": meta.get("task"),
+        # Which examples the accuracies are on: the search part, selected on (optimistic for the front's
+        # winners; re-measure them with `toolkit eval --split report`), or all of them in older runs.
+        "split": run_split(meta),
+        "limit": meta.get("limit"),
         "objectives": [{"name": o, "higher_is_better": OBJECTIVES[o].higher_is_better} for o in objectives],
         "settings": record.get("settings"),
         "evaluations": len(evals),

@@ -9,7 +9,8 @@ from toolkit.cli.common import add_data_dir_arg, add_model_arg, default_calibrat
 
 EXAMPLES = """examples:
   toolkit eval --model smollm2-135m --task arc_easy --limit 200          # seeded fixed subset (search)
-  toolkit eval --model smollm2-135m --task arc_easy,piqa                 # full sets (reports)
+  toolkit eval --model smollm2-135m --task arc_easy,piqa --split report  # held-out half (reports)
+  toolkit eval --model smollm2-135m --task arc_easy,piqa                 # full sets
   toolkit eval --model smollm2-135m --subnet run/best.json --task hellaswag --limit 500
   toolkit eval --model smollm2-135m --task mmlu --num-fewshot 5 --limit 1000
   toolkit eval --model ./my-llama --task my_items.jsonl                  # any JSONL in the common schema
@@ -29,6 +30,10 @@ def register(sub) -> None:
     p.add_argument("--subnet", default=None, help="evaluate this sub-network (SubnetConfig JSON) of the model")
     p.add_argument("--limit", type=int, default=None, help="a seeded fixed subset of N examples (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
+    p.add_argument("--split", choices=("search", "report", "all"), default="all",
+                   help="which part of each task: 'report' is the half `toolkit search` never sees (use it for "
+                        "numbers you report: the search's own accuracies are selected on and biased upwards), "
+                        "'search' the half it selects on, 'all' every example (default); --limit draws within it")
     p.add_argument("--num-fewshot", type=int, default=0, help="few-shot examples (mmlu: 0 or 5)")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="tokens per packed forward (default: the evaluator's, 2048)")
@@ -131,6 +136,13 @@ def run(args) -> int:
     from toolkit.tasks import get_task, load_task
 
     tasks = [get_task(n.strip()) for n in (args.task or "").split(",") if n.strip()]
+    if args.split != "all":
+        if args.text:
+            raise UserError(f"--split {args.split}: splits tasks' examples; --text is a perplexity text (use --split all)")
+        for t in tasks:
+            if t.scoring == "perplexity":
+                raise UserError(f"--split {args.split}: {t.name} is a perplexity corpus, not split into parts "
+                                "(use --split all, or evaluate it separately)")
     needs_data = any(not t.file.startswith("/") for t in tasks)
     root = data_dir(args.data_dir) if needs_data else None
     # Read and validate every task file before the model loads: a bad file fails in a second, not minutes.
@@ -142,7 +154,7 @@ def run(args) -> int:
                 raise UserError(f"{path}: perplexity corpus not found")
             prepared.append((t, path))
         else:
-            prepared.append((t, load_task(t, root, args.num_fewshot)))
+            prepared.append((t, load_task(t, root, args.num_fewshot).split(args.split)))
     if args.text:
         from pathlib import Path
 
@@ -219,6 +231,7 @@ def _print_table(record) -> None:
         for m in ("acc", "acc_norm"):
             official = "" if m in r["metrics"] else " (not reported by lm-eval)"
             shots = f" {r['num_fewshot']}-shot" if r["num_fewshot"] else ""
-            t.add_row(r["task"] + shots, str(r["n"]), m + " ↑" + official, f"{r[m]:.4f}", f"±{r[m + '_stderr']:.4f}",
+            part = f" ({r['split']} part)" if r.get("split", "all") != "all" else ""
+            t.add_row(r["task"] + shots + part, str(r["n"]), m + " ↑" + official, f"{r[m]:.4f}", f"±{r[m + '_stderr']:.4f}",
                       f"{r['seconds']:.1f}")
     Console().print(t)

@@ -39,6 +39,19 @@ def rerender(run_dir: Path) -> dict:
     return json.loads((run_dir / "pareto.json").read_text())
 
 
+def accuracy_source(pareto: dict) -> str:
+    """One line saying which examples a run's accuracies are on (``pareto.json``'s task, split, limit)."""
+    split = pareto.get("split", "all")  # pareto.json files from before the split: all examples
+    part = {"search": "the search part", "all": "all examples"}.get(split, f"the {split} part")
+    subset = f"a seeded subset of {pareto['limit']} from " if pareto.get("limit") else ""
+    if split == "all":
+        why = ("this run graded every example, the report part included, so none is held out from it: search "
+               "with --split search for numbers free of its selection")
+    else:
+        why = "the search selected on them, so the front's are optimistic: measure it with `toolkit eval --split report`"
+    return f"accuracies: {pareto['task']}, {subset}{part}; {why}"
+
+
 def print_front(run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -59,6 +72,8 @@ def print_front(run_dir: Path) -> None:
                   f"{speed:.1f}" if speed else "-",
                   f"{speed / pm['decode_tokens_per_s']:.2f}x" if speed and pm.get("decode_tokens_per_s") else "-")
     Console().print(t)
+    if pareto.get("task"):
+        Console().print(accuracy_source(pareto))
     if pm:
         measured = accuracy_measured(parent)  # the flag, or (older pareto.json files) the search's own rule
         acc = f"accuracy {pm['accuracy']:.3f}" if measured else "accuracy not measured"

@@ -13,6 +13,8 @@ EXAMPLES = """examples:
       --task arc_easy --limit 200 --evals 100 --population 20 --seed 0 --out run/search
   toolkit search ... --out run/search --resume          # continue a killed search
   toolkit search ... --algorithm random --out run/random  # the baseline at the same budget
+  toolkit eval --model smollm2-135m --subnet SUBNET.json --task arc_easy --split report
+                                                         # a front member on the half the search never saw
 
 exit codes: 0 a front was found; 2 bad input (one line on stderr, before the model loads); 3 the search
 ran but no candidate was feasible (all over the constraints, or all failed): pareto.json has
@@ -32,7 +34,12 @@ def register(sub) -> None:
     p.add_argument("--profile", required=True, help="device profile (name in profiles/ or a YAML file)")
     p.add_argument("--predictor", required=True, help="predictor JSON from `toolkit calibrate`")
     p.add_argument("--task", default="arc_easy", help="task name (see `toolkit eval --list`) or a JSONL file")
-    p.add_argument("--limit", type=int, default=200, help="examples per evaluation (a seeded fixed subset); 0 = all")
+    p.add_argument("--limit", type=int, default=200,
+                   help="examples per evaluation (a seeded fixed subset of the --split part); 0 = the whole part")
+    p.add_argument("--split", choices=("search", "all"), default="search",
+                   help="the task's part candidates are graded on (default: 'search', the half that "
+                        "`toolkit eval --split report` never shares, so reported numbers are free of the search's "
+                        "selection); 'all' only to resume or repeat runs made before the split existed")
     p.add_argument("--evals", type=int, default=100, help="distinct sub-networks to evaluate")
     p.add_argument("--population", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -76,7 +83,7 @@ def _check_run_dir(args, settings) -> None:
     """--out before anything loads: a run there needs --resume, and a resumed run.json must be readable
     and have been searched with these settings (the rest of it is compared once the model is known)."""
     from toolkit.errors import UserError
-    from toolkit.search import read_run_record
+    from toolkit.search import check_same_split, read_run_record
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -88,6 +95,7 @@ def _check_run_dir(args, settings) -> None:
     record = read_run_record(out)
     if record["settings"] != settings.to_dict():
         raise UserError(f"{out / 'run.json'}: settings: differs from this invocation; resume with the original arguments")
+    check_same_split(out / "run.json", record.get("meta", {}), args.split)
 
 
 def _nothing_feasible(result, settings) -> str:
@@ -134,7 +142,8 @@ def run(args) -> int:
         raise UserError(f"{args.predictor}: profile.fingerprint: calibrated for {predictor.profile_name!r}, "
                         f"not for the profile {profile.name!r} being searched for")
     _check_run_dir(args, settings)
-    task_data = load_task(get_task(args.task), data_dir(args.data_dir))  # read once, reused per candidate
+    # Read once, reused per candidate; only the search part (never the report part) is graded on.
+    task_data = load_task(get_task(args.task), data_dir(args.data_dir)).split(args.split)
     limit = args.limit or None
     subset = task_data.select(limit, args.seed)  # the examples every candidate is graded on
 
@@ -165,7 +174,7 @@ def run(args) -> int:
 
     meta = {"model": args.model, "model_hash": loaded.model_hash, "profile": profile.name,
             "profile_file": str(find_profile(args.profile).resolve()), "task": task_data.task.name,
-            "limit": limit, "predictor": str(Path(args.predictor).resolve()),
+            "limit": limit, "split": args.split, "predictor": str(Path(args.predictor).resolve()),
             "eval_dtype": args.eval_dtype or profile.runtime.dtype}
     from toolkit.progress import enabled, progress_bar
 
