@@ -41,6 +41,7 @@ optimizer memory, not compute (the weight gradient of the merged tensor is still
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -345,7 +346,7 @@ class SupernetTrainer:
         self.val_windows = val_windows
         self.teacher = teacher
         self.device = parent.device  # training runs where the parent is (windows stay on the CPU until used)
-        if config.teacher == "original" and teacher is None:
+        if config.teacher == "original" and teacher is None and config.method != "local":
             raise ValueError("teacher='original' needs the frozen original model")
         if teacher is not None:
             teacher.eval().requires_grad_(False)
@@ -369,6 +370,7 @@ class SupernetTrainer:
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
         self.monitor = monitor_configs(self.space)
+        self.cpu_offset_s = 0.0  # training CPU spent before the global steps (the local phase)
 
     def _trainable_names(self) -> list[str]:
         if self.lora is not None:
@@ -390,7 +392,7 @@ class SupernetTrainer:
 
     def train_step(self) -> dict[str, Any]:
         c = self.config
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         lr = c.lr_at(self.step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
@@ -421,13 +423,18 @@ class SupernetTrainer:
         self.step += 1
         record = {"step": self.step, "lr": lr, "loss": losses,
                   "configs": {n: cfg.to_dict() for n, cfg in nets if n.startswith("random")},
-                  "seconds": round(time.perf_counter() - t0, 3)}
+                  "seconds": round(time.perf_counter() - t0, 3), "cpu_seconds": round(time.process_time() - c0, 3)}
         self.history.append(record)
         return record
 
+    def train_cpu_seconds(self) -> float:
+        """Training CPU time so far: the local phase plus every global step (monitor evaluations excluded)."""
+        return self.cpu_offset_s + sum(h.get("cpu_seconds", h["seconds"]) for h in self.history)
+
     @torch.no_grad()
-    def evaluate(self) -> dict[str, Any]:
-        """Held-out perplexity of the monitor sub-networks (and the original model) at the current step."""
+    def evaluate(self, phase: str = "global", cpu_seconds: float | None = None) -> dict[str, Any]:
+        """Held-out perplexity of the monitor sub-networks at the current step (``phase`` labels the point:
+        sliced | least_squares | local | global; ``cpu_seconds`` overrides the training CPU it is plotted at)."""
         if self.val_windows is None or self.val_windows.shape[0] == 0:
             return {}
         was = self.parent.training
@@ -439,7 +446,8 @@ class SupernetTrainer:
                    for name, cfg in self.monitor.items()}
         finally:
             self.parent.train(was)
-        record = {"step": self.step, "val_ppl": ppl}
+        record = {"step": self.step, "phase": phase, "val_ppl": ppl,
+                  "train_cpu_seconds": round(self.train_cpu_seconds() if cpu_seconds is None else cpu_seconds, 3)}
         self.evals.append(record)
         return record
 
@@ -528,6 +536,14 @@ class SupernetTrainer:
         return merged
 
 
+def _tokens_per_cpu_hour(trainer: SupernetTrainer) -> float | None:
+    """Training tokens per hour of process CPU time (all threads; monitor evaluations excluded)."""
+    cpu = sum(h.get("cpu_seconds", h["seconds"]) for h in trainer.history)
+    c = trainer.config
+    tokens = len(trainer.history) * c.seq_len * c.batch_size * c.grad_accum
+    return round(tokens / cpu * 3600, 1) if cpu > 0 else None  # the global steps; the local phase: finetune.json "local"
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
@@ -562,6 +578,8 @@ def save_supernet(trainer: SupernetTrainer, folder: str | Path, info: Mapping[st
             "monitor_configs": {n: c.to_dict() for n, c in trainer.monitor.items()},
             "loss_curve": [{"step": h["step"], **h["loss"]} for h in trainer.history],
             "step_seconds": [h["seconds"] for h in trainer.history],
+            "step_cpu_seconds": [h.get("cpu_seconds") for h in trainer.history],
+            "tokens_per_cpu_hour": _tokens_per_cpu_hour(trainer),
             "val_ppl_curve": trainer.evals,
             **info,
         })
@@ -575,9 +593,12 @@ def save_supernet(trainer: SupernetTrainer, folder: str | Path, info: Mapping[st
 # -- the whole job (used by the CLI) ----------------------------------------------------------------
 def finetune(model: str, data_file: str | Path, out: str | Path, config: FinetuneConfig, calibration_file: str | Path,
              resume: bool = False, overwrite: bool = False, log: Callable[[str], None] | None = None,
-             max_minutes: float | None = None, command: str | None = None, device: str = "cpu") -> Path:
+             max_minutes: float | None = None, command: str | None = None, device: str = "cpu",
+             max_cpu_minutes: float | None = None, workers: int = 1) -> Path:
     """Load, sort, train (resumably) on ``device`` and save the super-network. Returns the output folder.
 
+    ``max_cpu_minutes`` is a budget of training CPU time for the whole run (all sessions, all threads;
+    monitor evaluations excluded): the unit in which methods are compared fairly on a shared machine.
     ``max_minutes`` (wall clock, this session) and SIGTERM stop training early but cleanly: the step in
     flight finishes, a checkpoint is written and the super-network is saved; ``--resume`` continues.
     """
@@ -591,7 +612,8 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
 
     out = Path(out)
     ckpt = out / "checkpoint"
-    if resume and not (ckpt / "state.json").is_file():
+    local = config.method != "global"
+    if resume and not (ckpt / "state.json").is_file() and not (local and (out / "local_cache").is_dir()):
         raise UserError(f"{ckpt}: no checkpoint to resume from")
     if not resume and out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: exists and is not empty (pass --resume to continue it, or --overwrite)")
@@ -601,28 +623,38 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
     loaded = load_model(model)
     if (Path(loaded.folder) / "finetune.json").is_file():
         raise UserError(f"{model}: is already a fine-tuned super-network; fine-tune the original model")
+    if local:
+        from toolkit.local_distillation import check_local_supported
+
+        check_local_supported(loaded.model.config)
+    if overwrite and not resume:
+        shutil.rmtree(out / "local_cache", ignore_errors=True)
+        (out / "local.json").unlink(missing_ok=True)
     importance = load_or_compute_importance(loaded, calibration_file)  # on the CPU, where it was loaded
     loaded.model.to(device)
-    teacher = copy.deepcopy(loaded.model) if config.teacher == "original" else None
+    teacher = copy.deepcopy(loaded.model) if config.teacher == "original" and config.method != "local" else None
     train_texts = texts[: len(texts) - config.val_docs]
     val_texts = texts[len(texts) - config.val_docs:]
     windows = pack(loaded.tokenizer, train_texts, config.seq_len)
     val = pack(loaded.tokenizer, val_texts, config.seq_len)[: config.val_windows] if config.val_docs else None
     trainer = SupernetTrainer(loaded.model, loaded.tokenizer, importance, windows, config, teacher=teacher, val_windows=val)
-    if resume:
+    local_record = _read_local_record(out) if resume and local else None
+    if resume and (ckpt / "state.json").is_file() and (not local or local_record is not None):
         trainer.load_checkpoint(ckpt)
+    if local_record is not None:
+        trainer.cpu_offset_s = float(local_record["cpu_seconds"])
     sessions = _previous_sessions(out) if resume else []
     info = {"model": str(model), "model_hash": loaded.model_hash, "data": str(data_file), "train_windows": int(windows.shape[0]),
             "train_tokens_per_step": config.seq_len * config.batch_size * config.grad_accum,
-            "held_out_docs": config.val_docs, "device": str(device), "command": command}
+            "held_out_docs": config.val_docs, "device": str(device), "command": command, "method": config.method}
     first_step = trainer.step
     say = log or (lambda s: None)
-    say(f"training {len(trainer.trainable)} tensors ({sum(p.numel() for p in trainer.trainable):,} parameters) on "
+    say(f"{config.method}: training {len(trainer.trainable)} tensors ({sum(p.numel() for p in trainer.trainable):,} parameters) on "
         f"{windows.shape[0]} windows of {config.seq_len} tokens; space: mlp {trainer.space.mlp_choices[0]}.."
         f"{trainer.space.mlp_choices[-1]}, heads {list(trainer.space.head_choices)}, depth "
         f"{trainer.space.depth_choices[0]}..{trainer.space.depth_choices[-1]}")
     if trainer.step == 0 and not trainer.evals:
-        say(f"step 0 held-out perplexity: {json.dumps(trainer.evaluate()['val_ppl'] if val is not None else {})}")
+        say(f"step 0 held-out perplexity: {json.dumps(trainer.evaluate(phase='sliced')['val_ppl'] if val is not None else {})}")
     stop = {"why": None}
     start = time.monotonic()
 
@@ -631,14 +663,103 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
 
     old_handler = signal.signal(signal.SIGTERM, on_term) if hasattr(signal, "SIGTERM") else None
     try:
-        _train_loop(trainer, config, ckpt, info, say, stop, start, max_minutes, bar_enabled, progress_bar)
+        if local and local_record is None:
+            local_record = _local_phase(trainer, out, config, info, say, stop, start, max_minutes, workers, progress_bar)
+            if local_record is None:  # stopped between layers: the trained layers are kept, --resume continues
+                return out
+        if local_record is not None:
+            info["local"] = {k: v for k, v in local_record.items() if k != "layers"}
+        if config.method != "local":  # global, or the global sandwich after the local phase
+            _train_loop(trainer, config, ckpt, info, say, stop, start, max_minutes, bar_enabled, progress_bar,
+                        max_cpu_minutes=max_cpu_minutes)
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
     info = dict(info, stopped_early=stop["why"], sessions=sessions + [
         {"command": command, "steps_from": first_step, "steps_to": trainer.step, "stopped_early": stop["why"]}])
     save_supernet(trainer, out, info)
+    if local:
+        shutil.rmtree(out / "local_cache", ignore_errors=True)  # GBs of activations; local.json keeps the record
     return out
+
+
+def _read_local_record(out: Path) -> dict[str, Any] | None:
+    path = out / "local.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read the local phase record ({exc}); delete it to redo the local phase") from None
+
+
+def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, info, say, stop, start, max_minutes,
+                 workers: int, progress_bar) -> dict[str, Any] | None:
+    """Blockwise local distillation of the sorted parent (toolkit.local_distillation), resumable per layer.
+
+    Returns the phase's record (also written to ``out/local.json`` after a checkpoint of the result), or
+    None when stopped between layers.
+    """
+    from toolkit import local_distillation as ld
+
+    cache = out / "local_cache"
+    parent = trainer.parent
+    n = min(config.local_windows, trainer.windows.shape[0])
+    idx = batch_indices(trainer.windows.shape[0], config.seed, 0, n)  # the first epoch's order: n distinct windows
+    key = {"model_hash": info["model_hash"], "windows": hashlib.sha256(trainer.windows[torch.from_numpy(idx)].numpy().tobytes()).hexdigest(),
+           "val": None if trainer.val_windows is None else hashlib.sha256(trainer.val_windows.numpy().tobytes()).hexdigest()}
+    was = parent.training
+    parent.eval()
+    with progress_bar() as bar:
+        total = n + (0 if trainer.val_windows is None else trainer.val_windows.shape[0])
+        t = bar.add_task("cache activations", total=total, info="")
+        manifest = ld.cache_activations(parent, trainer.windows[torch.from_numpy(idx)], trainer.val_windows, cache, key,
+                                        on_batch=lambda k: bar.advance(t, k))
+        bar.update(t, completed=total)
+    ld.prepare_layers(parent, cache)
+    threads = max(1, torch.get_num_threads() // max(1, workers))
+    specs = ld.layer_specs(parent, trainer.space, cache, config, threads=threads if workers > 1 else None)
+
+    def should_stop() -> bool:
+        if max_minutes is not None and time.monotonic() - start > max_minutes * 60:
+            stop["why"] = f"time budget of {max_minutes} min"
+        return stop["why"] is not None
+
+    with progress_bar() as bar:
+        t = bar.add_task("local distillation", total=len(specs), info="")
+
+        def done(rec):
+            e = rec["reconstruction_error"]
+            small = min(e["trained"], key=lambda k: -e["trained"][k])  # the worst (narrowest) width
+            bar.advance(t)
+            bar.update(t, info=f"layer {rec['layer']}: {small} {e['sliced'][small]:.3f} -> {e['trained'][small]:.3f}")
+
+        records = ld.run_jobs(specs, workers=workers, on_done=done, should_stop=should_stop)
+    if len(records) < len(specs):
+        say(f"local distillation stopped after {len(records)} of {len(specs)} layers ({stop['why']}); --resume continues")
+        parent.train(was)
+        return None
+    ls_cpu = manifest["cpu_seconds"] + sum(r["ls_cpu_seconds"] for r in records)
+    cpu = manifest["cpu_seconds"] + sum(r["cpu_seconds"] for r in records)
+    if config.ls_init:
+        ld.load_layers(parent, cache, "ls")
+        ev = trainer.evaluate(phase="least_squares", cpu_seconds=ls_cpu)
+        if ev:
+            say(f"after least squares, held-out perplexity: {json.dumps(ev['val_ppl'])}")
+    ld.load_layers(parent, cache, "trained")
+    trainer.cpu_offset_s = cpu
+    ev = trainer.evaluate(phase="local")
+    if ev:
+        say(f"after local distillation, held-out perplexity: {json.dumps(ev['val_ppl'])}")
+    parent.train(was)
+    tokens = max(r["tokens"] for r in records)
+    record = {"version": 1, "layers_trained": len(records), "cache_windows": n, "cache_cpu_seconds": manifest["cpu_seconds"],
+              "least_squares_cpu_seconds": round(ls_cpu, 3), "cpu_seconds": round(cpu, 3),
+              "tokens_per_layer": tokens, "tokens_per_cpu_hour": round(tokens / cpu * 3600, 1) if cpu > 0 else None,
+              "workers": workers, "layers": records}
+    trainer.save_checkpoint(out / "checkpoint", {"info": info})
+    atomic_write_json(out / "local.json", record)
+    return record
 
 
 def _previous_sessions(out: Path) -> list[dict[str, Any]]:
@@ -658,12 +779,15 @@ def _previous_sessions(out: Path) -> list[dict[str, Any]]:
              "stopped_early": prev.get("stopped_early")}]
 
 
-def _train_loop(trainer, config, ckpt, info, say, stop, start, max_minutes, bar_enabled, progress_bar) -> None:
+def _train_loop(trainer, config, ckpt, info, say, stop, start, max_minutes, bar_enabled, progress_bar,
+                max_cpu_minutes: float | None = None) -> None:
     with progress_bar() as bar:
         task = bar.add_task("finetune", total=config.steps, completed=trainer.step, info="")
         while trainer.step < config.steps:
             if max_minutes is not None and time.monotonic() - start > max_minutes * 60:
                 stop["why"] = f"time budget of {max_minutes} min"
+            if max_cpu_minutes is not None and trainer.train_cpu_seconds() >= max_cpu_minutes * 60:
+                stop["why"] = f"CPU budget of {max_cpu_minutes} min"
             if stop["why"]:
                 say(f"stopping at step {trainer.step}: {stop['why']}")
                 if not trainer.evals or trainer.evals[-1]["step"] != trainer.step:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from toolkit.space import SearchSpace
 
 FINETUNE_VERSION = 1
+METHODS = ("global", "local", "local+global")
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -22,6 +23,10 @@ FINETUNE_VERSION = 1
 class FinetuneConfig:
     """Everything that decides what a fine-tuning run computes (recorded in finetune.json)."""
 
+    # "global": the sandwich rule on whole sub-networks (teacher KL); "local": blockwise local distillation
+    # only (toolkit.local_distillation); "local+global": local first, then the global sandwich for the rest
+    # of the budget.
+    method: str = "global"
     steps: int = 400
     seq_len: int = 256
     batch_size: int = 1
@@ -42,6 +47,15 @@ class FinetuneConfig:
     train_embeddings: bool = False
     precision: str = "bf16"  # autocast dtype on the training device: "bf16" | "fp32" (see finetune.auto_precision)
     seed: int = 0
+    # Local distillation (method local / local+global): per-layer job settings.
+    local_steps: int = 150  # AdamW steps per layer
+    local_lr: float = 1e-3
+    local_batch: int = 4  # windows per local step
+    local_windows: int = 64  # training windows whose activations are cached (local_windows x seq_len tokens)
+    # Closed-form least-squares refit of o_proj / down_proj over the space's widths before local training. Off by
+    # default: measured on SmolLM2 it lowers the narrow widths' error but raises the full and near-full widths'
+    # (the shared columns must serve every width), and the full network's held-out perplexity rose 32.6 -> 41-45.
+    ls_init: bool = False
     # The search space trained for (SearchSpace.from_parent arguments).
     mlp_step: int = 64
     min_mlp_fraction: float = 0.33
@@ -55,25 +69,29 @@ class FinetuneConfig:
     version: int = FINETUNE_VERSION
 
     def __post_init__(self) -> None:
-        positive = ("steps", "seq_len", "batch_size", "grad_accum", "lora_rank", "mlp_step", "val_windows",
+        positive = ("local_batch", "local_windows", "steps", "seq_len", "batch_size", "grad_accum", "lora_rank", "mlp_step", "val_windows",
                     "eval_every", "checkpoint_every")
         for name in positive:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(name, f"must be a positive integer, got {v!r}")
-        for name in ("num_random", "warmup_steps", "seed", "val_docs"):
+        for name in ("num_random", "warmup_steps", "seed", "val_docs", "local_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(name, f"must be a non-negative integer, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ConfigError("lr", f"must be positive, got {self.lr!r}")
+        for name in ("lr", "local_lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and v > 0):
+                raise ConfigError(name, f"must be positive, got {v!r}")
+        if not isinstance(self.ls_init, bool):
+            raise ConfigError("ls_init", f"must be true or false, got {self.ls_init!r}")
         if not 0 <= self.min_lr_fraction <= 1:
             raise ConfigError("min_lr_fraction", f"must be in [0, 1], got {self.min_lr_fraction}")
         if self.full_weight <= 0:
             raise ConfigError("full_weight", f"must be positive, got {self.full_weight}")
         if self.kd_temperature <= 0:
             raise ConfigError("kd_temperature", f"must be positive, got {self.kd_temperature}")
-        for name, allowed in (("teacher", ("original", "inplace")), ("train", ("full", "lora")), ("precision", ("bf16", "fp32"))):
+        for name, allowed in (("method", METHODS), ("teacher", ("original", "inplace")), ("train", ("full", "lora")), ("precision", ("bf16", "fp32"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("min_mlp_fraction", "min_depth_fraction"):

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from toolkit.cli.common import add_data_dir_arg, add_model_arg
+from toolkit.cli.common import add_data_dir_arg, add_model_arg, non_negative_int, positive_float, positive_int
 
 EXAMPLES = """examples:
   toolkit finetune --model smollm2-135m --steps 420 --out ~/supernet-smollm2
@@ -30,9 +30,21 @@ def register(sub) -> None:
     add_model_arg(p)
     p.add_argument("--data", default=None, help="training text: JSONL with a 'text' field, or plain text (default: <data-dir>/calibration/c4_sample.jsonl)")
     p.add_argument("--out", required=True, help="output folder (the super-network; checkpoints go to OUT/checkpoint)")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps in total (default {d.steps})")
+    p.add_argument("--method", choices=("global", "local", "local+global"), default=d.method,
+                   help=f"global: sandwich rule on whole sub-networks distilled from the teacher; local: blockwise local "
+                        f"distillation (each layer's widths learn to reproduce the parent block from the parent's input; "
+                        f"layers are independent jobs); local+global: local first, then global for the rest of the "
+                        f"budget (default {d.method}; benchmarks/README.md compares them at one CPU budget)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"global optimizer steps in total (default {d.steps})")
+    p.add_argument("--local-steps", type=non_negative_int, default=d.local_steps, help=f"local distillation: AdamW steps per layer (default {d.local_steps}; 0 = least squares only)")
+    p.add_argument("--local-lr", type=positive_float, default=d.local_lr, help=f"local distillation learning rate (default {d.local_lr})")
+    p.add_argument("--local-batch", type=positive_int, default=d.local_batch, help=f"windows per local step (default {d.local_batch})")
+    p.add_argument("--local-windows", type=positive_int, default=d.local_windows, help=f"training windows whose parent activations are cached for the local phase (default {d.local_windows}; disk: windows x seq-len x hidden x 4 bytes per layer)")
+    p.add_argument("--ls-init", action="store_true", help="refit o_proj / down_proj by closed-form least squares over the space's widths before local training (lowers narrow widths' error, raises the full network's; off by default)")
+    p.add_argument("--workers", type=positive_int, default=1, help="local distillation: layer jobs run in this many worker processes (threads split between them)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint (same settings; --steps may grow)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this much wall-clock time (checkpoint + save; --resume continues). SIGTERM does the same")
+    p.add_argument("--max-cpu-minutes", type=positive_float, default=None, help="stop cleanly once training has used this much CPU time in all (all sessions and threads, monitor evaluations excluded): the fair budget on a shared machine")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT exists")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per training window (default {d.seq_len})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"windows per micro-batch (default {d.batch_size})")
@@ -74,7 +86,8 @@ def run(args) -> int:
     device = check_device(args.device or (profile.runtime.device if profile is not None else "cpu"))
     precision = args.precision if args.precision != "auto" else auto_precision(device, profile)
     config = FinetuneConfig(
-        steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        method=args.method, local_steps=args.local_steps, local_lr=args.local_lr, local_batch=args.local_batch,
+        local_windows=args.local_windows, ls_init=args.ls_init, steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         warmup_steps=args.warmup_steps, num_random=args.num_random, teacher=args.teacher, kd_temperature=args.kd_temperature, full_weight=args.full_weight,
         train=args.train, lora_rank=args.lora_rank, train_embeddings=args.train_embeddings, precision=precision,
         seed=args.seed, mlp_step=args.mlp_step, min_mlp_fraction=args.min_mlp_fraction,
@@ -85,6 +98,7 @@ def run(args) -> int:
     calibration = default_calibration_file(args.calibration, args.data_dir)
     out = finetune(args.model, data, args.out, config, calibration, resume=args.resume, overwrite=args.overwrite,
                    log=lambda s: print(s, file=sys.stderr, flush=True), max_minutes=args.max_minutes,
-                   command=args.command_line, device=device)
+                   command=args.command_line, device=device, max_cpu_minutes=args.max_cpu_minutes,
+                   workers=args.workers)
     print(out)
     return 0
