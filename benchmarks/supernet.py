@@ -1,58 +1,96 @@
-"""Sub-networks cut from the fine-tuned super-network vs from the original model, side by side.
+"""Super-network training methods compared at one CPU budget (issue 16): global, local, local+global.
 
-For the full network and five fixed sub-network sizes (about 50-90 % of the parent's non-embedding
-parameters, inside the space the super-network was trained for), both sides are extracted with
-``toolkit.elastic.extract`` (original: the original model + its activation-aware importance; super-network:
-the fine-tuned folder + its own sorted importance) and evaluated with the shared evaluator
-(``toolkit.evaluate``): WikiText-2 test perplexity on a fixed token budget and arc_easy accuracy on a
-fixed seeded subset. The training curve (held-out C4 perplexity of the monitored sub-networks vs step)
-comes from the super-network's ``finetune.json``.
+Each method trains a super-network of the same parent on the same text (``<data-dir>/calibration/c4_sample.jsonl``,
+never evaluation data) for the same budget of training CPU time (``toolkit finetune --max-cpu-minutes``:
+process CPU, all threads, monitor evaluations excluded; the fair unit on a shared 2-core machine, where wall
+time depends on what else runs). Then the full network and five fixed sub-network sizes (50-90 % of the
+parent's non-embedding parameters, inside the trained space) are cut from each super-network and from the
+untrained original (``toolkit.elastic.extract``) and evaluated alike: WikiText-2 test perplexity on a fixed
+token budget and arc_easy accuracy on a seeded subset of its *report* part (never the search part). The
+curve is each method's held-out C4 perplexity of the monitored sub-networks against training CPU minutes
+(from ``finetune.json``).
 
-Each result is stored in ``benchmarks/results/supernet.partial.json`` as soon as it exists, so a killed
-run continues where it stopped (``--only original`` can run while training is still going).
+One command regenerates everything: a missing super-network folder is trained with the recorded command
+(``--resume`` where a run was cut short), and every evaluation is kept in
+``results/supernet.partial.<method>.json`` as soon as it exists, so a killed run continues.
 
-    python benchmarks/supernet.py --supernet /work/supernet-smollm2
+    python benchmarks/supernet.py --work /work/sn --data-dir ../shared/data
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _common  # noqa: E402
+
 RESULTS = HERE / "results"
+METHODS = ("global", "local", "local+global")
+
+
+def train_args(method: str, budget: float) -> list[str]:
+    """The finetune settings of each method, chosen so that each schedule ends near ``budget`` CPU minutes on
+    SmolLM2 at one thread (``--max-cpu-minutes budget`` caps it). Chosen from step times estimated before the
+    run (a global step 8.3 s, a local step 0.4 s per layer); measured in the run of 2026-12-02 on the AVX-512
+    host: a global step 6.2 s in bf16, so the global schedules ended below the cap (the CPU minutes each
+    method really used are in supernet.json, ``train_cpu_minutes``)."""
+    per_min = budget / 25.0
+    if method == "global":
+        return ["--method", "global", "--steps", str(round(180 * per_min)), "--eval-every", "20", "--checkpoint-every", "10"]
+    if method == "local":
+        return ["--method", "local", "--local-steps", str(round(115 * per_min)), "--local-windows", "64"]
+    return ["--method", "local+global", "--local-steps", str(round(55 * per_min)), "--local-windows", "64",
+            "--steps", str(round(92 * per_min)), "--eval-every", "20", "--checkpoint-every", "10"]
+
+
+def train_command(method: str, args) -> list[str]:
+    return ["toolkit", "finetune", "--model", args.model, "--out", str(Path(args.work) / method), "--data-dir", args.data_dir,
+            *train_args(method, args.budget_cpu_minutes), "--max-cpu-minutes", str(args.budget_cpu_minutes), "--seed", str(args.seed)]
+
+
+def ensure_trained(method: str, args) -> None:
+    """Train ``method``'s super-network unless its folder is complete; resume one that was cut short."""
+    out = Path(args.work) / method
+    if (out / "finetune.json").is_file() and not (out / "local_cache").exists():
+        return
+    cmd = train_command(method, args)
+    if (out / "checkpoint" / "state.json").is_file() or (out / "local_cache").is_dir():
+        cmd.append("--resume")
+    elif out.exists():
+        cmd.append("--overwrite")
+    print("training:", " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    toolkit = Path(sys.executable).with_name("toolkit")
+    subprocess.run([str(toolkit) if toolkit.exists() else cmd[0], *cmd[1:]], env=env, check=True)
 
 
 def sizes(shape, layer_order):
-    """The five fixed sub-networks (uniform, so any export path handles them) plus the full network."""
+    """The full network and five fixed uniform sub-networks (50-90 % of non-embedding parameters)."""
     from toolkit.space import SubnetConfig
 
     L, H = shape.num_layers, shape.num_heads
-    kv_group = shape.group_size
 
     def cfg(depth, mlp, heads):
-        layers = tuple(sorted(layer_order[:depth]))
-        return SubnetConfig(layers, (mlp,) * depth, (heads,) * depth)
+        return SubnetConfig(tuple(sorted(layer_order[:depth])), (mlp,) * depth, (heads,) * depth)
 
+    F = shape.intermediate_size
     return {
-        "full": cfg(L, shape.intermediate_size, H),
-        "mlp1280": cfg(L, 1280, H),
-        "depth27_mlp1280": cfg(27, 1280, H),
-        "mlp1024_heads6": cfg(L, 1024, H - kv_group),
-        "mlp768": cfg(L, 768, H),
-        "mlp512": cfg(L, 512, H),
+        "full": cfg(L, F, H),
+        "mlp83": cfg(L, round(F * 5 / 6 / 64) * 64, H),  # SmolLM2: MLP 1280
+        "depth90_mlp83": cfg(round(L * 0.9), round(F * 5 / 6 / 64) * 64, H),  # 27 layers
+        "mlp67_heads67": cfg(L, round(F * 2 / 3 / 64) * 64, H - shape.group_size),  # MLP 1024, 6 heads
+        "mlp50": cfg(L, round(F / 2 / 64) * 64, H),  # MLP 768
+        "mlp33": cfg(L, round(F / 3 / 64) * 64, H),  # MLP 512
     }
-
-
-def machine() -> dict:
-    """The shared benchmark machine record, with the profile fingerprint of this machine."""
-    sys.path.insert(0, str(HERE))
-    import _common
-
-    return _common.machine()
 
 
 def evaluate(model, tokenizer, args) -> dict:
@@ -60,165 +98,212 @@ def evaluate(model, tokenizer, args) -> dict:
 
     from toolkit.evaluate import evaluate_task, perplexity
 
-    torch.manual_seed(0)
     with torch.inference_mode():
-        # stride = window - 1: every window after the first re-reads one token, so the first token it scores
-        # has context (toolkit.evaluate.perplexity indexes position -1 when stride == window).
+        # stride = window - 1: each window after the first re-reads one token, so the first token it scores has context.
         ppl = perplexity(model, tokenizer, str(Path(args.data_dir) / "wikitext2" / "test.txt"), window=args.window,
                          stride=args.window - 1, max_tokens=args.ppl_tokens)
-        arc = evaluate_task(model, tokenizer, "arc_easy", limit=args.arc_limit, seed=0, data_dir=args.data_dir, progress=False)
+        arc = evaluate_task(model, tokenizer, "arc_easy", limit=args.arc_limit, seed=0, split="report",
+                            data_dir=args.data_dir, progress=False)
     return {"wikitext2_ppl": ppl.perplexity, "ppl_tokens_scored": ppl.tokens_scored, "arc_easy_acc": arc.acc,
-            "arc_easy_acc_stderr": arc.acc_stderr, "arc_easy_acc_norm": arc.acc_norm, "arc_easy_n": arc.n,
-            "eval_seconds": round(ppl.seconds + arc.seconds, 1)}
+            "arc_easy_acc_stderr": arc.acc_stderr, "arc_easy_n": arc.n, "arc_easy_split": arc.split,
+            "arc_easy_correct": [int(r.pred == r.label) for r in arc.per_example],
+            "arc_easy_ids": [r.id for r in arc.per_example], "eval_seconds": round(ppl.seconds + arc.seconds, 1)}
 
 
-def plot(result: dict, path: Path) -> bool:
+def evaluate_side(side: str, args) -> dict:
+    """Evaluate every size cut from one side (``original`` or a method's super-network), resumably."""
+    from toolkit.cli.common import default_calibration_file
+    from toolkit.elastic import extract, parent_shape
+    from toolkit.fileio import atomic_write_json
+    from toolkit.importance import load_or_compute_importance
+    from toolkit.models import load_model
+    from toolkit.progress import progress_bar
+
+    settings = {"ppl_tokens": args.ppl_tokens, "window": args.window, "arc_limit": args.arc_limit, "dtype": args.dtype}
+    path = Path(args.results_dir) / f"supernet.partial.{side.replace('+', '_')}.json"
+    partial = json.loads(path.read_text()) if path.is_file() else {}
+    folder = args.model if side == "original" else str(Path(args.work) / side)
+    loaded = load_model(folder, dtype=args.dtype)
+    if partial.get("settings") != settings or partial.get("model_hash") != loaded.model_hash:
+        partial = {"settings": settings, "model_hash": loaded.model_hash, "rows": {}}
+    imp = load_or_compute_importance(loaded, default_calibration_file(None, args.data_dir))
+    configs = sizes(parent_shape(loaded.model), imp.layer_order())
+    todo = [n for n in configs if n not in partial["rows"]]
+    with progress_bar() as bar:
+        t = bar.add_task(f"evaluate {side}", total=len(configs), completed=len(configs) - len(todo), info="")
+        for name in todo:
+            child = loaded.model.eval() if name == "full" else extract(loaded.model, configs[name], imp)
+            res = evaluate(child, loaded.tokenizer, args)
+            res["config"] = configs[name].to_dict()
+            partial["rows"][name] = res
+            atomic_write_json(path, partial)
+            bar.advance(t)
+            bar.update(t, info=f"{name}: ppl {res['wikitext2_ppl']:.1f}, arc {res['arc_easy_acc']:.3f}")
+            del child
+    return partial
+
+
+def curve(info: dict) -> list[dict]:
+    """(training CPU minutes, phase, held-out perplexity of each monitored sub-network) from finetune.json."""
+    out = []
+    for e in info.get("val_ppl_curve", []):
+        cpu = e.get("train_cpu_seconds")
+        if cpu is None:  # a run from before CPU accounting
+            continue
+        out.append({"cpu_minutes": round(cpu / 60, 2), "step": e["step"], "phase": e.get("phase", "global"),
+                    "val_ppl": e["val_ppl"], "geomean_ppl": math.exp(sum(math.log(v) for v in e["val_ppl"].values()) / len(e["val_ppl"]))})
+    return out
+
+
+def training_record(method: str, args) -> dict:
+    info = json.loads((Path(args.work) / method / "finetune.json").read_text())
+    steps_cpu = [c for c in info.get("step_cpu_seconds") or [] if c is not None]
+    local = info.get("local") or {}
+    rec = {"method": method, "command": info.get("command"), "sessions": info.get("sessions"),
+           "config": info["config"], "global_steps": info["steps_done"], "stopped_early": info.get("stopped_early"),
+           "global_tokens": info["steps_done"] * info["train_tokens_per_step"],
+           "global_cpu_minutes": round(sum(steps_cpu) / 60, 2),
+           "global_tokens_per_cpu_hour": info.get("tokens_per_cpu_hour"),
+           "local_cpu_minutes": round(local["cpu_seconds"] / 60, 2) if local else 0.0,
+           "local_tokens_per_layer": local.get("tokens_per_layer"),
+           "local_tokens_per_cpu_hour": local.get("tokens_per_cpu_hour"),
+           "curve": curve(info)}
+    rec["train_cpu_minutes"] = round(rec["global_cpu_minutes"] + rec["local_cpu_minutes"], 2)
+    # Tokens that went through the whole trunk per CPU hour: a local token passes every block once (each in its
+    # own job), a global token passes the teacher and three sub-networks forward and backward.
+    tokens = rec["global_tokens"] + (local.get("tokens_per_layer") or 0)
+    rec["tokens_per_cpu_hour"] = round(tokens / (rec["train_cpu_minutes"] / 60), 1) if rec["train_cpu_minutes"] else None
+    return rec
+
+
+def plot(result: dict, path: Path) -> None:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
-    curve = result["training_curve"]["val_ppl"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    colors = {"original": "tab:gray", "global": "tab:blue", "local": "tab:orange", "local+global": "tab:green"}
     ax = axes[0]
-    names = list(curve[0]["val_ppl"]) if curve else []
-    for name in names:
-        ax.plot([c["step"] for c in curve], [c["val_ppl"][name] for c in curve], marker="o", label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("held-out C4 perplexity (log)")
-    ax.set_title("super-network training curve")
+    for m in result["methods"]:
+        c = m["training"]["curve"]
+        mid = [k for k in c[0]["val_ppl"] if k.startswith("mlp")] if c else []
+        ax.plot([p["cpu_minutes"] for p in c], [p["val_ppl"][mid[0]] if mid else p["geomean_ppl"] for p in c],
+                marker="o", label=m["method"], color=colors.get(m["method"]))
+    ax.set_xlabel("training CPU minutes")
+    ax.set_ylabel("held-out C4 perplexity, mid-width monitor sub-network")
+    ax.set_title(f"training curve (cap {result['budget_cpu_minutes']} CPU-min each)")
     ax.legend(fontsize=8)
-    ax = axes[1]
-    rows = result["rows"]
-    x = [r["non_embedding_fraction"] for r in rows]
-    for side, marker in (("original", "s"), ("supernet", "o")):
-        ax.plot(x, [r[side]["wikitext2_ppl"] for r in rows], marker=marker, linestyle="", label=f"cut from {side}")
-    for r in rows:
-        ax.annotate(r["name"], (r["non_embedding_fraction"], r["supernet"]["wikitext2_ppl"]), fontsize=7)
-    ax.set_yscale("log")
-    ax.set_xlabel("non-embedding parameters (fraction of parent)")
-    ax.set_ylabel("WikiText-2 perplexity (log)")
-    ax.set_title("sub-networks: original vs super-network")
-    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    for ax, key, label, log in ((axes[1], "wikitext2_ppl", "WikiText-2 perplexity (log)", True),
+                                (axes[2], "arc_easy_acc", "arc_easy accuracy (report part)", False)):
+        sides = [("original", result["original"])] + [(m["method"], m["sizes"]) for m in result["methods"]]
+        for name, rows in sides:
+            xs = [r["non_embedding_fraction"] for r in rows]
+            ax.plot(xs, [r[key] for r in rows], marker="s" if name == "original" else "o", linestyle="--" if name == "original" else "-",
+                    label=f"cut from {name}", color=colors.get(name))
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("non-embedding parameters (fraction of the parent)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     from toolkit.report import save_png
 
     save_png(fig, path, dpi=110)
-    return True
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--supernet", default="/work/supernet-smollm2", help="folder written by `toolkit finetune`")
+    p.add_argument("--work", default="/work/sn", help="folder of the super-networks, one sub-folder per method")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--budget-cpu-minutes", type=float, default=25.0, help="training CPU budget of each method")
     p.add_argument("--model", default="smollm2-135m", help="the original parent")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--ppl-tokens", type=int, default=8192, help="WikiText-2 token budget (first N tokens)")
     p.add_argument("--window", type=int, default=512)
-    p.add_argument("--arc-limit", type=int, default=200)
-    p.add_argument("--dtype", default="auto", help="weights dtype for evaluation, both sides alike (auto: bfloat16 on CPUs "
-                   "with native bf16, where it is ~2x faster, else float32: emulated bf16 is slower)")
-    p.add_argument("--only", choices=("original", "supernet", "all"), default="all")
-    p.add_argument("--train-history", default=None,
-                   help="how the super-network was trained, for folders whose finetune.json predates its 'sessions' record")
-    p.add_argument("--out", default=str(RESULTS / "supernet.json"))
+    p.add_argument("--arc-limit", type=int, default=400, help="seeded subset of arc_easy's report part")
+    p.add_argument("--dtype", default="auto", help="evaluation weights dtype, alike for every side (auto: bfloat16 where the CPU has native bf16)")
+    p.add_argument("--only", default=None, help="train and evaluate one side (original or a method) and stop: run two at once")
+    p.add_argument("--results-dir", default=str(RESULTS))
     args = p.parse_args(argv)
+    from toolkit.cli.common import data_dir
+
+    args.data_dir = str(data_dir(args.data_dir))
     if args.dtype == "auto":
         from toolkit.measure import bf16_is_fast
 
         args.dtype = "bfloat16" if bf16_is_fast() else "float32"
-
-    from toolkit.cli.common import data_dir, default_calibration_file
-    from toolkit.elastic import extract, parent_shape
-    from toolkit.importance import load_or_compute_importance
-    from toolkit.models import load_model
-
-    args.data_dir = str(data_dir(args.data_dir))
-    partial_path = Path(args.out).with_suffix(".partial.json")
-    partial = json.loads(partial_path.read_text()) if partial_path.is_file() else {}
-    settings = {"ppl_tokens": args.ppl_tokens, "window": args.window, "stride": args.window - 1, "arc_limit": args.arc_limit, "dtype": args.dtype}
-    if partial.get("settings") not in (None, settings):
-        partial = {}
-    partial["settings"] = settings
-
-    from toolkit.fileio import atomic_write_json
-
-    sides = ["original", "supernet"] if args.only == "all" else [args.only]
-    configs = None
-    for side in sides:
-        loaded = load_model(args.model if side == "original" else args.supernet, dtype=args.dtype)
-        imp = load_or_compute_importance(loaded, default_calibration_file(None, args.data_dir))
-        shape = parent_shape(loaded.model)
-        configs = sizes(shape, imp.layer_order())
-        for name, cfg in configs.items():
-            key = f"{side}/{name}"
-            if key in partial:
-                continue
-            t0 = time.perf_counter()
-            child = loaded.model.eval() if name == "full" else extract(loaded.model, cfg, imp)
-            res = evaluate(child, loaded.tokenizer, args)
-            res["config"] = cfg.to_dict()
-            res["model_hash"] = loaded.model_hash
-            partial[key] = res
-            atomic_write_json(partial_path, partial)
-            print(f"{key}: ppl {res['wikitext2_ppl']:.2f} arc_easy {res['arc_easy_acc']:.3f} "
-                  f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
-            del child
-    if args.only != "all":
+    methods = [m for m in args.methods.split(",") if m]
+    for m in methods:
+        if m not in METHODS:
+            p.error(f"--methods: unknown method {m!r} (known: {', '.join(METHODS)})")
+    if args.only:
+        if args.only != "original":
+            ensure_trained(args.only, args)
+        evaluate_side(args.only, args)
         return 0
+    for m in methods:
+        ensure_trained(m, args)
+    import torch
 
-    finetune_info = json.loads((Path(args.supernet) / "finetune.json").read_text())
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from toolkit.elastic import parent_shape
+    from toolkit.models import load_model
+    from toolkit.space import SubnetConfig
+    from toolkit.stats import paired_difference
+
     shape = parent_shape(load_model(args.model).model)
-    full_params = shape.num_params(shape.full_config(), include_embeddings=False)
-    rows = []
-    for name, cfg in configs.items():
-        o, s = partial[f"original/{name}"], partial[f"supernet/{name}"]
-        n = shape.num_params(cfg, include_embeddings=False)
-        rows.append({
-            "name": name, "config": cfg.to_dict(), "non_embedding_params": n,
-            "non_embedding_fraction": round(n / full_params, 4),
-            "original": {k: v for k, v in o.items() if k not in ("config",)},
-            "supernet": {k: v for k, v in s.items() if k not in ("config",)},
-            "ppl_ratio_supernet_over_original": s["wikitext2_ppl"] / o["wikitext2_ppl"],
-            "arc_easy_delta_pts": 100 * (s["arc_easy_acc"] - o["arc_easy_acc"]),
-        })
-    cfg_ft = finetune_info["config"]
-    secs = finetune_info.get("step_seconds", [])
+    full = shape.num_params(shape.full_config(), include_embeddings=False)
+    t0 = time.perf_counter()
+    original = evaluate_side("original", args)["rows"]
+
+    def rows_of(partial_rows: dict, ref: dict | None) -> list[dict]:
+        out = []
+        for name, r in partial_rows.items():
+            n = shape.num_params(SubnetConfig.from_dict(r["config"]), include_embeddings=False)
+            row = {"name": name, "non_embedding_fraction": round(n / full, 4), "non_embedding_params": n,
+                   **{k: v for k, v in r.items() if k not in ("arc_easy_correct", "arc_easy_ids")}}
+            if ref is not None:
+                o = ref[name]
+                assert o["arc_easy_ids"] == r["arc_easy_ids"]
+                d = paired_difference(o["arc_easy_correct"], r["arc_easy_correct"], seed=0)
+                row["arc_easy_vs_original_cut"] = {"delta_pt": 100 * d.delta, "ci95_pt": [100 * d.ci_low, 100 * d.ci_high]}
+                row["ppl_ratio_vs_original_cut"] = r["wikitext2_ppl"] / o["wikitext2_ppl"]
+            out.append(row)
+        return sorted(out, key=lambda r: -r["non_embedding_fraction"])
+
+    results = []
+    for m in methods:
+        rows = evaluate_side(m, args)["rows"]
+        sized = rows_of(rows, original)
+        cuts = [r for r in sized if r["name"] != "full"]
+        results.append({"method": m, "training": training_record(m, args), "sizes": sized,
+                        "geomean_ppl_5_sizes": math.exp(sum(math.log(r["wikitext2_ppl"]) for r in cuts) / len(cuts)),
+                        "mean_arc_easy_acc_5_sizes": sum(r["arc_easy_acc"] for r in cuts) / len(cuts)})
+    best = min(results, key=lambda r: r["geomean_ppl_5_sizes"])
     result = {
-        "benchmark": "supernet",
-        "command": "python benchmarks/supernet.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "train_command": finetune_info.get("command"),  # the last invocation; all of them below
-        "train_sessions": finetune_info.get("sessions") or args.train_history,
-        "machine": machine(),
-        "settings": settings,
-        "training": {
-            "steps_done": finetune_info["steps_done"], "config": cfg_ft,
-            "stopped_early": finetune_info.get("stopped_early"),
-            "tokens_seen": finetune_info["steps_done"] * finetune_info["train_tokens_per_step"],
-            "step_seconds_median": sorted(secs)[len(secs) // 2] if secs else None,
-            "train_minutes": round(sum(secs) / 60, 1),
-            "search_space": {k: finetune_info["search_space"][k] for k in ("mlp_choices", "head_choices", "depth_choices")},
-        },
-        "full_network_arc_easy_delta_pts": rows[0]["arc_easy_delta_pts"],
-        "rows": rows,
-        "training_curve": {
-            "val_ppl": finetune_info["val_ppl_curve"],
-            "monitor_configs": finetune_info["monitor_configs"],
-            "loss": finetune_info["loss_curve"],
-        },
+        "budget_cpu_minutes": args.budget_cpu_minutes, "model": args.model, "seed": args.seed,
+        "settings": {"ppl_tokens": args.ppl_tokens, "window": args.window, "stride": args.window - 1,
+                     "arc_limit": args.arc_limit, "arc_split": "report", "dtype": args.dtype},
+        "train_commands": {m: " ".join(shlex.quote(c) for c in train_command(m, args)) for m in methods},
+        "original": rows_of(original, None),
+        "methods": results,
+        "best_method": best["method"],
+        "best_by": "lowest geometric-mean WikiText-2 perplexity over the five cut sizes",
+        "eval_wall_seconds": round(time.perf_counter() - t0, 1),
     }
-    out = Path(args.out)
-    atomic_write_json(out, result)
-    png = out.with_suffix(".png")
-    if plot(result, png):
-        print(f"wrote {png}", file=sys.stderr)
-    print(f"{'sub-network':18s} {'params':>6s} {'ppl orig':>9s} {'ppl super':>9s} {'arc orig':>8s} {'arc super':>9s}")
-    for r in rows:
-        print(f"{r['name']:18s} {r['non_embedding_fraction']:6.2f} {r['original']['wikitext2_ppl']:9.2f} "
-              f"{r['supernet']['wikitext2_ppl']:9.2f} {r['original']['arc_easy_acc']:8.3f} {r['supernet']['arc_easy_acc']:9.3f}")
-    print(f"wrote {out}", file=sys.stderr)
+    Path(args.results_dir).mkdir(parents=True, exist_ok=True)
+    path = _common.write("supernet", result, Path(args.results_dir))
+    plot(result, path.with_suffix(".png"))
+    print(f"{'':14s} " + " ".join(f"{r['name']:>14s}" for r in result["original"]))
+    for name, rows in [("original", result["original"])] + [(r["method"], r["sizes"]) for r in results]:
+        print(f"{name:14s} " + " ".join(f"{r['wikitext2_ppl']:7.1f}/{r['arc_easy_acc']:.3f}" for r in rows))
+    print(f"best: {best['method']} -> {path}", file=sys.stderr)
     return 0
 
 
