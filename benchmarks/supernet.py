@@ -61,7 +61,9 @@ def ensure_trained(method: str, args) -> None:
     """Train ``method``'s super-network unless its folder is complete; resume one that was cut short."""
     out = Path(args.work) / method
     if (out / "finetune.json").is_file() and not (out / "local_cache").exists():
-        return
+        why = json.loads((out / "finetune.json").read_text()).get("stopped_early")
+        if why is None or str(why).startswith("CPU budget"):  # finished its schedule or its budget
+            return
     cmd = train_command(method, args)
     if (out / "checkpoint" / "state.json").is_file() or (out / "local_cache").is_dir():
         cmd.append("--resume")
@@ -70,7 +72,9 @@ def ensure_trained(method: str, args) -> None:
     print("training:", " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     toolkit = Path(sys.executable).with_name("toolkit")
-    subprocess.run([str(toolkit) if toolkit.exists() else cmd[0], *cmd[1:]], env=env, check=True)
+    rc = subprocess.run([str(toolkit) if toolkit.exists() else cmd[0], *cmd[1:]], env=env).returncode
+    if rc:
+        raise SystemExit(f"error: training {method} failed with exit code {rc}; rerun this script to resume it")
 
 
 def sizes(shape, layer_order):
@@ -238,6 +242,8 @@ def main(argv=None) -> int:
         from toolkit.measure import bf16_is_fast
 
         args.dtype = "bfloat16" if bf16_is_fast() else "float32"
+    if not args.budget_cpu_minutes > 0:
+        p.error("--budget-cpu-minutes: must be positive")
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
         if m not in METHODS:

@@ -594,8 +594,9 @@ def save_supernet(trainer: SupernetTrainer, folder: str | Path, info: Mapping[st
 def finetune(model: str, data_file: str | Path, out: str | Path, config: FinetuneConfig, calibration_file: str | Path,
              resume: bool = False, overwrite: bool = False, log: Callable[[str], None] | None = None,
              max_minutes: float | None = None, command: str | None = None, device: str = "cpu",
-             max_cpu_minutes: float | None = None, workers: int = 1) -> Path:
-    """Load, sort, train (resumably) on ``device`` and save the super-network. Returns the output folder.
+             max_cpu_minutes: float | None = None, workers: int = 1) -> Path | None:
+    """Load, sort, train (resumably) on ``device`` and save the super-network. Returns the output folder, or
+    None when the local phase was stopped between layers (nothing saved yet; ``--resume`` continues).
 
     ``max_cpu_minutes`` is a budget of training CPU time for the whole run (all sessions, all threads;
     monitor evaluations excluded): the unit in which methods are compared fairly on a shared machine.
@@ -627,9 +628,11 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
         from toolkit.local_distillation import check_local_supported
 
         check_local_supported(loaded.model.config)
-    if overwrite and not resume:
-        shutil.rmtree(out / "local_cache", ignore_errors=True)
-        (out / "local.json").unlink(missing_ok=True)
+    if overwrite and not resume:  # nothing of an earlier run may leak into this one (a later --resume included)
+        for sub in ("local_cache", "checkpoint"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for name in ("local.json", "finetune.json"):
+            (out / name).unlink(missing_ok=True)
     importance = load_or_compute_importance(loaded, calibration_file)  # on the CPU, where it was loaded
     loaded.model.to(device)
     teacher = copy.deepcopy(loaded.model) if config.teacher == "original" and config.method != "local" else None
@@ -639,10 +642,15 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
     val = pack(loaded.tokenizer, val_texts, config.seq_len)[: config.val_windows] if config.val_docs else None
     trainer = SupernetTrainer(loaded.model, loaded.tokenizer, importance, windows, config, teacher=teacher, val_windows=val)
     local_record = _read_local_record(out) if resume and local else None
-    if resume and (ckpt / "state.json").is_file() and (not local or local_record is not None):
+    if resume and (ckpt / "state.json").is_file():
+        # Always: it checks that the checkpoint was trained with these settings (--method included). A local
+        # run's checkpoint is written at the end of its local phase, so its weights are the locally trained ones.
         trainer.load_checkpoint(ckpt)
+    elif local_record is not None:
+        raise UserError(f"{out / 'local.json'}: the local phase is recorded but {ckpt} is missing; "
+                        "start afresh with --overwrite")
     if local_record is not None:
-        trainer.cpu_offset_s = float(local_record["cpu_seconds"])
+        trainer.cpu_offset_s = local_record["cpu_seconds"]
     sessions = _previous_sessions(out) if resume else []
     info = {"model": str(model), "model_hash": loaded.model_hash, "data": str(data_file), "train_windows": int(windows.shape[0]),
             "train_tokens_per_step": config.seq_len * config.batch_size * config.grad_accum,
@@ -664,9 +672,10 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
     old_handler = signal.signal(signal.SIGTERM, on_term) if hasattr(signal, "SIGTERM") else None
     try:
         if local and local_record is None:
-            local_record = _local_phase(trainer, out, config, info, say, stop, start, max_minutes, workers, progress_bar)
+            local_record = _local_phase(trainer, out, config, info, say, stop, start, max_minutes, workers, progress_bar,
+                                        max_cpu_minutes)
             if local_record is None:  # stopped between layers: the trained layers are kept, --resume continues
-                return out
+                return None
         if local_record is not None:
             info["local"] = {k: v for k, v in local_record.items() if k != "layers"}
         if config.method != "local":  # global, or the global sandwich after the local phase
@@ -688,13 +697,17 @@ def _read_local_record(out: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read the local phase record ({exc}); delete it to redo the local phase") from None
+        raise UserError(f"{path}: cannot read the local phase record ({exc}); start afresh with --overwrite") from None
+    cpu = record.get("cpu_seconds") if isinstance(record, dict) else None
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu < 0:
+        raise ConfigError("cpu_seconds", "missing or not a non-negative number; start afresh with --overwrite", str(path))
+    return record
 
 
 def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, info, say, stop, start, max_minutes,
-                 workers: int, progress_bar) -> dict[str, Any] | None:
+                 workers: int, progress_bar, max_cpu_minutes: float | None = None) -> dict[str, Any] | None:
     """Blockwise local distillation of the sorted parent (toolkit.local_distillation), resumable per layer.
 
     Returns the phase's record (also written to ``out/local.json`` after a checkpoint of the result), or
@@ -706,7 +719,13 @@ def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, in
     parent = trainer.parent
     n = min(config.local_windows, trainer.windows.shape[0])
     idx = batch_indices(trainer.windows.shape[0], config.seed, 0, n)  # the first epoch's order: n distinct windows
-    key = {"model_hash": info["model_hash"], "windows": hashlib.sha256(trainer.windows[torch.from_numpy(idx)].numpy().tobytes()).hexdigest(),
+    blocks = hashlib.sha256()  # the sorted parent's blocks: a different --calibration sorts them differently
+    for name, t in parent.state_dict().items():
+        if name.startswith("model.layers."):
+            blocks.update(name.encode())
+            blocks.update(t.detach().float().cpu().numpy().tobytes())
+    key = {"model_hash": info["model_hash"], "blocks": blocks.hexdigest(),
+           "windows": hashlib.sha256(trainer.windows[torch.from_numpy(idx)].numpy().tobytes()).hexdigest(),
            "val": None if trainer.val_windows is None else hashlib.sha256(trainer.val_windows.numpy().tobytes()).hexdigest()}
     was = parent.training
     parent.eval()
@@ -718,17 +737,22 @@ def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, in
         bar.update(t, completed=total)
     ld.prepare_layers(parent, cache)
     threads = max(1, torch.get_num_threads() // max(1, workers))
-    specs = ld.layer_specs(parent, trainer.space, cache, config, threads=threads if workers > 1 else None)
+    specs = [dict(s, cache_key=manifest["key"]) for s in ld.layer_specs(parent, trainer.space, cache, config,
+                                                                         threads=threads if workers > 1 else None)]
+    spent = {"cpu": manifest["cpu_seconds"]}
 
     def should_stop() -> bool:
         if max_minutes is not None and time.monotonic() - start > max_minutes * 60:
             stop["why"] = f"time budget of {max_minutes} min"
+        if max_cpu_minutes is not None and spent["cpu"] >= max_cpu_minutes * 60:
+            stop["why"] = f"CPU budget of {max_cpu_minutes} min (spent in the local phase)"
         return stop["why"] is not None
 
     with progress_bar() as bar:
         t = bar.add_task("local distillation", total=len(specs), info="")
 
         def done(rec):
+            spent["cpu"] += rec["cpu_seconds"]
             e = rec["reconstruction_error"]
             small = min(e["trained"], key=lambda k: -e["trained"][k])  # the worst (narrowest) width
             bar.advance(t)

@@ -18,8 +18,9 @@ The data flow, all through files in ``<out>/local_cache`` (bounded memory, resum
      Gram matrix of the kept channels, summed over the widths that keep them, each width weighted as in
      the sandwich rule below);
    - ``local_steps`` AdamW steps of the sandwich rule *within the block*: the widest (weight
-     ``full_weight``), the narrowest, and ``num_random`` random (MLP width, head groups) per step, each on the
-     relative reconstruction loss ``|block(h) - parent(h)|^2 / |parent(h) - h|^2``;
+     ``full_weight``), the narrowest, and ``num_random`` random (MLP width, head groups) per step, each on
+     ``log(eps + e)`` of its relative reconstruction error ``e`` = mean over tokens of
+     ``|block(h)_t - parent(h)_t|^2 / |parent(h)_t|^2`` (see :func:`token_weights`);
    - the block's reconstruction error on the held-out windows for every (width, head groups) of the space,
      before, after the least-squares step and after training.
    The job writes ``layers/{i:03d}.ls.safetensors`` and ``layers/{i:03d}.safetensors`` and, last, the
@@ -170,10 +171,16 @@ def cache_activations(model, windows: torch.Tensor, val_windows: torch.Tensor | 
     manifest_path = folder / "manifest.json"
     acts = folder / "acts"
     if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError:
+            manifest = {}
         if manifest.get("key") == _hash(dict(key)) and manifest.get("version") == LOCAL_CACHE_VERSION:
             return manifest
-        manifest_path.unlink()
+    if folder.exists():  # another parent, text or sort: nothing in it (activations, layers) may be reused
+        import shutil
+
+        shutil.rmtree(folder)
     acts.mkdir(parents=True, exist_ok=True)
     layers = model.model.layers
     L, D = len(layers), model.config.hidden_size
@@ -231,7 +238,7 @@ def token_weights(target: torch.Tensor) -> torch.Tensor:
     return 1.0 / target.float().pow(2).sum(-1, keepdim=True).clamp_min(1e-12)
 
 
-def _relative_error(out: torch.Tensor, target: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def _relative_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean over tokens of |out_t - target_t|^2 / |target_t|^2 (see :func:`token_weights`)."""
     return ((out.float() - target).pow(2) * token_weights(target)).sum(-1).mean()
 
@@ -337,7 +344,7 @@ def train_layer(spec: Mapping[str, Any]) -> dict[str, Any]:
 
     folder, i = Path(spec["cache"]), int(spec["layer"])
     record_path = folder / "layers" / f"{i:03d}.json"
-    spec_hash = _hash(dict(spec, threads=None))
+    spec_hash = _hash(dict(spec, threads=None, cache=None))  # the cache's content is in spec["cache_key"]
     if record_path.is_file():
         rec = json.loads(record_path.read_text())
         if rec.get("spec_hash") == spec_hash:
@@ -356,7 +363,7 @@ def train_layer(spec: Mapping[str, Any]) -> dict[str, Any]:
     if has_val:
         h_val = torch.from_numpy(np.array(_load_part(acts, "val", i)[:2]))
         y_val = torch.from_numpy(np.array(_load_part(acts, "val", i + 1)[:2]))
-    else:  # monitor on the last training windows
+    else:  # no held-out windows: monitor on the last training windows (recorded as such)
         h_val = torch.from_numpy(np.array(h_train[-2:]))
         y_val = torch.from_numpy(np.array(y_train[-2:]))
     grid = monitor_grid(mlp_choices, head_choices)
@@ -379,8 +386,7 @@ def train_layer(spec: Mapping[str, Any]) -> dict[str, Any]:
     steps, lr = int(spec["local_steps"]), float(spec["local_lr"])
     losses: list[float] = []
     if steps > 0:
-        torch.manual_seed(spec["seed"] * 1_000_003 + i)
-        rng = np.random.default_rng([spec["seed"], i])
+        rng = np.random.default_rng([spec["seed"], i])  # all the job's randomness (no torch RNG is drawn)
         params = {k: torch.nn.Parameter(v.clone()) for k, v in p.items()}
         opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
         N, bs = h_train.shape[0], int(spec["local_batch"])
@@ -399,7 +405,7 @@ def train_layer(spec: Mapping[str, Any]) -> dict[str, Any]:
             for w, hh, weight in sampled:
                 with _autocast(spec["precision"]):
                     out = block_forward(params, hb, cos, sin, geom, w, hh)
-                loss = _relative_error(out, tb, hb)
+                loss = _relative_error(out, tb)
                 # log: every sub-network's *relative* improvement counts alike, so the cuts that start far off
                 # (halved heads: error ~0.7) do not drown the near-full ones (~0.03); LOG_EPS anchors the widest
                 # (error 0 at the start) with gradient weight 1 / LOG_EPS.
@@ -410,7 +416,9 @@ def train_layer(spec: Mapping[str, Any]) -> dict[str, Any]:
         p = {k: v.detach() for k, v in params.items()}
     errors["trained"] = monitor(p) if steps > 0 else errors.get("least_squares", errors["sliced"])
     atomic_write_bytes(folder / "layers" / f"{i:03d}.safetensors", save({k: v.contiguous() for k, v in p.items()}))
-    rec = {"layer": i, "spec_hash": spec_hash, "steps": steps, "tokens": steps * int(spec["local_batch"]) * int(h_train.shape[1]),
+    rec = {"layer": i, "spec_hash": spec_hash, "steps": steps,
+           "tokens": steps * min(int(spec["local_batch"]), int(h_train.shape[0])) * int(h_train.shape[1]),
+           "monitor_windows": "held-out" if has_val else "training",
            "ls_cpu_seconds": round(ls_cpu, 3), "cpu_seconds": round(time.process_time() - c0 - monitor_cpu[0], 3),
            "monitor_cpu_seconds": round(monitor_cpu[0], 3),
            "seconds": round(time.perf_counter() - t0, 3), "loss_first": losses[:5], "loss_last": losses[-5:],
@@ -436,7 +444,7 @@ def run_jobs(specs: Sequence[Mapping[str, Any]], workers: int = 1, on_done: Call
     """Run the layer jobs: in this process (``workers=1``) or in ``workers`` spawned processes.
 
     A job already done is not rerun (see :func:`train_layer`), so a killed run resumes layer by layer.
-    ``should_stop`` is asked between jobs (in-process) / before submitting (workers).
+    ``should_stop`` is asked before each job starts (at most ``workers`` are in flight).
     """
     results: list[dict[str, Any]] = []
     if workers <= 1:
@@ -449,15 +457,24 @@ def run_jobs(specs: Sequence[Mapping[str, Any]], workers: int = 1, on_done: Call
                 on_done(rec)
         return results
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    pending = list(specs)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(train_layer, dict(s)) for s in specs]
-        for fut in as_completed(futures):
-            rec = fut.result()
-            results.append(rec)
-            if on_done:
-                on_done(rec)
+        running: set = set()
+        while pending or running:
+            while pending and len(running) < workers and not (should_stop and should_stop()):
+                running.add(pool.submit(train_layer, dict(pending.pop(0))))
+            if not running:
+                break  # stopped: nothing in flight, the rest not submitted
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                rec = fut.result()
+                results.append(rec)
+                if on_done:
+                    on_done(rec)
     return sorted(results, key=lambda r: r["layer"])
 
 

@@ -187,6 +187,7 @@ class TaskData:
     # Which part of the task these examples come from: "search", "report" or "all". (Named ``part``, not
     # ``split``: ``split`` is the method that takes one, and ``Task.split`` is the dataset's own split.)
     part: str = "all"
+    subset: bool = False  # taken by select(): its halves would not be the task's, so it cannot be split
 
     def __post_init__(self) -> None:
         if self.part not in PARTS:
@@ -206,7 +207,7 @@ class TaskData:
         if self.part != "all":
             raise UserError(f"task {self.task.name}: already the {self.part} part; it cannot be split again "
                             "(split the whole task, then select)")
-        if self.indices and self.indices != tuple(range(len(self.examples))):
+        if self.subset or (self.indices and self.indices != tuple(range(len(self.examples)))):
             raise UserError(f"task {self.task.name}: a {len(self)}-example subset cannot be split; split the whole "
                             "task first, then select")
         search, report = split_positions(self.task.name, len(self.examples))
@@ -224,7 +225,7 @@ class TaskData:
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(n, size=limit, replace=False))
         base = self.indices or tuple(range(n))
-        return replace(self, examples=tuple(self.examples[i] for i in keep), indices=tuple(base[i] for i in keep))
+        return replace(self, examples=tuple(self.examples[i] for i in keep), indices=tuple(base[i] for i in keep), subset=True)
 
 
 def _where(path: Path, line: int) -> str:

@@ -100,5 +100,8 @@ def run(args) -> int:
                    log=lambda s: print(s, file=sys.stderr, flush=True), max_minutes=args.max_minutes,
                    command=args.command_line, device=device, max_cpu_minutes=args.max_cpu_minutes,
                    workers=args.workers)
+    if out is None:  # the local phase stopped between layers (budget or SIGTERM): nothing saved yet
+        print("finetune: stopped in the local phase; the layers done are kept, --resume continues", file=sys.stderr)
+        return 3
     print(out)
     return 0
