@@ -97,3 +97,24 @@ def model_must_not_load(monkeypatch):
         pytest.fail("the model was loaded before the input was checked")
 
     monkeypatch.setattr(toolkit.models, "load_model", load_model)
+
+
+@pytest.fixture
+def training_text(tmp_path):
+    """``write(num_docs)`` -> (training JSONL, calibration text) of seeded word-salad documents in ``tmp_path``:
+    what ``toolkit finetune`` reads, for the tiny model."""
+    import json
+
+    import numpy as np
+
+    def write(num_docs: int = 12):
+        rng = np.random.default_rng(0)
+        words = ["alpha", "beta", "gamma", "delta", "model", "search", "layer", "token"]
+        docs = [" ".join(rng.choice(words, 60)) for _ in range(num_docs)]
+        data = tmp_path / "train.jsonl"
+        data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        calib = tmp_path / "calib.txt"
+        calib.write_text("\n\n".join(docs) * 3)
+        return data, calib
+
+    return write

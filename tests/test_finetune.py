@@ -221,22 +221,11 @@ def test_saved_supernet_is_a_parent_for_load_model_and_extract(tmp_path, tiny_id
         torch.testing.assert_close(extract(loaded.model, cfg, imp)(tiny_ids).logits, live, atol=1e-5, rtol=1e-5)
 
 
-def _write_data(tmp_path):
-    rng = np.random.default_rng(0)
-    words = ["alpha", "beta", "gamma", "delta", "model", "search", "layer", "token"]
-    docs = [" ".join(rng.choice(words, 60)) for _ in range(12)]
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    calib = tmp_path / "calib.txt"
-    calib.write_text("\n\n".join(docs) * 3)
-    return data, calib
-
-
-def test_cli_trains_resumes_and_refuses_bad_input(tmp_path, tiny_folder, monkeypatch, capsys):
+def test_cli_trains_resumes_and_refuses_bad_input(tmp_path, tiny_folder, monkeypatch, capsys, training_text):
     from toolkit.cli.main import main
 
     monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
-    data, calib = _write_data(tmp_path)
+    data, calib = training_text(12)
     out = tmp_path / "sn"
     common = ["finetune", "--model", str(tiny_folder), "--data", str(data), "--calibration", str(calib), "--out", str(out),
               "--seq-len", "32", "--precision", "fp32", "--min-mlp-fraction", "0.5", "--min-depth-fraction", "0.5",

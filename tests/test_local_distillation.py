@@ -23,17 +23,6 @@ import torch
 from toolkit import local_distillation as ld
 
 
-def _write_data(tmp_path: Path):
-    rng = np.random.default_rng(0)
-    words = ["alpha", "beta", "gamma", "delta", "model", "search", "layer", "token"]
-    docs = [" ".join(rng.choice(words, 60)) for _ in range(16)]
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    calib = tmp_path / "calib.txt"
-    calib.write_text("\n\n".join(docs) * 3)
-    return data, calib
-
-
 def _args(tiny_folder, data, calib, out, *extra) -> list[str]:
     return ["finetune", "--model", str(tiny_folder), "--data", str(data), "--calibration", str(calib), "--out", str(out),
             "--seq-len", "32", "--precision", "fp32", "--min-mlp-fraction", "0.5", "--min-depth-fraction", "0.5",
@@ -131,11 +120,11 @@ def test_joint_least_squares_is_the_stacked_least_squares_optimum():
     torch.testing.assert_close(only, torch.linalg.lstsq(a, y).solution.T, atol=1e-8, rtol=1e-8)
 
 
-def test_local_training_lowers_every_layers_error_at_every_trained_width(tmp_path, tiny_folder, monkeypatch):
+def test_local_training_lowers_every_layers_error_at_every_trained_width(tmp_path, tiny_folder, monkeypatch, training_text):
     from toolkit.cli.main import main
 
     monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
-    data, calib = _write_data(tmp_path)
+    data, calib = training_text(16)
     out = tmp_path / "sn"
     assert main(_args(tiny_folder, data, calib, out, "--local-steps", "40")) == 0
     record = json.loads((out / "local.json").read_text())
@@ -178,8 +167,8 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_killed_local_run_resumes_layer_by_layer_to_the_same_weights(tmp_path, tiny_folder):
-    data, calib = _write_data(tmp_path)
+def test_a_killed_local_run_resumes_layer_by_layer_to_the_same_weights(tmp_path, tiny_folder, training_text):
+    data, calib = training_text(16)
     env = dict(os.environ, TOOLKIT_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1", TOOLKIT_PROGRESS="0")
     extra = ("--local-steps", "8", "--method", "local+global", "--steps", "2", "--seed", "3")
 
@@ -225,12 +214,12 @@ def test_a_killed_local_run_resumes_layer_by_layer_to_the_same_weights(tmp_path,
         assert any(e["trained"][k] < e["sliced"][k] for k in e["sliced"])
 
 
-def test_worker_processes_give_the_in_process_weights(tmp_path, tiny_folder, monkeypatch):
+def test_worker_processes_give_the_in_process_weights(tmp_path, tiny_folder, monkeypatch, training_text):
     from toolkit.cli.main import main
 
     monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # 2 workers x 1 thread, as the in-process run (conftest: 1)
-    data, calib = _write_data(tmp_path)
+    data, calib = training_text(16)
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(_args(tiny_folder, data, calib, one, "--local-steps", "5")) == 0
     assert main(_args(tiny_folder, data, calib, two, "--local-steps", "5", "--workers", "2")) == 0
@@ -240,7 +229,7 @@ def test_worker_processes_give_the_in_process_weights(tmp_path, tiny_folder, mon
     assert json.loads((two / "local.json").read_text())["workers"] == 2
 
 
-def test_local_refuses_a_block_it_does_not_compute(tmp_path, capsys, monkeypatch):
+def test_local_refuses_a_block_it_does_not_compute(tmp_path, capsys, monkeypatch, training_text):
     from toolkit.cli.main import main
     from toolkit.models.tiny import byte_tokenizer, llama_tiny
 
@@ -248,7 +237,7 @@ def test_local_refuses_a_block_it_does_not_compute(tmp_path, capsys, monkeypatch
     folder = tmp_path / "gelu"
     llama_tiny(hidden_act="gelu").save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
-    data, calib = _write_data(tmp_path)
+    data, calib = training_text(16)
     assert main(_args(folder, data, calib, tmp_path / "out", "--local-steps", "1")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "hidden_act" in err[0] and "gelu" in err[0]
