@@ -255,9 +255,6 @@ def main(argv=None) -> int:
         return 0
     for m in methods:
         ensure_trained(m, args)
-    import torch
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     from toolkit.elastic import parent_shape
     from toolkit.models import load_model
     from toolkit.space import SubnetConfig

@@ -427,9 +427,13 @@ class SupernetTrainer:
         self.history.append(record)
         return record
 
+    def global_cpu_seconds(self) -> float:
+        """CPU time of the global steps so far (wall time for steps recorded before CPU accounting)."""
+        return sum(h.get("cpu_seconds", h["seconds"]) for h in self.history)
+
     def train_cpu_seconds(self) -> float:
         """Training CPU time so far: the local phase plus every global step (monitor evaluations excluded)."""
-        return self.cpu_offset_s + sum(h.get("cpu_seconds", h["seconds"]) for h in self.history)
+        return self.cpu_offset_s + self.global_cpu_seconds()
 
     @torch.no_grad()
     def evaluate(self, phase: str = "global", cpu_seconds: float | None = None) -> dict[str, Any]:
@@ -538,7 +542,7 @@ class SupernetTrainer:
 
 def _tokens_per_cpu_hour(trainer: SupernetTrainer) -> float | None:
     """Training tokens per hour of process CPU time (all threads; monitor evaluations excluded)."""
-    cpu = sum(h.get("cpu_seconds", h["seconds"]) for h in trainer.history)
+    cpu = trainer.global_cpu_seconds()
     c = trainer.config
     tokens = len(trainer.history) * c.seq_len * c.batch_size * c.grad_accum
     return round(tokens / cpu * 3600, 1) if cpu > 0 else None  # the global steps; the local phase: finetune.json "local"
@@ -754,7 +758,7 @@ def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, in
         def done(rec):
             spent["cpu"] += rec["cpu_seconds"]
             e = rec["reconstruction_error"]
-            small = min(e["trained"], key=lambda k: -e["trained"][k])  # the worst (narrowest) width
+            small = max(e["trained"], key=e["trained"].get)  # the worst (narrowest) width
             bar.advance(t)
             bar.update(t, info=f"layer {rec['layer']}: {small} {e['sliced'][small]:.3f} -> {e['trained'][small]:.3f}")
 

@@ -331,16 +331,14 @@ def least_squares_init(p: dict[str, torch.Tensor], h: np.ndarray, cos, sin, geom
     p["mlp.down_proj.weight"] = _joint_least_squares(gram_d, cross_d, step, widths, _weights(widths, full_weight)).float()
 
 
-def _autocast(precision: str):
-    return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def train_layer(spec: Mapping[str, Any]) -> dict[str, Any]:
     """One layer's job (a pure function of ``spec`` and the files it names; see the module doc).
 
     Idempotent: a layer whose record exists with this spec's hash is returned as is.
     """
     from safetensors.torch import load_file, save
+
+    from toolkit.finetune import autocast
 
     folder, i = Path(spec["cache"]), int(spec["layer"])
     record_path = folder / "layers" / f"{i:03d}.json"
@@ -403,7 +401,7 @@ def train_layer(spec: Mapping[str, Any]) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             total = 0.0
             for w, hh, weight in sampled:
-                with _autocast(spec["precision"]):
+                with autocast("cpu", spec["precision"]):
                     out = block_forward(params, hb, cos, sin, geom, w, hh)
                 loss = _relative_error(out, tb)
                 # log: every sub-network's *relative* improvement counts alike, so the cuts that start far off

@@ -22,7 +22,7 @@ last --val-docs documents are held out for the perplexity monitor); never train 
 
 
 def register(sub) -> None:
-    from toolkit.finetune_config import FinetuneConfig
+    from toolkit.finetune_config import METHODS, FinetuneConfig
 
     d = FinetuneConfig()
     p = sub.add_parser("finetune", help="fine-tune a parent once as a super-network (sandwich rule + distillation)",
@@ -30,7 +30,7 @@ def register(sub) -> None:
     add_model_arg(p)
     p.add_argument("--data", default=None, help="training text: JSONL with a 'text' field, or plain text (default: <data-dir>/calibration/c4_sample.jsonl)")
     p.add_argument("--out", required=True, help="output folder (the super-network; checkpoints go to OUT/checkpoint)")
-    p.add_argument("--method", choices=("global", "local", "local+global"), default=d.method,
+    p.add_argument("--method", choices=METHODS, default=d.method,
                    help=f"global: sandwich rule on whole sub-networks distilled from the teacher; local: blockwise local "
                         f"distillation (each layer's widths learn to reproduce the parent block from the parent's input; "
                         f"layers are independent jobs); local+global: local first, then global for the rest of the "
