@@ -1,4 +1,4 @@
-"""``toolkit export``: write a chosen sub-network as HF / ONNX / GPTQ, each verified (stage 4 of 4)."""
+"""``toolkit export``: write a chosen sub-network as HF / ONNX / GPTQ / GGUF, each verified (stage 4 of 4)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ EXAMPLES = """examples:
   toolkit export run/search --pick 0 --format hf,onnx --out run/export          # front member 0 (most accurate)
   toolkit export run/search --pick fastest-within:0.01 --format hf,onnx,gptq --out run/export --resume
   toolkit export --model smollm2-135m --config subnet.json --format hf,onnx,gptq --out out/
+  toolkit export run/search --pick 0 --format gguf --gguf-type q4_k_m --out run/export   # for llama.cpp / ollama
   toolkit verify run/export/onnx
 """
 
@@ -27,7 +28,10 @@ def register(sub) -> None:
                         "within 0.01 accuracy of the parent; needs the parent's measured accuracy)")
     p.add_argument("--config", help="sub-network JSON instead of a run")
     p.add_argument("--model", help="parent model (default: the run's)")
-    p.add_argument("--format", default="hf,onnx", help="comma-separated: hf, onnx, gptq")
+    p.add_argument("--format", default="hf,onnx", help="comma-separated: hf, onnx, gptq, gguf")
+    p.add_argument("--gguf-type", default=None,
+                   help="GGUF file type: f32, f16, q8_0, q4_k_m, ... (llama.cpp's quantizer makes the quantized ones; "
+                        "default: the profile's runtime.gguf_type with engine llama.cpp, else f16)")
     p.add_argument("--out", required=True)
     p.add_argument("--profile", default=None, help="device profile (default: the run's); sets threads and workload")
     p.add_argument("--predictor", default=None, help="predictor JSON for predicted throughput (--config only)")
@@ -63,6 +67,13 @@ def run(args) -> int:
 
     # Everything about the arguments and the files they name is checked before the model loads.
     formats = parse_formats(args.format)
+    if "gguf" in formats:
+        from toolkit.engines import require
+        from toolkit.engines.llamacpp import gguf_type as check_gguf_type
+
+        require("llama.cpp", "--format gguf")
+        if args.gguf_type is not None:
+            check_gguf_type(args.gguf_type)
     predicted, profile_ref, model, expected_hash = None, args.profile, args.model, None
     if args.run and args.config:
         raise UserError("give either a run directory or --config, not both")
@@ -107,9 +118,19 @@ def run(args) -> int:
         from toolkit.export.gptq import require_gptq
 
         require_gptq()
+    source_gguf = None
+    if "gguf" in formats:
+        from toolkit.models.loading import resolve_source
+
+        src = resolve_source(model)
+        source_gguf = src.path if src.kind in ("embedded", "gguf") else None
+    gguf_type = args.gguf_type
+    if gguf_type is None:
+        engine = getattr(profile.runtime, "engine", "torch") if profile else "torch"
+        gguf_type = (getattr(profile.runtime, "gguf_type", None) if engine == "llama.cpp" else None) or "f16"
     calib = default_calibration_file(args.calibration, args.data_dir)
     task_data = None
-    if args.task and "gptq" in formats:
+    if args.task and ("gptq" in formats or "gguf" in formats):
         from toolkit.tasks import get_task, load_task
 
         task_data = load_task(get_task(args.task), data_dir(args.data_dir))
@@ -118,8 +139,9 @@ def run(args) -> int:
         formats=formats, out=Path(args.out), threads=profile.runtime.threads if profile else None,
         prompt_tokens=wl.prompt_tokens if wl else 128, generate_tokens=wl.generate_tokens if wl else 32,
         gptq_bits=args.bits, gptq_group_size=args.group_size, gptq_samples=args.gptq_samples, calibration_file=calib,
-        perplexity_file=data_dir(args.data_dir) / "wikitext2" / "test.txt" if "gptq" in formats else None,
+        perplexity_file=data_dir(args.data_dir) / "wikitext2" / "test.txt" if {"gptq", "gguf"} & set(formats) else None,
         task_data=task_data, task_limit=args.limit or None, overwrite=args.overwrite, resume=args.resume,
+        gguf_type=gguf_type, source_gguf=source_gguf,
     )
     req.check_out()
 

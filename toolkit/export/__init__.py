@@ -1,4 +1,4 @@
-"""Stage 4: export a chosen sub-network as a Hugging Face folder, ONNX (onnxruntime) or GPTQ 4-bit.
+"""Stage 4: export a chosen sub-network as a Hugging Face folder, ONNX (onnxruntime), GPTQ 4-bit or GGUF (llama.cpp).
 
 Each format goes to ``OUT/<format>/``, written in a temporary sibling folder and renamed only when the
 export and its checks succeeded: an interrupted export leaves nothing visible behind, and what it left
@@ -16,6 +16,12 @@ logits on PyTorch's prompt + greedy continuation, at every position) on three fi
 * ``gptq``: GPTQModel 4-bit (:mod:`toolkit.export.gptq`); 4-bit logits differ from fp32 by design, so its
   check is perplexity (and task accuracy when a task is given) before and after quantization, and its
   reference is the quantized model's own (what ``verify`` re-checks later).
+* ``gguf``: llama.cpp (:mod:`toolkit.export.gguf`, run by :mod:`toolkit.engines.llamacpp` with an f32 KV
+  cache for the checks). f32 and f16 files are checked against PyTorch's reference (f16 against the
+  sub-network with its weights rounded to f16, at :data:`GGUF_F16_TOLERANCE`: llama.cpp also rounds
+  activations to f16 inside f16 matmuls); quantized types (q8_0, q4_k_m, ...) differ by design, so like
+  GPTQ their reference is llama.cpp's own output and their check is size on disk and perplexity (and task
+  accuracy) before and after. Decode tokens/s and prefill ms are measured in llama.cpp.
 
 A parity failure is a :class:`~toolkit.export.parity.ParityError`: one line, exit code 2, no artifact.
 """
@@ -25,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+
+import numpy as np
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -33,6 +41,9 @@ from toolkit.export.manifest import FORMATS, REFERENCE_PROMPT, Manifest, check_f
 
 PARITY_PROMPTS = (REFERENCE_PROMPT, "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"",
                   "Question: Which gas do plants absorb from the air?\nAnswer:")
+TOKENIZER_PROBE = "In 2024, 3.14159 x 1000 = 3141.59; it's   done!\n\tÜber naïve café"  # digits, spaces, accents
+GGUF_F16_TOLERANCE = 2e-2  # max |logit diff| of an f16 GGUF vs PyTorch with f16-rounded weights
+GGUF_QUANT_TOLERANCE = 5e-3  # a quantized GGUF vs its own reference (llama.cpp's SIMD paths differ by host)
 GPTQ_SCRATCH = "gptq-source"  # OUT/.gptq-source.*.tmp: the temporary HF folder GPTQ quantizes without --format hf
 
 
@@ -75,6 +86,8 @@ class ExportRequest:
     task_limit: int | None = 200
     overwrite: bool = False
     resume: bool = False
+    gguf_type: str = "f16"
+    source_gguf: Path | None = None  # the parent's GGUF, whose tokenizer metadata a GGUF export copies
 
     def __post_init__(self) -> None:
         from toolkit.export.gptq import SUPPORTED_BITS
@@ -92,6 +105,11 @@ class ExportRequest:
         _check_int(self.gptq_group_size, "--group-size", 1, allow=(-1,))
         _check_int(self.gptq_samples, "--gptq-samples", 1)
         _check_int(self.task_limit, "--limit", 1, optional=True)
+        from toolkit.engines.llamacpp import gguf_type
+
+        object.__setattr__(self, "gguf_type", gguf_type(self.gguf_type).name)
+        if self.source_gguf is not None:
+            object.__setattr__(self, "source_gguf", Path(self.source_gguf))
         if "gptq" in self.formats and self.calibration_file is None:
             raise UserError("--calibration: GPTQ needs calibration text (default: <data-dir>/calibration/calibration.txt)")
         if "gptq" in self.formats and not Path(self.calibration_file).is_file():
@@ -134,6 +152,8 @@ def reuse_problem(folder: Path, fmt: str, req: ExportRequest, source: Mapping[st
         diff = [k for k, v in want.items() if d.get(k) != v]
         if diff or d.get("calibration", {}).get("num_samples") != req.gptq_samples:
             return f"it was quantized with other settings ({', '.join(diff) or 'calibration samples'})"
+    if fmt == "gguf" and m.details.get("gguf_type") != req.gguf_type:
+        return f"it is of GGUF type {m.details.get('gguf_type')!r}, not {req.gguf_type!r}"
     return None
 
 
@@ -201,8 +221,9 @@ def export_subnet(child, tokenizer, req: ExportRequest, source: Mapping[str, Any
     done: dict[str, Path] = {f: req.out / f for f in keep}
     base = {"source": dict(source), "subnet": subnet, "profile": profile}
     refs = [make_reference(child, tokenizer, p) for p in PARITY_PROMPTS] if {"hf", "onnx"} & set(todo) else []
-    pt_speed = _pytorch_decode(child, req) if {"hf", "onnx"} & set(todo) else None
-    fp_quality = _quality(child, tokenizer, req) if "gptq" in todo else {}
+    pt_speed = _pytorch_decode(child, req) if {"hf", "onnx", "gguf"} & set(todo) else None
+    quantized_gguf = "gguf" in todo and req.gguf_type not in ("f32", "f16")
+    fp_quality = _quality(child, tokenizer, req) if "gptq" in todo or quantized_gguf else {}
     for fmt in todo:
         with atomic_directory(req.out / fmt, overwrite=True) as tmp:
             _hook("TOOLKIT_EXPORT_TEST_SLEEP")
@@ -210,6 +231,8 @@ def export_subnet(child, tokenizer, req: ExportRequest, source: Mapping[str, Any
                 m = _export_hf(child, tokenizer, tmp, subnet, source, refs, pt_speed, predicted)
             elif fmt == "onnx":
                 m = _export_onnx(child, tokenizer, tmp, req, refs, pt_speed, predicted)
+            elif fmt == "gguf":
+                m = _export_gguf(child, tokenizer, tmp, req, refs, pt_speed, fp_quality, predicted)
             else:
                 m = _export_gptq(child, tokenizer, tmp, req, subnet, source, fp_quality, predicted, done.get("hf"))
             m.source, m.subnet, m.profile = base["source"], base["subnet"], base["profile"]
@@ -315,6 +338,109 @@ def _export_gptq(child, tokenizer, tmp: Path, req: ExportRequest, subnet, source
                              "size_ratio_vs_fp32": fp_bytes / q_bytes, "size_ratio_vs_fp16": fp_bytes / 2 / q_bytes})
 
 
+def _gguf_reference_model(child, gguf_type: str):
+    """The PyTorch model a float GGUF is checked against: the child itself (f32), or a copy with its weights
+    rounded to f16 / bf16 (the file's weights), so the check measures llama.cpp, not the rounding."""
+    if gguf_type == "f32":
+        return child
+    import copy
+
+    import torch
+
+    dt = torch.float16 if gguf_type == "f16" else torch.bfloat16
+    rounded = copy.deepcopy(child)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            if p.ndim == 2:
+                p.copy_(p.to(dt).to(p.dtype))
+    return rounded
+
+
+def gguf_tolerance(gguf_type: str) -> float:
+    from toolkit.export.parity import TOLERANCE
+
+    return TOLERANCE if gguf_type == "f32" else GGUF_F16_TOLERANCE if gguf_type in ("f16", "bf16") else GGUF_QUANT_TOLERANCE
+
+
+def _llama_reference(lm, prompt_ids, prompt: str):
+    """A quantized GGUF's own reference: llama.cpp's greedy continuation and its top-k logits."""
+    from toolkit.export.parity import CONTINUATION_TOKENS, TOP_K, Reference
+
+    cont = lm.greedy(prompt_ids, CONTINUATION_TOKENS)
+    logits = lm.logits([*prompt_ids, *cont])
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :TOP_K]
+    vals = np.take_along_axis(logits, top, axis=1)
+    return Reference(prompt=prompt, prompt_ids=tuple(prompt_ids), continuation_ids=tuple(cont),
+                     topk_ids=tuple(tuple(int(i) for i in r) for r in top),
+                     topk_logits=tuple(tuple(round(float(x), 6) for x in r) for r in vals))
+
+
+def _llama_tokens(lm, text: str) -> list[int]:
+    return list(lm.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+
+def _export_gguf(child, tokenizer, tmp: Path, req: ExportRequest, refs, pt_speed, fp_quality, predicted) -> Manifest:
+    from toolkit.engines.llamacpp import LlamaCpp, gguf_type
+    from toolkit.export.gguf import GGUF_FILE, write_gguf
+    from toolkit.export.parity import check, make_reference, merge
+
+    t = gguf_type(req.gguf_type)
+    facts = write_gguf(child, tmp / GGUF_FILE, gguf_type=t.name, tokenizer=tokenizer, source_gguf=req.source_gguf,
+                       threads=req.threads)
+    tol = gguf_tolerance(t.name)
+    with LlamaCpp(tmp / GGUF_FILE, threads=req.threads, n_ctx=256, kv_f32=True) as lm:
+        if t.quantized:
+            ref_ids = [list(tokenizer(p)["input_ids"]) for p in PARITY_PROMPTS]
+            own = [_llama_reference(lm, ids, p) for ids, p in zip(ref_ids, PARITY_PROMPTS)]
+            results = [check(r, lm.logits(r.sequence), "gguf export", tol) for r in own]  # llama.cpp is deterministic
+            reference, method = own[0], "llama.cpp's own output (quantized weights differ from fp32 by design)"
+            quality = {"before": fp_quality, "after": _llama_quality(tmp / GGUF_FILE, tokenizer, req)}
+        else:
+            base = _gguf_reference_model(child, t.name)
+            gref = refs if t.name == "f32" and refs else [make_reference(base, tokenizer, p) for p in PARITY_PROMPTS]
+            results = [check(r, lm.logits(r.sequence), "gguf export", tol) for r in gref]
+            reference = gref[0]
+            method = "PyTorch" if t.name == "f32" else f"PyTorch with the weights rounded to {t.name}"
+            quality = {}
+        for text in (*PARITY_PROMPTS, TOKENIZER_PROBE):
+            if _llama_tokens(lm, text) != list(tokenizer(text, add_special_tokens=False)["input_ids"]):
+                raise UserError(f"gguf export: tokenizer: llama.cpp encodes {text!r} differently from the Hugging "
+                                f"Face tokenizer (tokenizer.ggml.pre {facts['tokenizer'].get('pre')!r})")
+    with LlamaCpp(tmp / GGUF_FILE, threads=req.threads, n_ctx=req.prompt_tokens + req.generate_tokens + 8,
+                  logits_all=False) as lm:
+        speed = lm.measure(req.prompt_tokens, req.generate_tokens, req.repeats)
+    fp32_bytes = 4 * sum(p.numel() for p in child.parameters()) - (
+        4 * child.lm_head.weight.numel() if facts["tied_embeddings"] else 0)
+    return Manifest(format="gguf", source={}, subnet=None, profile=None, reference=reference.to_dict(),
+                    parity={"runtime": "llama.cpp (f32 KV cache)", "reference_from": method, **merge(results),
+                            "greedy_equal": True, "tokenizer_equal": True},
+                    accuracy=quality,
+                    throughput=_throughput(speed.decode_tokens_per_s, predicted, runtime=f"llama.cpp {t.name}",
+                                           measured_prefill_ms=speed.prefill_ms, spread=dict(speed.spread),
+                                           pytorch_eager_decode_tokens_per_s=pt_speed.decode_tokens_per_s,
+                                           speedup_vs_pytorch_eager=speed.decode_tokens_per_s / pt_speed.decode_tokens_per_s),
+                    details={**facts, "fp32_bytes": fp32_bytes, "size_ratio_vs_fp32": fp32_bytes / facts["bytes"]})
+
+
+def _llama_quality(path: Path, tokenizer, req: ExportRequest) -> dict[str, Any]:
+    """Perplexity (and task accuracy) of the GGUF in llama.cpp, as :func:`_quality` measures PyTorch's
+    (windows of 512 tokens, the same text and token budget)."""
+    from toolkit.engines.llamacpp import LlamaCpp, perplexity
+
+    out: dict[str, Any] = {}
+    if req.perplexity_file is not None:
+        ids = list(tokenizer(Path(req.perplexity_file).read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"])
+        with LlamaCpp(path, threads=req.threads, n_ctx=512, kv_f32=True) as lm:
+            r = perplexity(lm, ids, window=512, max_tokens=req.perplexity_tokens)
+        out["perplexity"] = {"file": Path(req.perplexity_file).name, **r}
+    if req.task_data is not None:
+        from toolkit.evaluate import evaluate_task_llamacpp
+
+        r = evaluate_task_llamacpp(path, tokenizer, req.task_data, limit=req.task_limit, seed=0, threads=req.threads)
+        out["task"] = {"name": r.task, "n": r.n, "acc": r.acc, "acc_stderr": r.acc_stderr, "acc_norm": r.acc_norm}
+    return out
+
+
 # -- verify ----------------------------------------------------------------------------------------
 def verify(folder: Path, threads: int | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
     """Re-hash an artifact's files and re-run it, teacher-forced, against its manifest's reference.
@@ -331,6 +457,8 @@ def verify(folder: Path, threads: int | None = None, trust_remote_code: bool = F
     if problems:
         raise UserError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     ref = m.parity_reference(folder)
+    if m.format == "gguf":
+        return _verify_gguf(folder, m, ref, threads)
     if m.format == "onnx":
         from toolkit.export.hf import load_tokenizer
         from toolkit.export.onnx import OrtCausalLM
@@ -354,3 +482,30 @@ def verify(folder: Path, threads: int | None = None, trust_remote_code: bool = F
     return {"folder": str(folder), "format": m.format, "files": len(m.files), "method": "teacher-forced",
             "positions": res.positions, "max_abs_logit_diff": res.max_abs_logit_diff, "near_ties": res.near_ties,
             "trust_remote_code": trust_remote_code, "ok": True}
+
+
+def _verify_gguf(folder: Path, m: Manifest, ref, threads: int | None) -> dict[str, Any]:
+    """Re-run a GGUF in llama.cpp (teacher-forced, f32 KV cache) against its reference; llama.cpp's tokenizer
+    must encode the reference prompt as recorded. The tolerance comes from the file's type, not the manifest."""
+    from toolkit.engines.llamacpp import LlamaCpp, gguf_type, metadata
+    from toolkit.export.gguf import GGUF_FILE
+    from toolkit.export.parity import check
+
+    name = m.details.get("gguf_type")
+    try:
+        t = gguf_type(name, f"{folder / 'manifest.json'}: details.gguf_type")
+    except UserError:
+        raise
+    ftype = metadata(folder / GGUF_FILE).get("general.file_type")
+    if ftype is not None and int(ftype) != t.ftype:
+        raise UserError(f"{folder / GGUF_FILE}: general.file_type {ftype} is not the manifest's {t.name} ({t.ftype})")
+    with LlamaCpp(folder / GGUF_FILE, threads=threads, n_ctx=max(256, len(ref.sequence) + 8), kv_f32=True) as lm:
+        logits = lm.logits(ref.sequence)
+        if _llama_tokens(lm, ref.prompt) != list(ref.prompt_ids):
+            raise UserError(f"{folder}: tokenizer: llama.cpp encodes the reference prompt {ref.prompt!r} differently "
+                            "from the reference")
+    res = check(ref, logits, str(folder), gguf_tolerance(t.name))
+    return {"folder": str(folder), "format": "gguf", "gguf_type": t.name, "files": len(m.files),
+            "method": "teacher-forced", "runtime": "llama.cpp", "positions": res.positions,
+            "max_abs_logit_diff": res.max_abs_logit_diff, "near_ties": res.near_ties, "trust_remote_code": False,
+            "ok": True}

@@ -21,7 +21,7 @@ from toolkit.fileio import atomic_write_json, sha256_file
 
 MANIFEST_VERSION = 2  # 2: the reference is teacher-forced (toolkit.export.parity); 1 compared free-running greedy
 MANIFEST = "manifest.json"
-FORMATS = ("hf", "onnx", "gptq")
+FORMATS = ("hf", "onnx", "gptq", "gguf")
 REFERENCE_PROMPT = "The capital of France is"
 
 
