@@ -6,6 +6,8 @@ VENV ?= .venv
 DATA ?= ../shared/data
 export TOOLKIT_DATA_DIR ?= $(abspath $(DATA))
 export HF_HUB_OFFLINE = 1
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -20,6 +22,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(VENV)/bin/pip install -q --no-deps gptqmodel==7.3.6 device-smi==0.5.7 logbar==0.4.15 pypcre==0.6.4 \
 		tokenicer==0.0.14 defuser==0.0.28 threadpoolctl==3.8.0
 	$(VENV)/bin/pip install -q optimum==2.3.0
+	# The llama.cpp engine (the [llamacpp] extra): built from source for this CPU, CPU backend only, without
+	# llama.cpp's tools, tests and multimodal library (about 8 minutes on 2 cores; see pyproject.toml).
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(VENV)/bin/pip install -q --no-cache-dir -e ".[llamacpp]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -36,7 +42,7 @@ demo: $(VENV)/.installed
 	$(TK) search --profile $(RUN)/profile.yaml --model $(MODEL) --predictor $(RUN)/predictor.json \
 		--task arc_easy --limit 50 --evals 24 --population 8 --seed 0 --out $(RUN)/search --resume
 	$(TK) report $(RUN)/search
-	$(TK) export $(RUN)/search --pick fastest-within:0.02 --format hf,onnx --out $(RUN)/export --overwrite
+	$(TK) export $(RUN)/search --pick fastest-within:0.02 --format hf,onnx,gguf --gguf-type q8_0 --out $(RUN)/export --overwrite
 	$(TK) verify $(RUN)/export
 
 test: $(VENV)/.installed

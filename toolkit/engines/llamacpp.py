@@ -96,13 +96,18 @@ def _silence(llama_cpp) -> None:
     llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
 
-def quantize(src: str | os.PathLike, dst: str | os.PathLike, type_name: str, threads: int | None = None) -> None:
-    """Quantize the GGUF ``src`` (f32/f16) to ``type_name`` with llama.cpp's own ``llama_model_quantize``."""
+def quantize(src: str | os.PathLike, dst: str | os.PathLike, type_name: str, threads: int | None = None,
+             allow_requantize: bool = False) -> None:
+    """Quantize the GGUF ``src`` (f32/f16) to ``type_name`` with llama.cpp's own ``llama_model_quantize``.
+
+    ``allow_requantize``: also accept an already quantized ``src`` (llama.cpp dequantizes each tensor first).
+    """
     llama_cpp = _llama_cpp()
     t = gguf_type(type_name)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = t.ftype
     params.nthread = int(threads or 0)
+    params.allow_requantize = bool(allow_requantize)
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise UserError(f"{src}: llama.cpp could not quantize it to {t.name} (llama_model_quantize returned {rc})")
