@@ -132,7 +132,7 @@ def test_subnets_are_measured_on_the_profiles_device_and_dtype(tiny, monkeypatch
         return latency.ModelMeasurement(1.0, 1.0, 1.0, 1)
 
     monkeypatch.setattr(latency, "measure_model", fake_measure)
-    profile = SimpleNamespace(runtime=SimpleNamespace(device="cpu", dtype="bfloat16", threads=1),
+    profile = SimpleNamespace(runtime=SimpleNamespace(device="cpu", dtype="bfloat16", threads=1, engine="torch"),
                               workload=SimpleNamespace(prompt_tokens=4, generate_tokens=2, batch_size=1))
     measure = latency.subnet_measure_fn(SimpleNamespace(model=tiny), None, profile, repeats=1)
     measure(SubnetConfig((0, 1), (128, 128), (2, 2)))

@@ -18,15 +18,31 @@ median and spread). What is measured, for batch ``B``, prompt ``T`` and ``N`` ge
 
 A measurement whose spread exceeds ``max_spread`` is re-measured once with more repeats, and flagged if
 it is still noisy.
+
+**Engines.** :func:`subnet_measure_fn` times a calibration sub-network in the profile's
+``runtime.engine``: ``torch`` as above; ``llama.cpp`` and ``onnxruntime`` by exporting the extracted
+sub-network to a temporary artifact (a GGUF at ``runtime.gguf_type`` through
+:func:`toolkit.export.gguf.write_gguf`; an ONNX graph through :func:`toolkit.export.onnx.export_onnx`),
+then timing a prefill of a fresh cache and single-token decode steps through the same primitive
+(:meth:`toolkit.engines.llamacpp.LlamaCpp.measure`; :func:`_ort_measure`). Their peak memory is the
+resident-set growth while the artifact is opened and runs one prefill + decode (mapped weights, KV
+cache, compute buffers: what the engine holds), never less than the artifact's size on disk (every
+weight is touched by a prefill; a page already mapped would otherwise hide). The first artifact of a
+process is opened once before that, so the engine's one-time set-up is not the first sub-network's
+memory. The artifact lives in a
+temporary folder (next to the predictor file when the CLI calibrates) removed after each measurement.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -204,6 +220,23 @@ def _measure_model(model, prompt_tokens: int, generate_tokens: int, batch_size: 
 
     # Peak memory over one full prefill + decode.
     peak = peak_mem_bytes(model, lambda: decode_from(prefill()), device)
+    t_prefill, t_decode, flagged = _time_prefill_decode(prefill, decode_from, repeats, warmup, max_spread, sync)
+    return ModelMeasurement(
+        prefill_ms=t_prefill.median_s * 1e3,
+        decode_ms_per_token=t_decode.median_s * 1e3 / generate_tokens,
+        peak_mem_bytes=peak,
+        weight_bytes=weight_bytes(model),
+        spread={"prefill_ms": t_prefill.spread, "decode_ms_per_token": t_decode.spread},
+        repeats=t_decode.repeats,
+        flagged=flagged,
+    )
+
+
+def _time_prefill_decode(prefill, decode_from, repeats: int, warmup: int = 1, max_spread: float = 0.10, sync=None):
+    """Time ``prefill() -> cache`` and ``decode_from(cache)`` (a fresh, untimed prefill before every timed
+    decode); re-measured once with twice the repeats when either spread exceeds ``max_spread``.
+    Returns (prefill Timing, decode Timing, flagged: still too noisy)."""
+    from toolkit.measure import time_callable
 
     def once(n_repeats: int):
         t_prefill = time_callable(prefill, warmup=warmup, repeats=n_repeats, sync=sync)
@@ -221,21 +254,23 @@ def _measure_model(model, prompt_tokens: int, generate_tokens: int, batch_size: 
     t_prefill, t_decode = once(repeats)
     if max(t_prefill.spread, t_decode.spread) > max_spread:
         t_prefill, t_decode = once(repeats * 2)
-    flagged = max(t_prefill.spread, t_decode.spread) > max_spread
-    return ModelMeasurement(
-        prefill_ms=t_prefill.median_s * 1e3,
-        decode_ms_per_token=t_decode.median_s * 1e3 / generate_tokens,
-        peak_mem_bytes=peak,
-        weight_bytes=weight_bytes(model),
-        spread={"prefill_ms": t_prefill.spread, "decode_ms_per_token": t_decode.spread},
-        repeats=t_decode.repeats,
-        flagged=flagged,
-    )
+    return t_prefill, t_decode, max(t_prefill.spread, t_decode.spread) > max_spread
 
 
-def subnet_measure_fn(loaded, importance, profile, repeats: int = 5):
-    """``cfg -> predictor.Measurement``: extract the sub-network and time it on the profile's runtime
-    (device, dtype, threads) and workload."""
+def subnet_measure_fn(loaded, importance, profile, repeats: int = 5, workdir: str | os.PathLike | None = None):
+    """``cfg -> predictor.Measurement``: extract the sub-network and time it in the profile's engine
+    (``runtime.engine``: torch, onnxruntime or llama.cpp), runtime (device, dtype, threads, GGUF type)
+    and workload. ``workdir``: where the temporary artifacts of the exporting engines go (default: the
+    system's temporary folder). A missing engine is a one-line error before anything is measured."""
+    engine = profile.runtime.engine
+    if engine not in _ENGINE_MEASURE_FNS:
+        from toolkit.errors import UserError
+
+        raise UserError(f"runtime.engine: no timing path for engine {engine!r} (have: {', '.join(_ENGINE_MEASURE_FNS)})")
+    return _ENGINE_MEASURE_FNS[engine](loaded, importance, profile, repeats, workdir)
+
+
+def _torch_measure_fn(loaded, importance, profile, repeats: int, workdir=None):
     from toolkit.elastic import extract
     from toolkit.measure import torch_threads
     from toolkit.predictor import Measurement
@@ -252,3 +287,127 @@ def subnet_measure_fn(loaded, importance, profile, repeats: int = 5):
         return Measurement(cfg, m.prefill_ms, m.decode_ms_per_token, m.peak_mem_bytes, m.spread, m.flagged)
 
     return measure
+
+
+@contextlib.contextmanager
+def _artifact_dir(workdir: str | os.PathLike | None):
+    """A fresh temporary folder for one sub-network's artifact, removed on the way out (errors and Ctrl-C too)."""
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".toolkit-calibrate-", dir=workdir) as tmp:
+        yield Path(tmp)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _extract_fp32_cpu(loaded, cfg, importance):
+    from toolkit.elastic import extract
+
+    return extract(loaded.model, cfg, importance).to(device="cpu", dtype=torch.float32)
+
+
+def _llamacpp_measure_fn(loaded, importance, profile, repeats: int, workdir=None):
+    from toolkit.engines import require
+    from toolkit.errors import UserError
+
+    require("llama.cpp", "runtime.engine")
+    import llama_cpp  # noqa: F401 - imported here, so that its libraries are not counted as a sub-network's memory
+
+    from toolkit.engines.llamacpp import LlamaCpp
+    from toolkit.export.gguf import source_gguf_of, write_gguf
+    from toolkit.predictor import Measurement
+
+    rt, wl = profile.runtime, profile.workload
+    if wl.batch_size != 1:
+        raise UserError(f"workload.batch_size: runtime.engine llama.cpp runs one sequence (llama-cpp-python), "
+                        f"got {wl.batch_size}")
+    source = source_gguf_of(loaded)
+    n_ctx = wl.prompt_tokens + wl.generate_tokens
+    first = [True]
+
+    def measure(cfg):
+        child = _extract_fp32_cpu(loaded, cfg, importance)
+        with _artifact_dir(workdir) as tmp, mmap_threshold():
+            path = tmp / "subnet.gguf"
+            write_gguf(child, path, gguf_type=rt.gguf_type, tokenizer=getattr(loaded, "tokenizer", None),
+                       source_gguf=source, threads=rt.threads)
+            del child
+            file_bytes = path.stat().st_size
+            if first:  # the first load in a process initialises llama.cpp's backend: not this sub-network's memory
+                first.clear()
+                LlamaCpp(path, threads=rt.threads, n_ctx=n_ctx, logits_all=False).close()
+            engine = None
+            try:
+                with _RssSampler() as rss:  # open + one prefill and decode (measure's untimed setup prefill too)
+                    engine = LlamaCpp(path, threads=rt.threads, n_ctx=n_ctx, logits_all=False)
+                    engine.measure(wl.prompt_tokens, wl.generate_tokens, repeats=1, warmup=0)
+                m = engine.measure(wl.prompt_tokens, wl.generate_tokens, repeats=repeats)
+            finally:
+                if engine is not None:
+                    engine.close()
+        peak = float(max(rss.growth_bytes, file_bytes))
+        return Measurement(cfg, m.prefill_ms, m.decode_ms_per_token, peak, dict(m.spread), m.flagged)
+
+    return measure
+
+
+def _ort_measure(ort, vocab: int, prompt_tokens: int, generate_tokens: int, batch_size: int, repeats: int,
+                 warmup: int = 1, max_spread: float = 0.10, seed: int = 0):
+    """Prefill ms and decode ms/token of an :class:`toolkit.export.onnx.OrtCausalLM` on the workload
+    (seeded random ids, teacher-forced steps). Returns (prefill Timing, decode Timing, flagged)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, max(4, vocab), (batch_size, prompt_tokens))  # (B, T)
+    steps = rng.integers(3, max(4, vocab), (batch_size, generate_tokens))  # (B, N)
+
+    def prefill():
+        return ort.forward(ids, ort.empty_past(batch_size))[1]
+
+    def decode_from(past):
+        for i in range(generate_tokens):
+            _, past = ort.forward(steps[:, i : i + 1], past)
+
+    return _time_prefill_decode(prefill, decode_from, repeats, warmup, max_spread)
+
+
+def _onnx_measure_fn(loaded, importance, profile, repeats: int, workdir=None):
+    from toolkit.engines import require
+
+    require("onnxruntime", "runtime.engine")
+    import onnxruntime  # noqa: F401 - imported here, so that its libraries are not counted as a sub-network's memory
+
+    from toolkit.export.onnx import OrtCausalLM, export_onnx
+    from toolkit.predictor import Measurement
+
+    rt, wl = profile.runtime, profile.workload
+    first = [True]
+
+    def measure(cfg):
+        child = _extract_fp32_cpu(loaded, cfg, importance)
+        vocab = int(child.config.vocab_size)
+        with _artifact_dir(workdir) as tmp, mmap_threshold():
+            facts = export_onnx(child, tmp)
+            del child
+            file_bytes = _folder_bytes(tmp)
+            if first:  # the first session in a process sets up onnxruntime's environment
+                first.clear()
+                OrtCausalLM(tmp, facts["kv_heads"], facts["head_dim"], threads=rt.threads)
+            with _RssSampler() as rss:  # open + one prefill and decode
+                ort = OrtCausalLM(tmp, facts["kv_heads"], facts["head_dim"], threads=rt.threads)
+                _ort_measure(ort, vocab, wl.prompt_tokens, wl.generate_tokens, wl.batch_size, repeats=1, warmup=0)
+            t_prefill, t_decode, flagged = _ort_measure(ort, vocab, wl.prompt_tokens, wl.generate_tokens,
+                                                        wl.batch_size, repeats)
+            del ort
+        peak = float(max(rss.growth_bytes, file_bytes))
+        spread = {"prefill_ms": t_prefill.spread, "decode_ms_per_token": t_decode.spread}
+        return Measurement(cfg, t_prefill.median_s * 1e3, t_decode.median_s * 1e3 / wl.generate_tokens, peak,
+                           spread, flagged)
+
+    return measure
+
+
+# runtime.engine -> the builder of its ``cfg -> Measurement`` (names as toolkit.engines.ENGINES)
+_ENGINE_MEASURE_FNS = {"torch": _torch_measure_fn, "onnxruntime": _onnx_measure_fn, "llama.cpp": _llamacpp_measure_fn}

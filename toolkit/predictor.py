@@ -23,6 +23,13 @@ coefficients by non-negative least squares (scipy) on a few measured sub-network
 space. Four coefficients per target is why ~10-20 samples suffice (HELP-like sample counts), where
 one-hot regressors (DyNAS-T) need hundreds.
 
+**Engine.** The features follow the profile's ``runtime.engine`` (:class:`Hardware`): decode reads
+each weight at the engine's bytes per weight (torch: the runtime dtype; onnxruntime: fp32; llama.cpp:
+the GGUF type's, e.g. 34/32 bytes for q8_0) and the KV cache at the engine's cache type (llama.cpp: f16).
+The per-layer overhead ``c1`` is whatever the engine's calibration measures (large in PyTorch eager,
+small in llama.cpp). A predictor records its engine and GGUF type; one written before they existed
+reads as torch, and a search for a profile with another engine refuses it.
+
 Why hand-written: nn-Meter / HELP predict CNN kernels or need meta-training; the transformer cost model
 here is a few lines of algebra and NNLS.
 """
@@ -37,6 +44,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from toolkit.engines import ENGINES as _ENGINE_REGISTRY
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import atomic_write_json
 from toolkit.space import ParentShape, SearchSpace, SubnetConfig, parse_json, read_text_file
@@ -71,23 +79,78 @@ class Workload:
         return cls(wl.prompt_tokens, wl.generate_tokens, wl.batch_size)
 
 
+ENGINES = tuple(_ENGINE_REGISTRY)  # torch, onnxruntime, llama.cpp
+LLAMACPP_KV_BYTES = 2  # llama.cpp's default KV cache type is f16 (what toolkit.engines.llamacpp times)
+
+
+def _gguf_bytes_per_weight(gguf_type: str) -> float:
+    from toolkit.engines.llamacpp import GGUF_TYPES  # numpy/ctypes only; llama_cpp is not imported
+
+    return GGUF_TYPES[gguf_type].bytes_per_weight
+
+
+def _gguf_type_names() -> tuple[str, ...]:
+    from toolkit.engines.llamacpp import GGUF_TYPES
+
+    return tuple(GGUF_TYPES)
+
+
 @dataclass(frozen=True)
 class Hardware:
-    """The device figures the roofline needs (taken from a DeviceProfile)."""
+    """The device figures the roofline needs (taken from a DeviceProfile), and how the engine stores data.
+
+    The bytes the decode roofline reads follow the engine: torch reads its weights, KV cache and
+    activations at the runtime dtype; onnxruntime runs the fp32 ONNX export (4 bytes each); llama.cpp
+    reads weights at the GGUF type's nominal bytes per weight
+    (:data:`toolkit.engines.llamacpp.GGUF_TYPES`), keeps an f16 KV cache and f32 activations.
+    """
 
     peak_flops: float  # FLOP/s at the runtime dtype
     bandwidth_bytes_per_s: float
     dtype: str = "float32"
+    engine: str = "torch"
+    gguf_type: str | None = None  # llama.cpp only
 
     def __post_init__(self) -> None:
         if not (self.peak_flops > 0 and self.bandwidth_bytes_per_s > 0):
             raise ConfigError("hardware", "peak FLOP/s and bandwidth must be positive")
         if self.dtype not in DTYPE_BYTES:
             raise ConfigError("runtime.dtype", f"unsupported dtype {self.dtype!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError("hardware.engine", f"expected one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "llama.cpp":
+            if self.gguf_type not in _gguf_type_names():
+                raise ConfigError("hardware.gguf_type", f"expected a llama.cpp GGUF type "
+                                  f"({', '.join(_gguf_type_names())}), got {self.gguf_type!r}")
+        elif self.gguf_type is not None:
+            raise ConfigError("hardware.gguf_type", f"only meaningful with engine llama.cpp (this one is {self.engine})")
 
     @property
     def bytes_per_element(self) -> int:
+        """Bytes per element of the runtime dtype (torch's weights, cache and activations)."""
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def weight_bytes_per_param(self) -> float:
+        """Bytes the engine stores (and reads per decode step) for one weight."""
+        if self.engine == "llama.cpp":
+            return _gguf_bytes_per_weight(self.gguf_type)
+        return 4.0 if self.engine == "onnxruntime" else float(self.bytes_per_element)
+
+    @property
+    def kv_bytes_per_element(self) -> int:
+        """Bytes per element of the engine's KV cache."""
+        if self.engine == "llama.cpp":
+            return LLAMACPP_KV_BYTES
+        return 4 if self.engine == "onnxruntime" else self.bytes_per_element
+
+    @property
+    def activation_bytes_per_element(self) -> int:
+        return self.bytes_per_element if self.engine == "torch" else 4
+
+    @property
+    def describe_engine(self) -> str:
+        return f"{self.engine} ({self.gguf_type})" if self.gguf_type else self.engine
 
     @classmethod
     def from_profile(cls, profile) -> "Hardware":
@@ -95,13 +158,20 @@ class Hardware:
         if dtype not in profile.compute.peak_flops:
             raise ConfigError("compute.peak_flops", f"no peak FLOP/s for the runtime dtype {dtype!r}", profile.name)
         return cls(peak_flops=float(profile.compute.peak_flops[dtype]),
-                   bandwidth_bytes_per_s=float(profile.memory.bandwidth_bytes_per_s), dtype=dtype)
+                   bandwidth_bytes_per_s=float(profile.memory.bandwidth_bytes_per_s), dtype=dtype,
+                   engine=profile.runtime.engine, gguf_type=profile.runtime.gguf_type)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; the bytes per weight / cache element are derived, written for readers (and checked on read)."""
+        return {**dataclasses.asdict(self), "weight_bytes_per_param": self.weight_bytes_per_param,
+                "kv_bytes_per_element": self.kv_bytes_per_element}
 
 
 def features(shape: ParentShape, cfg: SubnetConfig, hw: Hardware, wl: Workload) -> dict[str, np.ndarray]:
     """The per-target feature vectors (see the module docstring) of one sub-network."""
     B, T, N = wl.batch_size, wl.prompt_tokens, wl.generate_tokens
-    D, hd, V, e = shape.hidden_size, shape.head_dim, shape.vocab_size, hw.bytes_per_element
+    D, hd, V = shape.hidden_size, shape.head_dim, shape.vocab_size
+    w, c, a = hw.weight_bytes_per_param, hw.kv_bytes_per_element, hw.activation_bytes_per_element  # bytes each
     g = shape.group_size
     heads = np.asarray(cfg.heads, dtype=np.float64)
     kv = heads / g
@@ -113,13 +183,13 @@ def features(shape: ParentShape, cfg: SubnetConfig, hw: Hardware, wl: Workload) 
     attn_flops_prefill = 2 * B * T * attn_params + 4 * B * heads * T * T * hd / 2
     mlp_flops_prefill = 2 * B * T * mlp_params
     head_flops = 2 * B * D * V  # last-token logits only
-    # Decode: every weight is read once per step, plus the layer's KV cache.
-    attn_bytes_decode = attn_params * e + 2 * B * kv * hd * ctx * e
-    mlp_bytes_decode = mlp_params * e
-    head_bytes = D * V * e
-    weight_bytes = shape.num_params(cfg) * e
-    kv_bytes = float(2 * B * kv.sum() * hd * (T + N) * e)
-    act_bytes = float(B * T * (D * 4 + max(mlp.max(), heads.max() * hd) * 3) * e + B * V * 4)
+    # Decode: every weight is read once per step (at the engine's bytes per weight), plus the layer's KV cache.
+    attn_bytes_decode = attn_params * w + 2 * B * kv * hd * ctx * c
+    mlp_bytes_decode = mlp_params * w
+    head_bytes = D * V * w
+    weight_bytes = shape.num_params(cfg) * w
+    kv_bytes = float(2 * B * kv.sum() * hd * (T + N) * c)
+    act_bytes = float(B * T * (D * 4 + max(mlp.max(), heads.max() * hd) * 3) * a + B * V * 4)
     to_ms = 1e3
     return {
         "prefill_ms": np.array([1.0, cfg.depth, attn_flops_prefill.sum() / hw.peak_flops * to_ms,
@@ -262,6 +332,15 @@ class Predictor:
         if model_hash != self.model_hash:
             raise UserError(f"{where}: model_hash: predictor was calibrated for model {self.model_hash}, not {model_hash}")
 
+    def check_engine(self, profile, where: str = "predictor") -> None:
+        """Refuse (one line) predicting for a profile whose engine or GGUF type is not the one calibrated for."""
+        rt, hw = profile.runtime, self.hardware
+        if (rt.engine, rt.gguf_type) != (hw.engine, hw.gguf_type):
+            theirs = f"{rt.engine} ({rt.gguf_type})" if rt.gguf_type else rt.engine
+            field_name = "hardware.engine" if rt.engine != hw.engine else "hardware.gguf_type"
+            raise UserError(f"{where}: {field_name}: predictor was calibrated in {hw.describe_engine}, but the profile "
+                            f"{profile.name!r} runs {theirs}; calibrate with that profile")
+
     # -- fitting ----------------------------------------------------------------------------------
     @classmethod
     def prior(cls, model_hash: str, profile_name: str, profile_fingerprint: str, shape: ParentShape,
@@ -321,7 +400,7 @@ class Predictor:
             "model_hash": self.model_hash,
             "profile": {"name": self.profile_name, "fingerprint": self.profile_fingerprint},
             "shape": dataclasses.asdict(self.shape),
-            "hardware": dataclasses.asdict(self.hardware),
+            "hardware": self.hardware.to_dict(),
             "workload": dataclasses.asdict(self.workload),
             "features": {t: list(FEATURE_NAMES[t]) for t in TARGETS},
             "coefficients": {t: list(map(float, self.coefficients[t])) for t in TARGETS},
@@ -364,14 +443,30 @@ class Predictor:
                 raise ConfigError(k, "missing required field", file)
         profile = fields_of("profile", d["profile"], ("name", "fingerprint"), ("name", "fingerprint"))
         shape = ParentShape.from_dict(d["shape"], file)
-        hw = fields_of("hardware", d["hardware"], ("peak_flops", "bandwidth_bytes_per_s", "dtype"),
+        hw = fields_of("hardware", d["hardware"], ("peak_flops", "bandwidth_bytes_per_s", "dtype", "engine",
+                                                   "gguf_type", "weight_bytes_per_param", "kv_bytes_per_element"),
                        ("peak_flops", "bandwidth_bytes_per_s"))
         dtype = hw.get("dtype", "float32")
         if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
             raise ConfigError("hardware.dtype", f"expected one of {', '.join(DTYPE_BYTES)}, got {dtype!r}", file)
-        hardware = Hardware(_number("hardware.peak_flops", hw["peak_flops"], file, positive=True),
-                            _number("hardware.bandwidth_bytes_per_s", hw["bandwidth_bytes_per_s"], file, positive=True),
-                            dtype)
+        # A predictor written before engines existed was calibrated in torch.
+        engine, gguf = hw.get("engine", "torch"), hw.get("gguf_type")
+        if not isinstance(engine, str):
+            raise ConfigError("hardware.engine", f"expected one of {', '.join(ENGINES)}, got {engine!r}", file)
+        if gguf is not None and not isinstance(gguf, str):
+            raise ConfigError("hardware.gguf_type", f"expected a GGUF type name or null, got {gguf!r}", file)
+        try:
+            hardware = Hardware(_number("hardware.peak_flops", hw["peak_flops"], file, positive=True),
+                                _number("hardware.bandwidth_bytes_per_s", hw["bandwidth_bytes_per_s"], file, positive=True),
+                                dtype, engine, gguf)
+        except ConfigError as exc:
+            raise exc.with_file(file) from None
+        for name, derived in (("weight_bytes_per_param", hardware.weight_bytes_per_param),
+                              ("kv_bytes_per_element", hardware.kv_bytes_per_element)):
+            if name in hw and _number(f"hardware.{name}", hw[name], file, positive=True) != derived:
+                # The coefficients were fitted on features made with other bytes (e.g. another GGUF table).
+                raise ConfigError(f"hardware.{name}", f"{hw[name]!r} is not what this toolkit derives for "
+                                  f"{hardware.describe_engine} ({derived!r}); recalibrate", file)
         # Every workload field is required: a default would silently predict for another workload.
         wl_fields = [f.name for f in dataclasses.fields(Workload)]
         wl = fields_of("workload", d["workload"], wl_fields, wl_fields)
@@ -460,9 +555,11 @@ CALIBRATION_JOURNAL_VERSION = 1
 def calibration_header(prior: Predictor, repeats: int | None = None,
                        runtime: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a calibration journal's measurements depend on: a resume with any of it changed is refused."""
+    hw = prior.hardware
     return {"journal": "calibration", "version": CALIBRATION_JOURNAL_VERSION, "model_hash": prior.model_hash,
             "profile_fingerprint": prior.profile_fingerprint, "workload": dataclasses.asdict(prior.workload),
-            "dtype": prior.hardware.dtype, "repeats": repeats, "runtime": dict(runtime or {})}
+            "dtype": hw.dtype, "repeats": repeats,
+            "runtime": {**dict(runtime or {}), "engine": hw.engine, "gguf_type": hw.gguf_type}}
 
 
 def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn, journal_path: str | Path | None = None,
@@ -472,8 +569,8 @@ def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn, jou
     Measurements are appended to ``journal_path`` (a :class:`toolkit.journal.Journal`: JSONL, each line
     fsynced, a line torn by a kill dropped on resume) as they are taken, so a killed calibration
     resumes without re-timing what it already has. The journal's header records what the measurements
-    depend on (model hash, profile fingerprint, workload, dtype, ``repeats``, ``runtime``: the device and
-    threads); a journal written with other settings is a one-line error naming the differing fields
+    depend on (model hash, profile fingerprint, workload, dtype, ``repeats``, ``runtime``: the device,
+    threads, and the engine and GGUF type from ``prior.hardware``); a journal written with other settings is a one-line error naming the differing fields
     (never silently discarded).
     """
     from toolkit.journal import Journal, line_error

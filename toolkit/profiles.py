@@ -30,12 +30,19 @@ A profile is a YAML file (read with ``yaml.safe_load``, written with ``yaml.safe
       cuda_capability: null          # "major.minor", required for gpu
     runtime:                         # how the toolkit runs models when measuring for this device
       device: cpu                    # cpu | cuda | cuda:N (matches identity.kind)
-      dtype: float32                 # must have a compute.peak_flops entry
-      threads: 2                     # torch intra-op threads (null: leave torch's default)
+      dtype: float32                 # must have a compute.peak_flops entry (the prefill roofline's peak)
+      threads: 2                     # the engine's threads (torch intra-op, onnxruntime intra-op, llama.cpp
+                                     # n_threads); null: the engine's default
+      engine: torch                  # optional: torch | onnxruntime | llama.cpp (default torch), what
+                                     # calibration times sub-networks in (onnxruntime, llama.cpp: cpu, float32)
+      gguf_type: q8_0                # llama.cpp only (default q8_0): the GGUF type the weights are quantized to
+                                     # (a name from toolkit.engines.llamacpp.GGUF_TYPES); absent for other engines
     workload:                        # optional; the deployment workload (defaults shown)
       prompt_tokens: 128
       generate_tokens: 32
       batch_size: 1                  # also the batch the runtime runs
+    engines: {torch: 2.13.0+cpu, llama.cpp: 0.3.36}   # optional: engines installed when the profile was
+                                     # measured (an observation, not a figure; `toolkit profile` writes it)
     provenance:                      # one entry per figure, no more, no less
       compute.peak_flops.float32:
         measured: {date: '2026-11-24T03:00:00+00:00', repeats: 15, spread: 0.03, method: '...', cpu_share: 0.98}
@@ -47,7 +54,15 @@ The **figures** that need provenance are ``compute.cores``, ``compute.threads`` 
 either ``measured`` (date, repeats, relative spread, method, and optionally ``cpu_share``: the CPU time the
 measuring process got over what it asked for, well under 1 on a busy machine; counts read from the OS are
 measured with one exact repeat) or ``spec`` (a datasheet figure, with its source named; derived figures say how).
-``usable_bytes``, ``runtime`` and ``workload`` are settings, not figures.
+``usable_bytes``, ``runtime`` and ``workload`` are settings, not figures; ``engines`` is an observation
+(engine -> installed version, :func:`toolkit.engines.installed`), checked for known engine names only.
+
+**Engine.** ``runtime.engine`` is where the profile's speeds are meant: calibration exports each
+sub-network to the engine's format and times it there, and the predictor's bytes per weight follow the
+engine (``gguf_type`` for llama.cpp). onnxruntime and llama.cpp run on the CPU in float32 arithmetic
+here (onnxruntime's CPU provider, llama-cpp-python's CPU build), and llama.cpp one sequence at a time
+(``workload.batch_size`` 1). The engine is a setting of the toolkit, not of the machine: it does not
+enter the fingerprint.
 
 **extends.** A profile may ``extends:`` another (searched in the including file's folder, then
 :func:`profile_search_path`). Mappings merge key by key, anything else is replaced; the child must set
@@ -93,10 +108,11 @@ from typing import Any, Callable, ClassVar, Mapping, Union
 
 import yaml
 
+from toolkit.engines import ENGINES as _ENGINE_REGISTRY
 from toolkit.errors import ConfigError, UserError
 
 __all__ = [
-    "SCHEMA_VERSION", "DTYPES", "KINDS", "PROFILES_DIR_ENV",
+    "SCHEMA_VERSION", "DTYPES", "KINDS", "ENGINES", "DEFAULT_GGUF_TYPE", "PROFILES_DIR_ENV",
     "Identity", "Compute", "Memory", "Features", "Runtime", "Workload", "Measured", "Spec", "DeviceProfile",
     "ForeignProfileWarning", "MachineInfo",
     "shipped_profiles_dir", "profile_search_path", "list_profiles", "find_profile", "load_profile", "save_profile",
@@ -107,6 +123,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 KINDS = ("cpu", "gpu")
 DTYPES = ("float32", "bfloat16", "float16")
+ENGINES = tuple(_ENGINE_REGISTRY)  # torch, onnxruntime, llama.cpp (toolkit.engines: the one registry)
 PROFILES_DIR_ENV = "TOOLKIT_PROFILES_DIR"
 YAML_SUFFIXES = (".yaml", ".yml")
 # Default memory budget as a fraction of capacity: the OS and other processes share a CPU machine's RAM
@@ -355,12 +372,62 @@ class Features(_Record):
     cuda_capability: str | None = _check(_cuda_capability, None)
 
 
+def _gguf_type(v: Any) -> str:
+    from toolkit.engines.llamacpp import GGUF_TYPES  # numpy and ctypes only; llama_cpp is not imported
+
+    if not isinstance(v, str) or v.lower() not in GGUF_TYPES:
+        raise _Bad(f"expected a llama.cpp GGUF type ({', '.join(GGUF_TYPES)}), got {_show(v)}")
+    return v.lower()
+
+
+def _engines_record(v: Any) -> dict[str, str]:
+    if not isinstance(v, dict):
+        raise _Bad(f"expected a mapping engine -> installed version, got {_show(v)}")
+    out = {}
+    for k, ver in v.items():
+        if k not in ENGINES:
+            raise _Bad(f"unknown engine (known: {', '.join(ENGINES)})", subfield=str(k))
+        if isinstance(ver, (int, float)) and not isinstance(ver, bool):  # an unquoted 1.32 in YAML
+            ver = repr(ver)
+        if not isinstance(ver, str) or not ver.strip():
+            raise _Bad(f"expected the installed version as a string, got {_show(ver)}", subfield=str(k))
+        out[k] = ver.strip()
+    return {k: out[k] for k in ENGINES if k in out}  # canonical order
+
+
+DEFAULT_GGUF_TYPE = "q8_0"
+
+
 @dataclass(frozen=True)
 class Runtime(_Record):
     _SECTION: ClassVar[str] = "runtime"
     device: str = _check(_device)
     dtype: str = _check(_choice(*DTYPES))
     threads: int | None = _check(_optional(_count), None)
+    engine: str = _check(_choice(*ENGINES), "torch")
+    gguf_type: str | None = _check(_optional(_gguf_type), None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.engine == "llama.cpp":
+            if self.gguf_type is None:
+                object.__setattr__(self, "gguf_type", DEFAULT_GGUF_TYPE)
+        elif self.gguf_type is not None:
+            raise ConfigError("runtime.gguf_type", f"only meaningful with runtime.engine llama.cpp (this one is "
+                              f"{self.engine}); remove it, or set it to null over an inherited one")
+        if self.engine != "torch":
+            if self.device != "cpu":
+                raise ConfigError("runtime.engine", f"{self.engine} runs on the cpu here, got runtime.device "
+                                  f"{self.device!r}; use engine torch for a CUDA device")
+            if self.dtype != "float32":
+                what = "its weights' type is runtime.gguf_type" if self.engine == "llama.cpp" else "the ONNX export is fp32"
+                raise ConfigError("runtime.dtype", f"{self.engine} computes in float32 ({what}), got {self.dtype}")
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if d["gguf_type"] is None:
+            del d["gguf_type"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -449,7 +516,7 @@ def _fingerprint(kind: str, model: str, threads: int | None, capacity_bytes: int
 
 _SECTIONS = {"identity": Identity, "compute": Compute, "memory": Memory, "features": Features,
              "runtime": Runtime, "workload": Workload}
-_TOP = ("version", "name", "description", *_SECTIONS, "provenance")
+_TOP = ("version", "name", "description", *_SECTIONS, "engines", "provenance")
 
 
 @dataclass(frozen=True)
@@ -465,16 +532,17 @@ class DeviceProfile:
     provenance: Mapping[str, Provenance]
     workload: Workload = field(default_factory=Workload)
     description: str = ""
+    engines: Mapping[str, str] = field(default_factory=dict)  # observed: engine -> installed version
     version: int = SCHEMA_VERSION
 
     def __post_init__(self):
         if isinstance(self.version, bool) or self.version != SCHEMA_VERSION:
             raise ConfigError("version", f"unsupported schema version {self.version!r} (this toolkit reads {SCHEMA_VERSION})")
-        for fname, check in (("name", _name), ("description", _free_text)):
+        for fname, check in (("name", _name), ("description", _free_text), ("engines", _engines_record)):
             try:
                 object.__setattr__(self, fname, check(getattr(self, fname)))
             except _Bad as bad:
-                raise ConfigError(fname, bad.problem) from None
+                raise ConfigError(f"{fname}.{bad.subfield}" if bad.subfield else fname, bad.problem) from None
         for sec, cls in _SECTIONS.items():
             if not isinstance(getattr(self, sec), cls):
                 raise ConfigError(sec, f"expected a {cls.__name__}, got {_show(getattr(self, sec))}")
@@ -499,6 +567,9 @@ class DeviceProfile:
             raise ConfigError("memory.usable_bytes", f"{m.usable_bytes} exceeds memory.capacity_bytes {m.capacity_bytes}")
         if rt.dtype not in c.peak_flops:
             raise ConfigError("runtime.dtype", f"{rt.dtype} has no compute.peak_flops entry (have: {', '.join(c.peak_flops)})")
+        if rt.engine == "llama.cpp" and self.workload.batch_size != 1:
+            raise ConfigError("workload.batch_size", f"runtime.engine llama.cpp runs one sequence (llama-cpp-python), "
+                              f"got batch_size {self.workload.batch_size}")
         if not isinstance(self.provenance, Mapping):
             raise ConfigError("provenance", f"expected a mapping figure -> provenance, got {_show(self.provenance)}")
         figures = self.figure_paths()
@@ -558,6 +629,8 @@ class DeviceProfile:
             d["description"] = self.description
         for sec in _SECTIONS:
             d[sec] = getattr(self, sec).to_dict()
+        if self.engines:
+            d["engines"] = dict(self.engines)
         d["provenance"] = {k: _provenance_to(p) for k, p in self.provenance.items()}
         return d
 
@@ -588,7 +661,7 @@ class DeviceProfile:
             raise ConfigError("provenance", f"expected a mapping figure -> provenance, got {_show(prov)}")
         provenance = {str(k): _provenance_from(v, f"provenance.{k}") for k, v in prov.items()}
         return cls(version=d["version"], name=d["name"], description=d.get("description", ""),
-                   provenance=provenance, **sections)
+                   engines={} if d.get("engines") is None else d["engines"], provenance=provenance, **sections)
 
     def to_yaml(self) -> str:
         header = (f"# Device profile '{self.name}' (toolkit.profiles schema {self.version}).\n"
@@ -1157,10 +1230,12 @@ def profile_machine(name: str = "local", device: str = "auto", quick: bool = Fal
     :func:`toolkit.measure.time_callable`, and each figure is the median of all its samples: a load spike
     from another process hits every figure a little rather than one figure a lot. On a CPU, the share of
     the requested CPU time the process actually got is recorded (``cpu_share``; well under 1 means the
-    machine was busy and the figures understate it). ``on_step(label)`` is called before each chunk."""
+    machine was busy and the figures understate it). ``on_step(label)`` is called before each chunk.
+    The engines installed here are recorded in ``engines`` (found, not imported)."""
     import torch
 
     from toolkit import __version__
+    from toolkit.engines import installed
     from toolkit.measure import Timing, sync_for, time_callable, torch_threads
 
     info = detect(device)
@@ -1231,5 +1306,6 @@ def profile_machine(name: str = "local", device: str = "auto", quick: bool = Fal
         features=info.features,
         runtime=runtime,
         workload=Workload(),
+        engines=installed(),
         provenance=prov,
     )

@@ -1,4 +1,7 @@
-"""``toolkit calibrate``: time sub-networks on this machine and fit the latency/memory predictor (stage 2 of 4)."""
+"""``toolkit calibrate``: time sub-networks on this machine and fit the latency/memory predictor (stage 2 of 4).
+
+Sub-networks are timed in the profile's ``runtime.engine`` (torch, onnxruntime, or llama.cpp at
+``runtime.gguf_type``); the engine's package is checked before the model loads."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ EXAMPLES = """examples:
   toolkit calibrate --profile run/profile.yaml --model smollm2-135m --samples 16 --out run/predictor.json
   toolkit calibrate --refit run/predictor.json --out run/predictor.json   # refit saved measurements, no timing
   toolkit calibrate --profile h100-sxm --model smollm2-135m --samples 0 --out prior.json  # spec-only roofline
+  toolkit calibrate --profile cloud-vm-2core-x86-llamacpp --model smollm2-135m --samples 16 --out run/llamacpp.json
+                                                        # timed as q8_0 GGUF in llama.cpp (the [llamacpp] extra)
 """
 
 
@@ -79,6 +84,11 @@ def run(args) -> int:
 
     profile = load_profile(args.profile)
     if args.samples:
+        from toolkit.engines import require
+        from toolkit.profiles import find_profile
+
+        # Sub-networks are timed in the profile's engine: a missing one is a one-line error before the model loads.
+        require(profile.runtime.engine, f"{find_profile(args.profile)}: runtime.engine")
         warn_if_foreign(profile)  # timing on a machine the profile does not describe
     # A spec-only prior times nothing: the model is only read for its shape and hash, on the CPU.
     device = profile.runtime.device if args.samples else "cpu"
@@ -102,9 +112,11 @@ def run(args) -> int:
         def progress(done, m):
             bar.update(task, completed=done, info=f"{1e3 / m.decode_ms_per_token:.1f} tok/s, prefill {m.prefill_ms:.0f} ms")
 
-        fitted = calibrate(prior, configs, subnet_measure_fn(loaded, importance, profile, args.repeats), journal, progress,
-                           repeats=args.repeats, runtime=runtime)
+        # Exporting engines write each sub-network's temporary artifact next to the predictor file.
+        measure = subnet_measure_fn(loaded, importance, profile, args.repeats, workdir=Path(args.out).resolve().parent)
+        fitted = calibrate(prior, configs, measure, journal, progress, repeats=args.repeats, runtime=runtime)
     fitted.save(args.out)
     journal.unlink(missing_ok=True)
-    print(json.dumps({"out": args.out, "samples": len(configs), "cv": fitted.cv}, indent=2))
+    print(json.dumps({"out": args.out, "samples": len(configs), "engine": fitted.hardware.describe_engine,
+                      "cv": fitted.cv}, indent=2))
     return 0

@@ -99,10 +99,20 @@ def run(args) -> int:
                           for dt, v in profile.compute.peak_flops.items())
         bw = figure("memory.bandwidth_bytes_per_s", _si(profile.memory.bandwidth_bytes_per_s, "B/s"))
         print(f"wrote {args.out}: {profile.name}, {profile.describe_machine()}; peak {peaks}; bandwidth {bw}; "
-              f"fingerprint {profile.fingerprint}")
+              f"engines {_engines(profile)}; fingerprint {profile.fingerprint}")
     else:
         sys.stdout.write(profile.to_yaml())
+        err.print(f"engines installed: {_engines(profile)}", soft_wrap=True, highlight=False)
     return 0
+
+
+def _engines(profile) -> str:
+    """The engines found on this machine with their versions, and the ones a profile could name but cannot run here."""
+    from toolkit.engines import ENGINES
+
+    have = ", ".join(f"{e} {v}" for e, v in profile.engines.items())
+    missing = [e for e in ENGINES if e not in profile.engines]
+    return have + (f" (not installed: {', '.join(missing)})" if missing else "")
 
 
 def run_validate(args) -> int:

@@ -141,6 +141,8 @@ def run(args) -> int:
     if predictor.profile_fingerprint != profile.fingerprint:
         raise UserError(f"{args.predictor}: profile.fingerprint: calibrated for {predictor.profile_name!r}, "
                         f"not for the profile {profile.name!r} being searched for")
+    # The speed objective is the profile's engine's speed: a predictor timed in another engine is not it.
+    predictor.check_engine(profile, where=args.predictor)
     _check_run_dir(args, settings)
     # Read once, reused per candidate; only the search part (never the report part) is graded on.
     task_data = load_task(get_task(args.task), data_dir(args.data_dir)).split(args.split)
