@@ -149,7 +149,7 @@ class Hardware:
         return self.bytes_per_element if self.engine == "torch" else 4
 
     @property
-    def describe_engine(self) -> str:
+    def engine_label(self) -> str:
         return f"{self.engine} ({self.gguf_type})" if self.gguf_type else self.engine
 
     @classmethod
@@ -338,7 +338,7 @@ class Predictor:
         if (rt.engine, rt.gguf_type) != (hw.engine, hw.gguf_type):
             theirs = f"{rt.engine} ({rt.gguf_type})" if rt.gguf_type else rt.engine
             field_name = "hardware.engine" if rt.engine != hw.engine else "hardware.gguf_type"
-            raise UserError(f"{where}: {field_name}: predictor was calibrated in {hw.describe_engine}, but the profile "
+            raise UserError(f"{where}: {field_name}: predictor was calibrated in {hw.engine_label}, but the profile "
                             f"{profile.name!r} runs {theirs}; calibrate with that profile")
 
     # -- fitting ----------------------------------------------------------------------------------
@@ -466,7 +466,7 @@ class Predictor:
             if name in hw and _number(f"hardware.{name}", hw[name], file, positive=True) != derived:
                 # The coefficients were fitted on features made with other bytes (e.g. another GGUF table).
                 raise ConfigError(f"hardware.{name}", f"{hw[name]!r} is not what this toolkit derives for "
-                                  f"{hardware.describe_engine} ({derived!r}); recalibrate", file)
+                                  f"{hardware.engine_label} ({derived!r}); recalibrate", file)
         # Every workload field is required: a default would silently predict for another workload.
         wl_fields = [f.name for f in dataclasses.fields(Workload)]
         wl = fields_of("workload", d["workload"], wl_fields, wl_fields)

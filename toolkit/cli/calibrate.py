@@ -117,6 +117,6 @@ def run(args) -> int:
         fitted = calibrate(prior, configs, measure, journal, progress, repeats=args.repeats, runtime=runtime)
     fitted.save(args.out)
     journal.unlink(missing_ok=True)
-    print(json.dumps({"out": args.out, "samples": len(configs), "engine": fitted.hardware.describe_engine,
+    print(json.dumps({"out": args.out, "samples": len(configs), "engine": fitted.hardware.engine_label,
                       "cv": fitted.cv}, indent=2))
     return 0
