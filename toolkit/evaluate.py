@@ -45,6 +45,14 @@ a context is first cut to its last few thousand characters that still encode to 
 tokens plus a 64-token margin (the cut starts a whitespace run, so pre-tokenization after it is
 unchanged): the tokens kept are lm-eval's, the work is a small multiple of ``max_length``.
 
+**Engines.** Building requests and computing metrics is the evaluator's; scoring the requests is a
+:class:`Scorer`'s: :class:`TorchScorer` (the packed tree engine above, on a PyTorch model) or
+:class:`LlamaCppScorer` (a GGUF file in llama.cpp, one request after another with the KV cache of the
+shared prefix kept, log-softmax in float64), so a quantized artifact's accuracy is measured in the engine
+it is deployed in, on the same requests. Its tokenizer is the one transformers builds from the GGUF
+(:func:`gguf_tokenizer`), the PyTorch path's. On an f32 GGUF export both engines give the same
+predictions (``tests/test_eval_llamacpp.py``).
+
 The result equals a plain full-sequence forward up to float rounding (tests check <= 1e-4 on tiny
 models); ``benchmarks/evaluator.py`` checks the numbers against lm-eval itself.
 
@@ -288,6 +296,23 @@ def _token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_row
     return out
 
 
+def _model_inputs(requests: Sequence[tuple[list[int], list[int]]], max_len: int
+                  ) -> tuple[list[list[int]], list[int], list[list[int]]]:
+    """(input tokens, position in the input that predicts the continuation's first token, continuation)
+    per request: ``(ctx + cont)[-(max_len + 1):][:-1]``, lm-eval's left truncation. Shared by the engines."""
+    inputs, starts, targets = [], [], []
+    for ctx, cont in requests:
+        if not ctx or not cont:
+            raise UserError("evaluate: a request encodes to an empty context or continuation")
+        if len(cont) > max_len:
+            raise UserError(f"evaluate: a continuation of {len(cont)} tokens exceeds the model's {max_len}")
+        x = (ctx + cont)[-(max_len + 1):][:-1]  # lm-eval's left truncation
+        inputs.append(x)
+        starts.append(len(x) - len(cont))  # position in x that predicts cont[0]
+        targets.append(cont)
+    return inputs, starts, targets
+
+
 @torch.inference_mode()
 def score_token_requests(
     model,
@@ -310,17 +335,7 @@ def score_token_requests(
 
     decoder, head = _decoder_and_head(model)
     device = next(model.parameters()).device
-    max_len = model_max_length(model)
-    inputs, starts, targets = [], [], []
-    for ctx, cont in requests:
-        if not ctx or not cont:
-            raise UserError("evaluate: a request encodes to an empty context or continuation")
-        if len(cont) > max_len:
-            raise UserError(f"evaluate: a continuation of {len(cont)} tokens exceeds the model's {max_len}")
-        x = (ctx + cont)[-(max_len + 1):][:-1]  # lm-eval's left truncation
-        inputs.append(x)
-        starts.append(len(x) - len(cont))  # position in x that predicts cont[0]
-        targets.append(cont)
+    inputs, starts, targets = _model_inputs(requests, model_max_length(model))
     owners = list(range(len(requests))) if owners is None else list(owners)
     groups = _build_groups(inputs, owners)
     segments = [_Segment.of(g, inputs) for g in groups]
@@ -369,6 +384,170 @@ def naive_loglikelihoods(model, requests: Sequence[tuple[list[int], list[int]]])
     return np.array(out)
 
 
+# -- scoring backends ----------------------------------------------------------------------------------
+class Scorer:
+    """What the evaluator asks of an engine: the log-likelihood sum of each (context tokens, continuation
+    tokens) request. Everything else (tokenization, subsets, splits, metrics, the result record) is the
+    evaluator's and the same for every engine.
+
+    ``engine`` names the engine (:data:`toolkit.engines.ENGINES`); ``max_length`` is lm-eval's maximum
+    length of the model (the left truncation and the over-long continuation check use it).
+    """
+
+    engine: str = ""
+    max_length: int = _DEFAULT_MAX_LENGTH
+
+    def score(self, requests: Sequence[tuple[list[int], list[int]]], owners: Sequence[int] | None = None,
+              on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
+        """(log-likelihoods (R,) float64, tokens the engine computed); ``on_batch(n)`` after n requests."""
+        raise NotImplementedError
+
+
+class TorchScorer(Scorer):
+    """A PyTorch model, scored by the packed tree engine (:func:`score_token_requests`)."""
+
+    engine = "torch"
+
+    def __init__(self, model, max_batch_tokens: int = DEFAULT_BATCH_TOKENS):
+        self.model = model
+        self.max_batch_tokens = max_batch_tokens
+        self.max_length = model_max_length(model)
+
+    def score(self, requests, owners=None, on_batch=None):
+        return score_token_requests(self.model, requests, owners, max_batch_tokens=self.max_batch_tokens,
+                                    on_batch=on_batch)
+
+
+_LLAMACPP_CTX_STEP = 64  # the llama.cpp context is the longest input rounded up to this many tokens
+
+
+def _log_softmax_rows(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """log P(target) per row of ``logits`` (n, V), computed in float64. (n,)"""
+    x = logits.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
+    return x[np.arange(len(targets)), np.asarray(targets)] - lse
+
+
+class LlamaCppScorer(Scorer):
+    """A GGUF file, scored in llama.cpp (:class:`toolkit.engines.llamacpp.LlamaCpp`, ``logits_all``).
+
+    Requests run one after another in lexicographic order of their input tokens, so neighbours share the
+    longest prefixes (an example's context, few-shot examples); :meth:`LlamaCpp.logits` keeps the KV cache
+    of the prefix shared with the previous request and computes only the rest. The log-softmax of the
+    rows that predict continuation tokens is computed in float64 from llama.cpp's float32 logits.
+
+    The llama.cpp context is opened on the first :meth:`score` with room for its longest input (rounded
+    up to 64 tokens: the ``logits_all`` buffer is ``n_ctx x vocab`` floats) and reopened larger when a
+    later call needs it. ``max_length`` is the GGUF's ``<arch>.context_length``, which is what transformers
+    makes ``max_position_embeddings`` of, so lm-eval's truncation is the same as the PyTorch path's on
+    the same file. ``kv_f32``: an f32 KV cache (for parity with PyTorch; llama.cpp's default f16 cache
+    moves SmolLM2's logits by ~3e-2).
+    """
+
+    engine = "llama.cpp"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, kv_f32: bool = False):
+        from toolkit.engines import require
+        from toolkit.engines.llamacpp import GGUF_TYPES, metadata
+
+        require("llama.cpp")
+        self.path = Path(path)
+        meta = metadata(self.path)
+        arch = meta.get("general.architecture")
+        ctx_train = meta.get(f"{arch}.context_length")
+        self.n_ctx_train = int(ctx_train) if isinstance(ctx_train, (int, np.integer)) and ctx_train > 0 else None
+        self.max_length = self.n_ctx_train or _DEFAULT_MAX_LENGTH  # transformers' default when it is absent
+        ftype = meta.get("general.file_type")
+        by_id = {t.ftype: t.name for t in GGUF_TYPES.values()}
+        self.file_type = by_id.get(int(ftype), int(ftype)) if isinstance(ftype, (int, np.integer)) else None
+        self.threads = threads
+        self.kv_f32 = kv_f32
+        self._llm = None
+
+    def _context(self, longest: int):
+        if self.n_ctx_train is not None and longest > self.n_ctx_train:
+            raise UserError(f"{self.path}: a {longest}-token request exceeds the model's trained context of "
+                            f"{self.n_ctx_train} tokens")
+        if self._llm is None or self._llm.n_ctx < longest:
+            from toolkit.engines.llamacpp import LlamaCpp
+
+            self.close()
+            n_ctx = -(-longest // _LLAMACPP_CTX_STEP) * _LLAMACPP_CTX_STEP
+            if self.n_ctx_train is not None:
+                n_ctx = min(n_ctx, self.n_ctx_train)
+            self._llm = LlamaCpp(self.path, threads=self.threads, n_ctx=n_ctx, kv_f32=self.kv_f32, logits_all=True)
+        return self._llm
+
+    def score(self, requests, owners=None, on_batch=None):
+        inputs, starts, targets = _model_inputs(requests, self.max_length)
+        llm = self._context(max(len(x) for x in inputs))
+        loglik = np.zeros(len(inputs), dtype=np.float64)
+        tokens_run, previous = 0, []
+        for r in sorted(range(len(inputs)), key=inputs.__getitem__):
+            x = inputs[r]
+            keep = min(_common_prefix([previous, x]), len(x) - 1) if previous else 0  # what logits() keeps
+            logits = llm.logits(x, reuse_prefix=True)  # (T, V)
+            loglik[r] = _log_softmax_rows(logits[starts[r]:], targets[r]).sum()
+            tokens_run += len(x) - keep
+            previous = x
+            if on_batch is not None:
+                on_batch(1)
+        return loglik, tokens_run
+
+    @property
+    def threads_used(self) -> int | None:
+        return None if self._llm is None else self._llm.threads
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    def __enter__(self) -> "LlamaCppScorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def as_scorer(model, max_batch_tokens: int = DEFAULT_BATCH_TOKENS) -> Scorer:
+    """``model`` if it is already a :class:`Scorer`, else a PyTorch model scored by :class:`TorchScorer`."""
+    return model if isinstance(model, Scorer) else TorchScorer(model, max_batch_tokens)
+
+
+def gguf_tokenizer(path: str | os.PathLike):
+    """The HF tokenizer transformers builds from a GGUF file, the one :func:`toolkit.models.load_model`
+    gives the PyTorch path, without dequantizing the weights.
+
+    It is read from the file's dequantized cache folder when that exists (exactly the PyTorch path's
+    tokenizer), else built from the GGUF metadata by transformers (``gguf_file=``; ~11 s for SmolLM2's
+    49k-token vocabulary here) and saved, as loading saves it, to a tokenizer-only cache keyed by the
+    file's sha256 (later reads ~0.4 s).
+    """
+    from transformers import AutoTokenizer
+
+    from toolkit.fileio import atomic_directory, cache_dir, sha256_file_cached
+    from toolkit.models.loading import check_gguf, gguf_cache_folder
+
+    path = Path(path).resolve()
+    full = gguf_cache_folder(path)
+    folder = full if (full / "config.json").is_file() else (
+        cache_dir() / "tokenizers" / f"gguf-{sha256_file_cached(path)[:16]}")
+    if not (folder / "tokenizer_config.json").is_file():
+        check_gguf(path, dtype_bytes=0)  # magic, metadata, tensor table; llama.cpp maps the weights, so no memory bound
+        try:
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises bare Exceptions on a bad vocabulary
+            raise UserError(f"{path}: transformers cannot build a tokenizer from its metadata ({exc})") from None
+        with atomic_directory(folder, overwrite=True) as tmp:
+            tok.save_pretrained(tmp)
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder}: no usable tokenizer in the cache folder ({exc})") from None
+
+
 # -- tasks -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ExampleResult:
@@ -401,10 +580,11 @@ class TaskResult:
     limit: int | None = None
     seed: int = 0
     split: str = "all"  # the task's part the examples come from (toolkit.tasks: "search", "report", "all")
-    tokens_forward: int = 0  # tokens run through the decoder (shared prefixes once)
+    tokens_forward: int = 0  # tokens the engine computed (shared prefixes once)
     cpu_seconds: float = 0.0  # process CPU time (all threads): the work, whatever else shares the cores
     truncated_examples: int = 0  # examples whose context was cut from the left to the model's max length
     per_example: tuple[ExampleResult, ...] = field(default=(), repr=False)
+    engine: str = "torch"  # what scored the requests (toolkit.engines: "torch", "llama.cpp")
     version: int = EVAL_VERSION
 
     def __post_init__(self) -> None:
@@ -416,6 +596,10 @@ class TaskResult:
                 raise ValueError(f"TaskResult: {name} must be in [0, 1], got {v}")
         if self.split not in PARTS:
             raise ValueError(f"TaskResult: split must be one of {', '.join(PARTS)}, got {self.split!r}")
+        from toolkit.engines import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"TaskResult: engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 
     def to_dict(self, per_example: bool = False) -> dict[str, Any]:
         d = {
@@ -423,7 +607,7 @@ class TaskResult:
             "limit": self.limit, "seed": self.seed, "split": self.split, "acc": self.acc, "acc_stderr": self.acc_stderr,
             "acc_norm": self.acc_norm, "acc_norm_stderr": self.acc_norm_stderr, "seconds": self.seconds,
             "cpu_seconds": self.cpu_seconds, "tokens_forward": self.tokens_forward,
-            "truncated_examples": self.truncated_examples, "metrics": list(self.metrics),
+            "truncated_examples": self.truncated_examples, "engine": self.engine, "metrics": list(self.metrics),
             "higher_is_better": dict(self.higher_is_better),
         }
         if per_example:
@@ -503,10 +687,14 @@ def peek_tokenizer(source: str | os.PathLike) -> tuple[Any, int, dict] | None:
 def score_examples(model, tokenizer, examples: Sequence[Example], add_bos_token: bool | None = None,
                    max_batch_tokens: int = DEFAULT_BATCH_TOKENS, on_batch: Callable[[int], None] | None = None,
                    file: str | os.PathLike | None = None) -> tuple[list[ExampleResult], int]:
-    """Per-example log-likelihoods and predictions (acc and acc_norm) for a list of examples."""
-    enc = LmEvalTokenizer(tokenizer, add_bos_token, model_max_length(model))
+    """Per-example log-likelihoods and predictions (acc and acc_norm) for a list of examples.
+
+    ``model`` is a PyTorch model (scored by :class:`TorchScorer` with ``max_batch_tokens``) or any
+    :class:`Scorer` (e.g. :class:`LlamaCppScorer`): requests and metrics are the same for every engine."""
+    scorer = as_scorer(model, max_batch_tokens)
+    enc = LmEvalTokenizer(tokenizer, add_bos_token, scorer.max_length)
     encoded, owners, truncated = encode_examples(enc, examples, file)
-    lls, tokens = score_token_requests(model, encoded, owners, max_batch_tokens=max_batch_tokens, on_batch=on_batch)
+    lls, tokens = scorer.score(encoded, owners, on_batch=on_batch)
     results, k = [], 0
     for ex, cut in zip(examples, truncated):
         ll = lls[k:k + ex.num_choices]
@@ -537,6 +725,7 @@ def evaluate_task(
     ``None`` the full set. ``split`` takes the task's "search" or "report" part first (see
     :mod:`toolkit.tasks`: the search selects on its part, reports are measured on the other); "all" keeps
     ``task`` as it is (already-split :class:`TaskData` stays its part). ``TaskResult.split`` records it.
+    ``model`` is a PyTorch model or a :class:`Scorer` (``TaskResult.engine`` records which engine scored).
     """
     t0, c0 = time.perf_counter(), time.process_time()
     if isinstance(task, TaskData):
@@ -551,15 +740,16 @@ def evaluate_task(
         data = data.split(split)
     data = data.select(limit, seed)
     examples = data.examples
+    scorer = as_scorer(model, max_batch_tokens)
     if progress:
         from toolkit.progress import progress_bar
 
         with progress_bar(transient=True) as bar:
             tid = bar.add_task(f"eval {data.task.name}", total=sum(e.num_choices for e in examples), info="")
-            per, tokens = score_examples(model, tokenizer, examples, add_bos_token, max_batch_tokens,
+            per, tokens = score_examples(scorer, tokenizer, examples, add_bos_token,
                                          on_batch=lambda n: bar.advance(tid, n), file=data.file)
     else:
-        per, tokens = score_examples(model, tokenizer, examples, add_bos_token, max_batch_tokens, file=data.file)
+        per, tokens = score_examples(scorer, tokenizer, examples, add_bos_token, file=data.file)
     acc = [float(r.pred == r.label) for r in per]
     acc_norm = [float(r.pred_norm == r.label) for r in per]
     return TaskResult(
@@ -568,6 +758,7 @@ def evaluate_task(
         seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, metrics=data.task.metrics,
         higher_is_better=dict(data.task.higher_is_better), num_fewshot=data.num_fewshot, limit=limit, seed=seed,
         split=data.part, tokens_forward=tokens, truncated_examples=sum(r.truncated for r in per), per_example=tuple(per),
+        engine=scorer.engine,
     )
 
 

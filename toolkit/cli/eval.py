@@ -1,4 +1,6 @@
-"""``toolkit eval``: task accuracy (lm-eval's acc / acc_norm) or perplexity of a model or a sub-network."""
+"""``toolkit eval``: task accuracy (lm-eval's acc / acc_norm) or perplexity of a model or a sub-network;
+``--engine llama.cpp`` scores the same tasks in llama.cpp on a GGUF file (an exported artifact, measured
+in the engine it is deployed in)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ EXAMPLES = """examples:
   toolkit eval --model ./my-llama --task my_items.jsonl                  # any JSONL in the common schema
   toolkit eval --model smollm2-135m --task wikitext2 --max-tokens 20000  # perplexity (window 512)
   toolkit eval --model smollm2-135m --text notes.txt --window 256 --stride 128
+  toolkit eval --engine llama.cpp --model child.q4_k_m.gguf --task arc_easy --split report  # in llama.cpp
   toolkit eval --list                                                    # the registered tasks
 """
 
@@ -24,6 +27,11 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="accuracy on lm-eval tasks, or perplexity", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arg(p, required=False)
+    p.add_argument("--engine", choices=("torch", "llama.cpp"), default="torch",
+                   help="what scores the requests: PyTorch (default), or llama.cpp on a .gguf --model (an exported "
+                        "artifact, measured where it runs; needs the llamacpp extra); same tasks, prompts and metrics")
+    p.add_argument("--kv-cache", choices=("f16", "f32"), default=None,
+                   help="llama.cpp's KV cache type (default f16, llama.cpp's own; f32 for parity with PyTorch)")
     p.add_argument("--task", default=None,
                    help="comma-separated task names (see --list) or .jsonl files in the common schema")
     p.add_argument("--text", default=None, help="perplexity of this text file instead of a task")
@@ -44,7 +52,8 @@ def register(sub) -> None:
     p.add_argument("--dtype", default="float32", help="torch dtype of the weights (default float32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's; 1 is fastest when other jobs share the cores)")
+                   help="CPU threads of the engine (torch's default, or half the cores in llama.cpp; 1 is fastest "
+                        "when other jobs share the cores)")
     p.add_argument("--calibration", default=None, help="calibration text for importance (--subnet)")
     p.add_argument("--per-example", action="store_true", help="include per-example log-likelihoods in the JSON")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -123,6 +132,33 @@ def _check_lengths(prepared, tokenizer, max_length: int, args) -> None:
             print(truncation_warning(task.name, cut, len(subset), max_length), file=sys.stderr)
 
 
+def _check_engine(args) -> None:
+    """The flags --engine llama.cpp can honour, a .gguf model, and llama-cpp-python importable: one-line
+    errors before any task is read or model loaded."""
+    from toolkit.errors import UserError
+
+    if args.engine != "llama.cpp":
+        if args.kv_cache is not None:
+            raise UserError("--kv-cache: is llama.cpp's KV cache type; pass it with --engine llama.cpp")
+        return
+    for flag, given in (("--subnet", args.subnet), ("--text", args.text), ("--batch-tokens", args.batch_tokens),
+                        ("--dtype", args.dtype != "float32"),
+                        ("--device", args.device != "cpu")):
+        if given:
+            hint = (" (export the sub-network: toolkit export --format gguf, and evaluate that file)"
+                    if flag == "--subnet" else " (the GGUF's own tensor types run on llama.cpp's CPU backend)"
+                    if flag in ("--dtype", "--device") else "")
+            raise UserError(f"{flag}: not with --engine llama.cpp{hint}")
+    from toolkit.models.loading import resolve_source
+
+    if resolve_source(args.model).kind not in ("gguf", "embedded"):
+        raise UserError(f"{args.model}: --engine llama.cpp runs a .gguf file, not a Hugging Face folder "
+                        "(export one with toolkit export --format gguf)")
+    from toolkit.engines import require
+
+    require("llama.cpp", "--engine")
+
+
 def run(args) -> int:
     if args.list:
         return _list_tasks()
@@ -131,11 +167,15 @@ def run(args) -> int:
     if not args.task and not args.text:
         raise UserError("eval: pass --task NAME[,NAME...] or --text FILE (see --list)")
     _check_numbers(args)
+    _check_engine(args)
     from toolkit.cli.common import data_dir
-    from toolkit.fileio import atomic_write_json
     from toolkit.tasks import get_task, load_task
 
     tasks = [get_task(n.strip()) for n in (args.task or "").split(",") if n.strip()]
+    perplexity_tasks = [t.name for t in tasks if t.scoring == "perplexity"]
+    if args.engine == "llama.cpp" and perplexity_tasks:
+        raise UserError(f"--engine llama.cpp: scores tasks' choices; {', '.join(perplexity_tasks)} is a perplexity "
+                        "corpus (evaluate it with --engine torch)")
     if args.split != "all":
         if args.text:
             raise UserError(f"--split {args.split}: splits tasks' examples; --text is a perplexity text (use --split all)")
@@ -161,6 +201,8 @@ def run(args) -> int:
         if not Path(args.text).is_file():
             raise UserError(f"{args.text}: text file not found")
         prepared.append((None, Path(args.text)))
+    if args.engine == "llama.cpp":
+        return _finish(args, _run_llamacpp(args, prepared))
 
     subnet = None
     if args.subnet:
@@ -188,11 +230,53 @@ def run(args) -> int:
         "command": args.command_line,
         "model": args.model,
         "model_hash": loaded.model_hash,
+        "engine": "torch",
         "subnet": subnet.to_dict() if subnet else None,
         "dtype": args.dtype,
         "device": args.device,
         "results": results,
     }
+    return _finish(args, record)
+
+
+def _run_llamacpp(args, prepared) -> dict:
+    """Score every task in llama.cpp on the GGUF, with the PyTorch path's tokenizer and requests."""
+    from toolkit.engines import version
+    from toolkit.evaluate import LlamaCppScorer, evaluate_task, gguf_tokenizer
+    from toolkit.fileio import sha256_file_cached
+    from toolkit.models.loading import resolve_source
+
+    path = resolve_source(args.model).path
+    tokenizer = gguf_tokenizer(path)
+    kv_cache = args.kv_cache or "f16"
+    with LlamaCppScorer(path, threads=args.threads, kv_f32=kv_cache == "f32") as scorer:
+        _check_lengths(prepared, tokenizer, scorer.max_length, args)
+        results = []
+        for _, data in prepared:
+            r = evaluate_task(scorer, tokenizer, data, limit=args.limit, seed=args.seed,
+                              add_bos_token=True if args.add_bos_token else None)
+            results.append({"file": str(data.file), **r.to_dict(per_example=args.per_example)})
+        threads = scorer.threads_used
+    return {
+        "version": 1,
+        "command": args.command_line,
+        "model": args.model,
+        "model_hash": sha256_file_cached(path)[:16],  # the GGUF file's sha256: the artifact llama.cpp ran
+        "engine": "llama.cpp",
+        "engine_version": version("llama.cpp"),
+        "gguf_file_type": scorer.file_type,
+        "kv_cache": kv_cache,
+        "threads": threads,
+        "subnet": None,
+        "dtype": None,
+        "device": "cpu",
+        "results": results,
+    }
+
+
+def _finish(args, record) -> int:
+    from toolkit.fileio import atomic_write_json
+
     if args.out:
         atomic_write_json(args.out, record)
     if args.json:
@@ -221,7 +305,8 @@ def _print_table(record) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"toolkit eval {record['model']}" + (" (sub-network)" if record["subnet"] else ""))
+    engine = f" in llama.cpp ({record['gguf_file_type']})" if record.get("engine") == "llama.cpp" else ""
+    t = Table(title=f"toolkit eval {record['model']}" + (" (sub-network)" if record["subnet"] else "") + engine)
     for col in ("task", "n", "metric", "value", "stderr", "seconds"):
         t.add_column(col, justify="right" if col not in ("task", "metric") else "left")
     for r in record["results"]:
