@@ -45,7 +45,7 @@ def test_pre_tokenizer_names_follow_the_tokenizer_json():
     from toolkit.export.gguf import _pre_tokenizer_name
 
     bl = {"type": "ByteLevel", "use_regex": True}
-    assert _pre_tokenizer_name(bl) == "gpt2"
+    assert _pre_tokenizer_name(bl) == "gpt-2"
     assert _pre_tokenizer_name({"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": True}, bl]}) == "smollm"
     assert _pre_tokenizer_name({"type": "ByteLevel", "use_regex": False}) == "default"
@@ -60,11 +60,20 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("gguf")
     text = root / "ppl.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    from toolkit.tasks import get_task, load_task
+
+    items = root / "items.jsonl"
+    rng = np.random.default_rng(0)
+    words = "the sky is blue red green yes no so which color".split()
+    items.write_text("".join(json.dumps({"id": f"q{i}", "context": "Q: " + " ".join(rng.choice(words, 6)) + "?\nA:",
+                                         "choices": [" " + " ".join(rng.choice(words, 2)) for _ in range(3)],
+                                         "label": i % 3}) + "\n" for i in range(12)))
+    task = load_task(get_task(str(items)))
     child = extract(llama_tiny(), HETERO)
     out = {}
     for t in ("f16", "q8_0"):
         req = ExportRequest(formats=("gguf",), out=root / t, threads=1, prompt_tokens=16, generate_tokens=4, repeats=2,
-                            gguf_type=t, perplexity_file=text, perplexity_tokens=600)
+                            gguf_type=t, perplexity_file=text, perplexity_tokens=600, task_data=task, task_limit=None)
         out[t] = export_subnet(child, byte_tokenizer(), req, source={"model": "tiny", "model_hash": "h"},
                                subnet=HETERO.to_dict(), predicted={"decode_tokens_per_s": 50.0})["gguf"]
     return out
@@ -82,6 +91,8 @@ def test_gguf_artifacts_carry_parity_size_and_speed(exported):
     before, after = q8["accuracy"]["before"]["perplexity"], q8["accuracy"]["after"]["perplexity"]
     assert before["tokens"] == after["tokens"] > 500 and after["value"] > 0
     assert abs(np.log(after["value"] / before["value"])) < 0.1  # q8_0 barely moves the perplexity
+    tb, ta = q8["accuracy"]["before"]["task"], q8["accuracy"]["after"]["task"]
+    assert tb["n"] == ta["n"] == 12 and abs(ta["acc"] - tb["acc"]) <= 2 / 12  # scored in llama.cpp, same items
     for m in (f16, q8):
         assert m["throughput"]["measured_decode_tokens_per_s"] > 0 and m["throughput"]["measured_prefill_ms"] > 0
         assert m["throughput"]["predicted_decode_tokens_per_s"] == 50.0
@@ -176,3 +187,33 @@ def test_smollm2_f32_gguf_matches_pytorch_with_the_source_tokenizer(tmp_path):
         ids = list(lm.llm.tokenize(probe.encode(), add_bos=False, special=False))
     assert res.ok and res.max_abs_logit_diff <= 1e-3
     assert ids == loaded.tokenizer(probe, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("digits", [False, True])
+def test_bpe_tokenizers_export_and_encode_as_hugging_face_does(tmp_path, digits):
+    """GPT-2's pre-tokenizer ('gpt-2') and SmolLM2's (digits, then GPT-2: 'smollm') both load in llama.cpp,
+    and the export's probe check (llama.cpp's encoding of test strings == Hugging Face's) passes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from toolkit.elastic import extract
+    from toolkit.export import ExportRequest, export_subnet
+    from toolkit.models.tiny import llama_tiny
+
+    tk = Tokenizer(models.BPE())
+    bl = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), bl]) if digits else bl
+    tk.decoder = decoders.ByteLevel()
+    words = "the capital of France is Paris which gas do plants absorb from air 2024 314".split()
+    rng = np.random.default_rng(0)
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator([" ".join(rng.choice(words, 30)) for _ in range(50)], trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    child = extract(llama_tiny(vocab_size=len(tok)), UNIFORM)
+    req = ExportRequest(formats=("gguf",), out=tmp_path, threads=1, prompt_tokens=8, generate_tokens=2, repeats=1,
+                        gguf_type="f32")
+    done = export_subnet(child, tok, req, source={"model": "tiny", "model_hash": "h"}, subnet=UNIFORM.to_dict())
+    m = json.loads((done["gguf"] / "manifest.json").read_text())
+    assert m["details"]["tokenizer"]["pre"] == ("smollm" if digits else "gpt-2")
+    assert m["parity"]["tokenizer_equal"] and m["parity"]["max_abs_logit_diff"] <= 1e-3

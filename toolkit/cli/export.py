@@ -110,6 +110,8 @@ def run(args) -> int:
         from toolkit.predictor import Predictor
 
         pred = Predictor.load(args.predictor)
+        if profile is not None:
+            pred.check_engine(profile, args.predictor)
     if "onnx" in formats:
         from toolkit.export.onnx import require_onnx
 

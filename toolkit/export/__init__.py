@@ -434,9 +434,10 @@ def _llama_quality(path: Path, tokenizer, req: ExportRequest) -> dict[str, Any]:
             r = perplexity(lm, ids, window=512, max_tokens=req.perplexity_tokens)
         out["perplexity"] = {"file": Path(req.perplexity_file).name, **r}
     if req.task_data is not None:
-        from toolkit.evaluate import evaluate_task_llamacpp
+        from toolkit.evaluate import LlamaCppScorer, evaluate_task
 
-        r = evaluate_task_llamacpp(path, tokenizer, req.task_data, limit=req.task_limit, seed=0, threads=req.threads)
+        r = evaluate_task(LlamaCppScorer(path, threads=req.threads), tokenizer, req.task_data, limit=req.task_limit,
+                          seed=0, progress=False)
         out["task"] = {"name": r.task, "n": r.n, "acc": r.acc, "acc_stderr": r.acc_stderr, "acc_norm": r.acc_norm}
     return out
 

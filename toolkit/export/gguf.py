@@ -22,7 +22,7 @@ every other type (q8_0, q4_k_m, ...) is made from the f32 file by llama.cpp's ow
 template) from the source GGUF when the parent came from one (the embedded SmolLM2 does), else built
 from a Hugging Face BPE tokenizer (``tokenizer.json``): tokens by id, merges, control tokens for special
 added tokens, and ``tokenizer.ggml.pre`` named after the pre-tokenizer (llama.cpp identifies them by
-name: GPT-2's regex is ``gpt2``, digits-then-GPT-2 is ``smollm``, anything else ``default``). The export
+name: GPT-2's regex is ``gpt-2``, digits-then-GPT-2 is ``smollm``, anything else ``default``). The export
 then checks that llama.cpp encodes test strings exactly as the Hugging Face tokenizer does.
 
 Why hand-written: llama.cpp's ``convert_hf_to_gguf.py`` is a script inside llama.cpp's source tree (not in
@@ -116,7 +116,7 @@ def _pre_tokenizer_name(pre: Any) -> str:
         return isinstance(p, Mapping) and p.get("type") == "ByteLevel" and bool(p.get("use_regex", True)) == regex
 
     if byte_level(pre, True):
-        return "gpt2"
+        return "gpt-2"
     if isinstance(pre, Mapping) and pre.get("type") == "Sequence":
         parts = pre.get("pretokenizers", [])
         if (len(parts) == 2 and parts[0].get("type") == "Digits" and parts[0].get("individual_digits")
