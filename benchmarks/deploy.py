@@ -80,14 +80,17 @@ def time_engines(args, loaded, profile, work: Path) -> dict[str, Any]:
     bw = float(profile.memory.bandwidth_bytes_per_s)
     fp32_bytes = 4.0 * sum(p.numel() for p in model.parameters())  # tied embedding counted once
     src = source_gguf_of(loaded)
-    files = {t: work / f"parent-{t}.gguf" for t in ("f16", "q8_0", "q4_k_m")}
+    import toolkit
+
+    tag = f"{loaded.model_hash}-toolkit{toolkit.__version__}"  # a GGUF of another model or exporter is not reused
+    files = {t: work / f"parent-{tag}-{t}.gguf" for t in ("f16", "q8_0", "q4_k_m")}
     out: dict[str, Any] = {}
     with progress_bar() as bar:
         task = bar.add_task("engines", total=9, info="GGUF export")
         for t, path in files.items():
             if not path.exists():
-                write_gguf(model, path, gguf_type=t, source_gguf=src, threads=threads)
-        own = work / "llamacpp-own-q8_0.gguf"
+                write_gguf(model, path, gguf_type=t, source_gguf=src, tokenizer=loaded.tokenizer, threads=threads)
+        own = work / f"llamacpp-own-{loaded.model_hash}-q8_0.gguf"
         if src is not None and not own.exists():
             quantize(src, own, "q8_0", threads, allow_requantize=True)
         bar.update(task, advance=1, info="torch eager fp32")
@@ -310,15 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.models import load_model
     from toolkit.profiles import load_profile
 
-    if args.profile is None:
-        from toolkit.profiles import list_profiles
+    from toolkit.profiles import profile_for_this_machine
 
-        found = (load_profile(name) for name in sorted(list_profiles()))
-        mine = [q for q in found if q.runtime.engine == "llama.cpp" and q.matches_current_machine()]
-        if not mine:
-            p.error("--profile: no shipped llama.cpp profile describes this machine; give one")
-        args.profile = mine[0].name
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile) if args.profile else profile_for_this_machine("llama.cpp")
+    args.profile = args.profile or profile.name
     if profile.runtime.engine != "llama.cpp":
         p.error(f"--profile: {args.profile} runs engine {profile.runtime.engine!r}, not llama.cpp")
     require("llama.cpp", "--profile")

@@ -49,7 +49,8 @@ def one_line_error(capsys, rc, *needles) -> str:
 def test_engine_defaults_to_torch_and_existing_profiles_stay_valid():
     for path in sorted(shipped_profiles_dir().glob("*.yaml")):
         prof = load_profile(path)
-        if prof.name == VM_LLAMA:
+        if prof.runtime.engine == "llama.cpp":  # the VM's llama.cpp profiles (AVX-512 and AVX2 hosts)
+            assert prof.runtime.gguf_type == "q8_0", prof.name
             continue
         assert prof.runtime.engine == "torch" and prof.runtime.gguf_type is None, prof.name
     d = base()

@@ -14,14 +14,13 @@ import pytest
 from toolkit.cli.main import main
 from toolkit.space import SubnetConfig
 
-pytest.importorskip("llama_cpp")
-
 UNIFORM = SubnetConfig((0, 2, 3), (128, 128, 128), (2, 2, 2))  # layer 1 dropped, every kept layer alike
 HETERO = SubnetConfig((0, 1, 3), (64, 256, 128), (2, 4, 2))  # layer 2 dropped, widths and head groups differ
 
 
 @pytest.mark.parametrize("cfg,arch", [(UNIFORM, "llama"), (HETERO, "deci")])
 def test_f32_gguf_computes_pytorchs_logits_and_greedy_tokens(tmp_path, cfg, arch):
+    pytest.importorskip("llama_cpp")
     from toolkit.elastic import extract
     from toolkit.engines.llamacpp import LlamaCpp
     from toolkit.export.gguf import write_gguf
@@ -53,6 +52,7 @@ def test_pre_tokenizer_names_follow_the_tokenizer_json():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    pytest.importorskip("llama_cpp")
     from toolkit.elastic import extract
     from toolkit.export import ExportRequest, export_subnet
     from toolkit.models.tiny import byte_tokenizer, llama_tiny
@@ -130,14 +130,16 @@ export_subnet(extract(llama_tiny(), cfg), byte_tokenizer(), ExportRequest(format
 
 
 def test_kill_during_gguf_export_leaves_no_artifact(tmp_path):
+    """Killed between writing the f32 file and quantizing it: no artifact, and the next export succeeds."""
+    pytest.importorskip("llama_cpp")
     out = tmp_path / "out"
     script = tmp_path / "kill.py"
     script.write_text(KILL)
-    p = subprocess.Popen([sys.executable, str(script), str(out)], env={**os.environ, "TOOLKIT_EXPORT_TEST_SLEEP": "60"})
+    p = subprocess.Popen([sys.executable, str(script), str(out)], env={**os.environ, "TOOLKIT_GGUF_TEST_SLEEP": "60"})
     deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob(".gguf.*.tmp")):
+    while time.time() < deadline and not list(out.rglob("*.f32.tmp")):
         time.sleep(0.05)
-    assert list(out.glob(".gguf.*.tmp")), "export never started"
+    assert list(out.rglob("*.f32.tmp")), "the GGUF write never started"
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (out / "gguf").exists() and not list(out.rglob("*.gguf"))
@@ -172,6 +174,7 @@ def test_unknown_gguf_type_is_refused_before_loading(tmp_path, capsys, monkeypat
 
 @pytest.mark.slow
 def test_smollm2_f32_gguf_matches_pytorch_with_the_source_tokenizer(tmp_path):
+    pytest.importorskip("llama_cpp")
     from toolkit.engines.llamacpp import LlamaCpp
     from toolkit.export.gguf import source_gguf_of, write_gguf
     from toolkit.export.parity import compare, make_reference
@@ -193,6 +196,7 @@ def test_smollm2_f32_gguf_matches_pytorch_with_the_source_tokenizer(tmp_path):
 def test_bpe_tokenizers_export_and_encode_as_hugging_face_does(tmp_path, digits):
     """GPT-2's pre-tokenizer ('gpt-2') and SmolLM2's (digits, then GPT-2: 'smollm') both load in llama.cpp,
     and the export's probe check (llama.cpp's encoding of test strings == Hugging Face's) passes."""
+    pytest.importorskip("llama_cpp")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["pymoo", "onnx", "onnxruntime", "onnxscript", "gptqmodel", "matplotlib", "lm_eval"]
+HEAVY = ["pymoo", "onnx", "onnxruntime", "onnxscript", "gptqmodel", "matplotlib", "lm_eval", "llama_cpp"]
 
 CODE = """
 import json, sys

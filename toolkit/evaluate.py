@@ -421,13 +421,6 @@ class TorchScorer(Scorer):
 _LLAMACPP_CTX_STEP = 64  # the llama.cpp context is the longest input rounded up to this many tokens
 
 
-def _log_softmax_rows(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
-    """log P(target) per row of ``logits`` (n, V), computed in float64. (n,)"""
-    x = logits.astype(np.float64)
-    m = x.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
-    return x[np.arange(len(targets)), np.asarray(targets)] - lse
-
 
 class LlamaCppScorer(Scorer):
     """A GGUF file, scored in llama.cpp (:class:`toolkit.engines.llamacpp.LlamaCpp`, ``logits_all``).
@@ -480,6 +473,8 @@ class LlamaCppScorer(Scorer):
         return self._llm
 
     def score(self, requests, owners=None, on_batch=None):
+        from toolkit.engines.llamacpp import target_logprobs
+
         inputs, starts, targets = _model_inputs(requests, self.max_length)
         llm = self._context(max(len(x) for x in inputs))
         loglik = np.zeros(len(inputs), dtype=np.float64)
@@ -488,7 +483,7 @@ class LlamaCppScorer(Scorer):
             x = inputs[r]
             keep = min(_common_prefix([previous, x]), len(x) - 1) if previous else 0  # what logits() keeps
             logits = llm.logits(x, reuse_prefix=True)  # (T, V)
-            loglik[r] = _log_softmax_rows(logits[starts[r]:], targets[r]).sum()
+            loglik[r] = target_logprobs(logits[starts[r]:], targets[r]).sum()
             tokens_run += len(x) - keep
             previous = x
             if on_batch is not None:

@@ -888,6 +888,19 @@ def load_profile(name_or_path: str | os.PathLike) -> DeviceProfile:
         raise exc.with_file(_origin(exc.field, origins, str(path))) from None
 
 
+
+
+def profile_for_this_machine(engine: str | None = None) -> DeviceProfile:
+    """The first profile on the search path (by name) that describes this machine and, if given, runs
+    ``engine``; a one-line UserError when none does."""
+    for name in sorted(list_profiles()):
+        p = load_profile(name)
+        if p.matches_current_machine() and (engine is None or p.runtime.engine == engine):
+            return p
+    what = f" with engine {engine}" if engine else ""
+    raise UserError(f"--profile: no profile{what} describes this machine ({describe_current_machine()}); "
+                    "measure one with toolkit profile, or give one")
+
 def save_profile(profile: DeviceProfile, path: str | os.PathLike) -> Path:
     """Write ``profile`` (resolved: no ``extends:``) as YAML, atomically."""
     return profile.save(path)

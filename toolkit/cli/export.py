@@ -67,6 +67,8 @@ def run(args) -> int:
 
     # Everything about the arguments and the files they name is checked before the model loads.
     formats = parse_formats(args.format)
+    if args.gguf_type is not None and "gguf" not in formats:
+        raise UserError("--gguf-type: only applies to --format gguf")
     if "gguf" in formats:
         from toolkit.engines import require
         from toolkit.engines.llamacpp import gguf_type as check_gguf_type
@@ -122,10 +124,10 @@ def run(args) -> int:
         require_gptq()
     source_gguf = None
     if "gguf" in formats:
+        from toolkit.export.gguf import source_gguf_of
         from toolkit.models.loading import resolve_source
 
-        src = resolve_source(model)
-        source_gguf = src.path if src.kind in ("embedded", "gguf") else None
+        source_gguf = source_gguf_of(resolve_source(model))
     gguf_type = args.gguf_type
     if gguf_type is None:
         engine = getattr(profile.runtime, "engine", "torch") if profile else "torch"

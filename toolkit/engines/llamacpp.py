@@ -45,7 +45,6 @@ class GgufType:
 GGUF_TYPES: dict[str, GgufType] = {t.name: t for t in (
     GgufType("f32", 0, 4.0, False),
     GgufType("f16", 1, 2.0, False),
-    GgufType("bf16", 32, 2.0, False),
     GgufType("q8_0", 7, 34 / 32, True),
     GgufType("q6_k", 18, 210 / 256, True),
     GgufType("q5_k_m", 17, 5.69 / 8, True),
@@ -259,11 +258,12 @@ def metadata(path: str | os.PathLike) -> dict[str, object]:
     return out
 
 
-def log_softmax_rows(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float64 (the precision the PyTorch evaluator scores in)."""
+def target_logprobs(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """log P(target) per row of ``logits`` (n, V), in float64 (the precision the PyTorch evaluator scores in). (n,)"""
     x = np.asarray(logits, dtype=np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+    m = x.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
+    return x[np.arange(len(targets)), np.asarray(targets)] - lse
 
 
 def perplexity(lm: LlamaCpp, ids: Sequence[int], window: int = 512, max_tokens: int | None = None) -> dict[str, float]:
@@ -277,7 +277,6 @@ def perplexity(lm: LlamaCpp, ids: Sequence[int], window: int = 512, max_tokens: 
         chunk = ids[begin: begin + window]
         if len(chunk) < 2:
             break
-        lp = log_softmax_rows(lm.logits(chunk)[:-1])
-        nll -= float(lp[np.arange(len(chunk) - 1), chunk[1:]].sum())
+        nll -= float(target_logprobs(lm.logits(chunk)[:-1], chunk[1:]).sum())
         scored += len(chunk) - 1
     return {"tokens": scored, "value": float(np.exp(nll / scored))}

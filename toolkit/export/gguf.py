@@ -169,7 +169,7 @@ def _build_tokenizer(writer, tokenizer, vocab_size: int) -> dict[str, Any]:
         v = getattr(tokenizer, attr, None)
         if isinstance(v, int) and 0 <= v < vocab_size:
             add(v)
-    writer.add_add_bos_token(False)
+    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and template:
         writer.add_chat_template(template)
@@ -265,6 +265,10 @@ def write_gguf(model, path: str | os.PathLike, *, gguf_type: str = "f32", tokeni
     raw = tmp if t.name in ("f32", "f16") else tmp.with_suffix(".f32.tmp")
     try:
         facts = _write_float_gguf(model, raw, t.name if t.name in ("f32", "f16") else "f32", tokenizer, src, name)
+        if os.environ.get("TOOLKIT_GGUF_TEST_SLEEP"):  # test hook: a kill between writing and quantizing
+            import time
+
+            time.sleep(float(os.environ["TOOLKIT_GGUF_TEST_SLEEP"]))
         if raw != tmp:
             from toolkit.engines.llamacpp import quantize
 
@@ -280,8 +284,9 @@ def write_gguf(model, path: str | os.PathLike, *, gguf_type: str = "f32", tokeni
 
 
 def source_gguf_of(loaded) -> Path | None:
-    """The GGUF file a loaded parent came from (embedded default or a .gguf), for its tokenizer metadata."""
-    src = getattr(loaded, "source", None)
+    """The GGUF file a parent came from (embedded default or a .gguf), for its tokenizer metadata; ``loaded`` is
+    a :class:`~toolkit.models.loading.LoadedModel` or its :class:`~toolkit.models.loading.ModelSource`."""
+    src = getattr(loaded, "source", loaded)
     if src is not None and getattr(src, "kind", None) in ("embedded", "gguf"):
         return Path(src.path)
     return None
