@@ -629,9 +629,35 @@ def table(result: dict) -> str:
                       f"{g['size_bytes'] / 1e6:.1f} MB on disk vs {g['fp32_bytes'] / 1e6:.1f} MB fp32 of the parent "
                       f"({g['smaller_than_parent_fp32']:.2f}x smaller), {g['smaller_than_subnet_fp32']:.2f}x vs the sub-network's "
                       f"own fp32 folder; accuracy {g['accuracy_before']:.3f} -> {g['accuracy_after']:.3f} on {g['accuracy_n']} examples."]
+    if result.get("gguf"):
+        lines += ["", gguf_table(result)]
     lines += ["", "Goals:", ""]
     for goal in result["goals"]:
         lines.append(f"* {'reached' if goal['reached'] else 'NOT reached'}: {goal['goal']}. {goal['measured']}")
+    return "\n".join(lines)
+
+
+def gguf_table(result: dict) -> str:
+    """The llama.cpp rows (``benchmarks/headline_gguf.py``): sizes, accuracy in llama.cpp, decode speed."""
+    g = result["gguf"]
+    tasks = list(g["rows"][0]["tasks"])
+    origin = ("the headline's super-network" if g["is_the_headline_supernetwork"] else
+              f"`{g['model']}` (model {g['model_hash']}, NOT the headline's super-network, which was not kept)")
+    lines = [f"GGUF for llama.cpp of the best row within 1 pt (`{g['config_key'][:12]}`, {g['from_row']}), cut from "
+             f"{origin}; sizes on disk against the parent's {g['parent_fp32_bytes'] / 1e6:.0f} MB of fp32 weights; "
+             f"accuracy on the same report-part examples, scored in llama.cpp, Δ paired against the fp32 sub-network; "
+             f"decode on `{g['profile']}` ({g['threads']} threads).", "",
+             "| weights | MB on disk | smaller than parent fp32 | " + " | ".join(f"{t} acc (Δ pt [95 % CI])" for t in tasks)
+             + " | decode tok/s |", "|---|---:|---:|" + "---:|" * len(tasks) + "---:|"]
+    for r in g["rows"]:
+        cells = []
+        for t in tasks:
+            c = r["tasks"][t]
+            cells.append(f"{c['acc']:.3f}" if "delta_pt" not in c else
+                         f"{c['acc']:.3f} ({c['delta_pt']:+.1f} [{c['delta_ci95'][0]:+.1f}, {c['delta_ci95'][1]:+.1f}])")
+        name = "fp32 (PyTorch)" if r["type"] == "fp32" else f"GGUF {r['type']} (llama.cpp)"
+        lines.append(f"| {name} | {r['bytes'] / 1e6:.1f} | {r['smaller_than_parent_fp32']:.2f}x | " + " | ".join(cells)
+                     + f" | {r['decode_tokens_per_s']:.1f} ({r['engine']}) |")
     return "\n".join(lines)
 
 
