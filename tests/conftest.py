@@ -118,3 +118,11 @@ def training_text(tmp_path):
         return data, calib
 
     return write
+
+
+@pytest.fixture
+def calib_text(tmp_path):
+    """Calibration text for importance on the tiny model (the CLI's --calibration)."""
+    path = tmp_path / "calib.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    return path

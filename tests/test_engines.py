@@ -312,13 +312,6 @@ def test_a_spec_only_prior_needs_no_engine(tmp_path, profiles, tiny_folder, monk
     assert (hw_json["engine"], hw_json["gguf_type"]) == ("llama.cpp", "q8_0")
 
 
-@pytest.fixture
-def calib_text(tmp_path):
-    path = tmp_path / "calib.txt"
-    path.write_text("The quick brown fox jumps over the lazy dog. " * 50)
-    return path
-
-
 def test_calibrate_in_llama_cpp_end_to_end(tmp_path, profiles, tiny_folder, calib_text, capsys):
     pytest.importorskip("llama_cpp")
     out = tmp_path / "run" / "predictor.json"

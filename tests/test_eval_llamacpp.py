@@ -14,22 +14,11 @@ from toolkit.tasks import get_task, load_task
 
 @pytest.fixture(scope="module")
 def bpe_tokenizer():
-    """A 320-token byte-level BPE tokenizer with merges (trained with a fixed corpus) and SmolLM2's
-    pre-tokenizer (digits one by one, then GPT-2's regex), so transformers rebuilds it from a GGUF's
-    metadata as it does for the real model (byte_tokenizer has no merges)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """SmolLM2's pre-tokenizer with merges, so transformers rebuilds it from a GGUF's metadata as it does for
+    the real model (byte_tokenizer has no merges)."""
+    from toolkit.models.tiny import bpe_tokenizer as build
 
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tk.decoder = decoders.ByteLevel()
-    words = "question answer the a of and to in is it yes no maybe so which color sky blue red green".split()
-    rng = np.random.default_rng(0)
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator([" ".join(rng.choice(words, 30)) for _ in range(50)], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    return build(digits=True)
 
 
 @pytest.fixture(scope="module")

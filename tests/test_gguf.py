@@ -197,23 +197,11 @@ def test_bpe_tokenizers_export_and_encode_as_hugging_face_does(tmp_path, digits)
     """GPT-2's pre-tokenizer ('gpt-2') and SmolLM2's (digits, then GPT-2: 'smollm') both load in llama.cpp,
     and the export's probe check (llama.cpp's encoding of test strings == Hugging Face's) passes."""
     pytest.importorskip("llama_cpp")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from toolkit.elastic import extract
     from toolkit.export import ExportRequest, export_subnet
-    from toolkit.models.tiny import llama_tiny
+    from toolkit.models.tiny import bpe_tokenizer, llama_tiny
 
-    tk = Tokenizer(models.BPE())
-    bl = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), bl]) if digits else bl
-    tk.decoder = decoders.ByteLevel()
-    words = "the capital of France is Paris which gas do plants absorb from air 2024 314".split()
-    rng = np.random.default_rng(0)
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator([" ".join(rng.choice(words, 30)) for _ in range(50)], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tok = bpe_tokenizer(digits=digits)
     child = extract(llama_tiny(vocab_size=len(tok)), UNIFORM)
     req = ExportRequest(formats=("gguf",), out=tmp_path, threads=1, prompt_tokens=8, generate_tokens=2, repeats=1,
                         gguf_type="f32")

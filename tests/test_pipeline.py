@@ -19,13 +19,6 @@ def task_file(tmp_path):
     return path
 
 
-@pytest.fixture
-def calib_text(tmp_path):
-    path = tmp_path / "calib.txt"
-    path.write_text("The quick brown fox jumps over the lazy dog. " * 200)
-    return path
-
-
 def test_calibrate_predict_search_report(tmp_path, tiny_folder, task_file, calib_text, capsys):
     profile = tmp_path / "profile.yaml"
     profile.write_text(PROFILE)

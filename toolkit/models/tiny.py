@@ -65,6 +65,30 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=inv[0], bos_token=inv[1], eos_token=inv[2])
 
 
+def bpe_tokenizer(digits: bool = True, words: str | None = None):
+    """A 320-token byte-level BPE tokenizer with merges, trained on a fixed seeded word salad.
+
+    ``digits``: SmolLM2's pre-tokenizer (digits one by one, then GPT-2's regex; llama.cpp's ``smollm``),
+    else GPT-2's alone (``gpt-2``). Unlike :func:`byte_tokenizer` it has merges, so transformers can rebuild
+    it from a GGUF's metadata as it does for the real model. Use with ``llama_tiny(vocab_size=320)``.
+    """
+    import numpy as np
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    bl = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), bl]) if digits else bl
+    tk.decoder = decoders.ByteLevel()
+    vocab = (words or "question answer the a of and to in is it yes no maybe so which color sky blue red green "
+                      "capital France Paris gas plants absorb air 2024 314").split()
+    rng = np.random.default_rng(0)
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator([" ".join(rng.choice(vocab, 30)) for _ in range(50)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
 def tiny_profile_yaml(prompt_tokens: int = 16, generate_tokens: int = 4) -> str:
     """A device profile for timing the tiny model: this CPU, one thread, fp32, a few-token workload."""
     return (
