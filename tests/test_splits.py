@@ -14,7 +14,7 @@ from toolkit.cli.main import main
 from toolkit.errors import UserError
 from toolkit.tasks import get_task, load_task, split_positions
 
-from test_pipeline import _prior_setup, calib_text, tiny_hash  # noqa: F401  (fixtures and the prior predictor)
+from test_pipeline import _prior_setup, tiny_hash  # noqa: F401  (a fixture and the prior predictor; calib_text is in conftest)
 
 
 def _task(tmp_path, n, name="items"):
