@@ -69,8 +69,8 @@ def time_engines(args, loaded, profile, work: Path) -> dict[str, Any]:
     from toolkit.engines.llamacpp import LlamaCpp, quantize
     from toolkit.export.gguf import source_gguf_of, write_gguf
     from toolkit.export.onnx import OrtCausalLM, export_onnx
-    from toolkit.latency import measure_model
-    from toolkit.measure import time_callable, torch_threads
+    from toolkit.latency import measure_model, ort_measure
+    from toolkit.measure import torch_threads
     from toolkit.progress import progress_bar
 
     wl, threads, repeats = profile.workload, profile.runtime.threads, args.repeats
@@ -102,13 +102,11 @@ def time_engines(args, loaded, profile, work: Path) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(dir=work) as d:
             facts = export_onnx(model, Path(d))
             ort = OrtCausalLM(Path(d), facts["kv_heads"], facts["head_dim"], threads=threads)
-            ms, sp = ort.decode_ms_per_token(T, N, repeats, model.config.vocab_size)
-            ids = np.random.default_rng(0).integers(3, model.config.vocab_size, (1, T))
-            pre = time_callable(lambda: ort.forward(ids, ort.empty_past(1)), warmup=1, repeats=repeats)
+            pre, dec, _ = ort_measure(ort, model.config.vocab_size, T, N, 1, repeats)
             del ort
-        out["onnxruntime_fp32"] = {"decode_tokens_per_s": 1e3 / ms, "prefill_ms": pre.median_s * 1e3,
+        out["onnxruntime_fp32"] = {"decode_tokens_per_s": N / dec.median_s, "prefill_ms": pre.median_s * 1e3,
                                    "bytes_per_token": fp32_bytes + kv_cache_bytes(model, ctx, 4),
-                                   "spread": {"decode_ms_per_token": sp, "prefill_ms": pre.spread}}
+                                   "spread": {"decode_ms_per_token": dec.spread, "prefill_ms": pre.spread}}
         for t, path in files.items():
             bar.update(task, advance=1, info=f"llama.cpp {t}")
             with LlamaCpp(path, threads=threads, n_ctx=T + N + 8, logits_all=False) as lm:

@@ -24,7 +24,7 @@ it is still noisy.
 sub-network to a temporary artifact (a GGUF at ``runtime.gguf_type`` through
 :func:`toolkit.export.gguf.write_gguf`; an ONNX graph through :func:`toolkit.export.onnx.export_onnx`),
 then timing a prefill of a fresh cache and single-token decode steps through the same primitive
-(:meth:`toolkit.engines.llamacpp.LlamaCpp.measure`; :func:`_ort_measure`). Their peak memory is the
+(:meth:`toolkit.engines.llamacpp.LlamaCpp.measure`; :func:`ort_measure`). Their peak memory is the
 resident-set growth while the artifact is opened and runs one prefill + decode (mapped weights, KV
 cache, compute buffers: what the engine holds), never less than the artifact's size on disk (every
 weight is touched by a prefill; a page already mapped would otherwise hide). The first artifact of a
@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from toolkit.measure import time_prefill_decode
 
 M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
 # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit glibc: the ceiling of glibc's dynamic threshold, where it settles
@@ -220,7 +222,7 @@ def _measure_model(model, prompt_tokens: int, generate_tokens: int, batch_size: 
 
     # Peak memory over one full prefill + decode.
     peak = peak_mem_bytes(model, lambda: decode_from(prefill()), device)
-    t_prefill, t_decode, flagged = _time_prefill_decode(prefill, decode_from, repeats, warmup, max_spread, sync)
+    t_prefill, t_decode, flagged = time_prefill_decode(prefill, decode_from, repeats, warmup, max_spread, sync)
     return ModelMeasurement(
         prefill_ms=t_prefill.median_s * 1e3,
         decode_ms_per_token=t_decode.median_s * 1e3 / generate_tokens,
@@ -230,31 +232,6 @@ def _measure_model(model, prompt_tokens: int, generate_tokens: int, batch_size: 
         repeats=t_decode.repeats,
         flagged=flagged,
     )
-
-
-def _time_prefill_decode(prefill, decode_from, repeats: int, warmup: int = 1, max_spread: float = 0.10, sync=None):
-    """Time ``prefill() -> cache`` and ``decode_from(cache)`` (a fresh, untimed prefill before every timed
-    decode); re-measured once with twice the repeats when either spread exceeds ``max_spread``.
-    Returns (prefill Timing, decode Timing, flagged: still too noisy)."""
-    from toolkit.measure import time_callable
-
-    def once(n_repeats: int):
-        t_prefill = time_callable(prefill, warmup=warmup, repeats=n_repeats, sync=sync)
-        caches = []
-
-        def setup():  # untimed: a fresh prefilled cache for each timed decode
-            caches.append(prefill())
-
-        def decode():
-            decode_from(caches.pop())
-
-        t_decode = time_callable(decode, warmup=warmup, repeats=n_repeats, sync=sync, setup=setup)
-        return t_prefill, t_decode
-
-    t_prefill, t_decode = once(repeats)
-    if max(t_prefill.spread, t_decode.spread) > max_spread:
-        t_prefill, t_decode = once(repeats * 2)
-    return t_prefill, t_decode, max(t_prefill.spread, t_decode.spread) > max_spread
 
 
 def subnet_measure_fn(loaded, importance, profile, repeats: int = 5, workdir: str | os.PathLike | None = None):
@@ -353,7 +330,7 @@ def _llamacpp_measure_fn(loaded, importance, profile, repeats: int, workdir=None
     return measure
 
 
-def _ort_measure(ort, vocab: int, prompt_tokens: int, generate_tokens: int, batch_size: int, repeats: int,
+def ort_measure(ort, vocab: int, prompt_tokens: int, generate_tokens: int, batch_size: int, repeats: int,
                  warmup: int = 1, max_spread: float = 0.10, seed: int = 0):
     """Prefill ms and decode ms/token of an :class:`toolkit.export.onnx.OrtCausalLM` on the workload
     (seeded random ids, teacher-forced steps). Returns (prefill Timing, decode Timing, flagged)."""
@@ -370,7 +347,7 @@ def _ort_measure(ort, vocab: int, prompt_tokens: int, generate_tokens: int, batc
         for i in range(generate_tokens):
             _, past = ort.forward(steps[:, i : i + 1], past)
 
-    return _time_prefill_decode(prefill, decode_from, repeats, warmup, max_spread)
+    return time_prefill_decode(prefill, decode_from, repeats, warmup, max_spread)
 
 
 def _onnx_measure_fn(loaded, importance, profile, repeats: int, workdir=None):
@@ -397,8 +374,8 @@ def _onnx_measure_fn(loaded, importance, profile, repeats: int, workdir=None):
                 OrtCausalLM(tmp, facts["kv_heads"], facts["head_dim"], threads=rt.threads)
             with _RssSampler() as rss:  # open + one prefill and decode
                 ort = OrtCausalLM(tmp, facts["kv_heads"], facts["head_dim"], threads=rt.threads)
-                _ort_measure(ort, vocab, wl.prompt_tokens, wl.generate_tokens, wl.batch_size, repeats=1, warmup=0)
-            t_prefill, t_decode, flagged = _ort_measure(ort, vocab, wl.prompt_tokens, wl.generate_tokens,
+                ort_measure(ort, vocab, wl.prompt_tokens, wl.generate_tokens, wl.batch_size, repeats=1, warmup=0)
+            t_prefill, t_decode, flagged = ort_measure(ort, vocab, wl.prompt_tokens, wl.generate_tokens,
                                                         wl.batch_size, repeats)
             del ort
         peak = float(max(rss.growth_bytes, file_bytes))

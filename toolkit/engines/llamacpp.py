@@ -213,7 +213,7 @@ class LlamaCpp:
         Token ids are seeded random ids (teacher-forced steps: the work is the same on every repeat and for
         every model). Re-measured once with twice the repeats when the spread exceeds ``max_spread``.
         """
-        from toolkit.measure import time_callable
+        from toolkit.measure import time_prefill_decode
 
         self._check_len(prompt_tokens + generate_tokens)
         rng = np.random.default_rng(seed)
@@ -224,22 +224,15 @@ class LlamaCpp:
         def prefill():
             self._run(ids, fresh=True)
 
-        def decode():
+        def decode_from(_cache):  # the cache lives in the llama.cpp context prefill() just filled
             for t in steps:
                 self._run([t], fresh=False)
 
-        def once(n):
-            t_pre = time_callable(prefill, warmup=warmup, repeats=n)
-            t_dec = time_callable(decode, warmup=warmup, repeats=n, setup=prefill)
-            return t_pre, t_dec
-
-        t_pre, t_dec = once(repeats)
-        if max(t_pre.spread, t_dec.spread) > max_spread:
-            t_pre, t_dec = once(2 * repeats)
+        t_pre, t_dec, flagged = time_prefill_decode(prefill, decode_from, repeats, warmup, max_spread)
         return EngineMeasurement(prefill_ms=t_pre.median_s * 1e3,
                                  decode_ms_per_token=t_dec.median_s * 1e3 / generate_tokens,
                                  spread={"prefill_ms": t_pre.spread, "decode_ms_per_token": t_dec.spread},
-                                 repeats=t_dec.repeats, flagged=max(t_pre.spread, t_dec.spread) > max_spread)
+                                 repeats=t_dec.repeats, flagged=flagged)
 
 
 def metadata(path: str | os.PathLike) -> dict[str, object]:
