@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["pymoo", "onnx", "onnxruntime", "onnxscript", "gptqmodel", "matplotlib", "lm_eval", "llama_cpp"]
+HEAVY = ["pymoo", "onnx", "onnxruntime", "onnxscript", "gptqmodel", "matplotlib", "lm_eval", "llama_cpp", "ray"]
 
 CODE = """
 import json, sys

@@ -598,7 +598,7 @@ def save_supernet(trainer: SupernetTrainer, folder: str | Path, info: Mapping[st
 def finetune(model: str, data_file: str | Path, out: str | Path, config: FinetuneConfig, calibration_file: str | Path,
              resume: bool = False, overwrite: bool = False, log: Callable[[str], None] | None = None,
              max_minutes: float | None = None, command: str | None = None, device: str = "cpu",
-             max_cpu_minutes: float | None = None, workers: int = 1) -> Path | None:
+             max_cpu_minutes: float | None = None, workers: int = 1, executor=None) -> Path | None:
     """Load, sort, train (resumably) on ``device`` and save the super-network. Returns the output folder, or
     None when the local phase was stopped between layers (nothing saved yet; ``--resume`` continues).
 
@@ -677,7 +677,7 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
     try:
         if local and local_record is None:
             local_record = _local_phase(trainer, out, config, info, say, stop, start, max_minutes, workers, progress_bar,
-                                        max_cpu_minutes)
+                                        max_cpu_minutes, executor=executor)
             if local_record is None:  # stopped between layers: the trained layers are kept, --resume continues
                 return None
         if local_record is not None:
@@ -711,7 +711,7 @@ def _read_local_record(out: Path) -> dict[str, Any] | None:
 
 
 def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, info, say, stop, start, max_minutes,
-                 workers: int, progress_bar, max_cpu_minutes: float | None = None) -> dict[str, Any] | None:
+                 workers: int, progress_bar, max_cpu_minutes: float | None = None, executor=None) -> dict[str, Any] | None:
     """Blockwise local distillation of the sorted parent (toolkit.local_distillation), resumable per layer.
 
     Returns the phase's record (also written to ``out/local.json`` after a checkpoint of the result), or
@@ -740,9 +740,11 @@ def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, in
                                         on_batch=lambda k: bar.advance(t, k))
         bar.update(t, completed=total)
     ld.prepare_layers(parent, cache)
-    threads = max(1, torch.get_num_threads() // max(1, workers))
-    specs = [dict(s, cache_key=manifest["key"]) for s in ld.layer_specs(parent, trainer.space, cache, config,
-                                                                         threads=threads if workers > 1 else None)]
+    if executor is not None and executor.parallel:  # Ray workers: their own count and threads
+        workers, threads = executor.workers, executor.worker_threads
+    else:
+        threads = max(1, torch.get_num_threads() // max(1, workers)) if workers > 1 else None
+    specs = [dict(s, cache_key=manifest["key"]) for s in ld.layer_specs(parent, trainer.space, cache, config, threads=threads)]
     spent = {"cpu": manifest["cpu_seconds"]}
 
     def should_stop() -> bool:
@@ -762,7 +764,7 @@ def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, in
             bar.advance(t)
             bar.update(t, info=f"layer {rec['layer']}: {small} {e['sliced'][small]:.3f} -> {e['trained'][small]:.3f}")
 
-        records = ld.run_jobs(specs, workers=workers, on_done=done, should_stop=should_stop)
+        records = ld.run_jobs(specs, workers=workers, on_done=done, should_stop=should_stop, executor=executor)
     if len(records) < len(specs):
         say(f"local distillation stopped after {len(records)} of {len(specs)} layers ({stop['why']}); --resume continues")
         parent.train(was)
@@ -784,7 +786,8 @@ def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, in
     record = {"version": 1, "layers_trained": len(records), "cache_windows": n, "cache_cpu_seconds": manifest["cpu_seconds"],
               "least_squares_cpu_seconds": round(ls_cpu, 3), "cpu_seconds": round(cpu, 3),
               "tokens_per_layer": tokens, "tokens_per_cpu_hour": round(tokens / cpu * 3600, 1) if cpu > 0 else None,
-              "workers": workers, "layers": records}
+              "workers": workers, "executor": executor.describe() if executor is not None else {"executor": "local"},
+              "layers": records}
     trainer.save_checkpoint(out / "checkpoint", {"info": info})
     atomic_write_json(out / "local.json", record)
     return record

@@ -30,7 +30,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import atomic_write_text
@@ -147,9 +147,16 @@ class Journal:
 
     def append(self, record: Mapping[str, Any]) -> JournalLine:
         """Write ``record`` as one line and fsync it; it counts once this returns."""
+        return self.append_many([record])[0]
+
+    def append_many(self, records: Sequence[Mapping[str, Any]]) -> list[JournalLine]:
+        """Write ``records`` as consecutive lines with one fsync (a parallel run's finished batch); they
+        count once this returns. A kill mid-write leaves whole lines before a torn one: those count."""
         if self.readonly:
             raise RuntimeError(f"{self.path}: {self.what} was opened read-only")
-        data = (json.dumps(record) + "\n").encode("utf-8")
+        if not records:
+            return []
+        data = "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
         with open(self.path, "ab") as fh:
             pause = os.environ.get(TEAR_HOOK)
             if pause:
@@ -162,10 +169,13 @@ class Journal:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        rec = JournalLine(record)
-        rec.line = (1 if self.header is not None else 0) + len(self.records) + 1
-        self.records.append(rec)
-        return rec
+        out = []
+        for record in records:
+            rec = JournalLine(record)
+            rec.line = (1 if self.header is not None else 0) + len(self.records) + 1
+            self.records.append(rec)
+            out.append(rec)
+        return out
 
 
 _MISSING = object()

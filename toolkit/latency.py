@@ -247,6 +247,71 @@ def subnet_measure_fn(loaded, importance, profile, repeats: int = 5, workdir: st
     return _ENGINE_MEASURE_FNS[engine](loaded, importance, profile, repeats, workdir)
 
 
+def machine_record(kind: str = "cpu", device: str | None = None, node_id: str = "local") -> dict[str, str]:
+    """Where a measurement is taken: this machine's fingerprint (what a profile of it would have), a
+    description, the host name and the Ray node id (``"local"``: in the calibrating process)."""
+    import socket
+
+    from toolkit.profiles import describe_current_machine, fingerprint_current_machine
+
+    return {"fingerprint": fingerprint_current_machine(kind, device), "machine": describe_current_machine(kind, device),
+            "host": socket.gethostname(), "node_id": node_id}
+
+
+def recording_where(measure, where: dict[str, str]):
+    """``measure`` whose every :class:`~toolkit.predictor.Measurement` carries ``measured_on=where``."""
+    import dataclasses
+
+    def measure_here(cfg):
+        return dataclasses.replace(measure(cfg), measured_on=dict(where))
+
+    return measure_here
+
+
+def foreign_node_error(profile, where: dict[str, str], resource: str | None) -> str:
+    """The one line of a calibration sent to a node the profile does not describe."""
+    via = f"--ray-resource {resource}: " if resource else ""
+    return (f"{via}node {where['host']} (Ray node {where['node_id'][:12]}) is {where['machine']}, fingerprint "
+            f"{where['fingerprint']}; the profile '{profile.name}' describes {profile.describe_machine()} (fingerprint "
+            f"{profile.fingerprint}): profile that device (`toolkit profile --out FILE` on it) or send the work to one it describes")
+
+
+@dataclass(frozen=True)
+class CalibrationWorker:
+    """Factory of a calibration measure function in a Ray worker (:mod:`toolkit.executors`): loads the
+    parent on that node (checked against the driver's hash) and times sub-networks there, in the profile's
+    engine. ``strict``: the node must be the machine the profile describes (its fingerprint), checked
+    before anything is timed; every measurement records the node either way (``measured_on``)."""
+
+    model: str
+    model_hash: str
+    dtype: str
+    device: str
+    importance: object
+    profile: object  # toolkit.profiles.DeviceProfile
+    repeats: int
+    strict: bool = False
+    resource: str | None = None
+    worker_gpus: float = 0.0
+
+    def __call__(self):
+        import ray
+
+        from toolkit.errors import UserError
+        from toolkit.executors import cuda_device_for_worker
+        from toolkit.models import load_model
+
+        device = cuda_device_for_worker(self.device, self.worker_gpus)
+        where = machine_record(self.profile.kind, device, ray.get_runtime_context().get_node_id())
+        if self.strict and where["fingerprint"] != self.profile.fingerprint:
+            raise UserError(foreign_node_error(self.profile, where, self.resource))
+        loaded = load_model(self.model, dtype=self.dtype, device=device)
+        if loaded.model_hash != self.model_hash:
+            raise UserError(f"{self.model}: on node {where['host']} this is another model (hash {loaded.model_hash[:12]}) "
+                            f"than on the driver ({self.model_hash[:12]})")
+        return recording_where(subnet_measure_fn(loaded, self.importance, self.profile, self.repeats), where)
+
+
 def _torch_measure_fn(loaded, importance, profile, repeats: int, workdir=None):
     from toolkit.elastic import extract
     from toolkit.measure import torch_threads

@@ -429,7 +429,7 @@ def train_layer(spec: Mapping[str, Any]) -> dict[str, Any]:
 def layer_specs(model, space, cache: Path, config, threads: int | None = None) -> list[dict[str, Any]]:
     """The per-layer job specs (plain JSON: they can travel to another process or machine)."""
     geom = BlockGeometry.of(model.config)
-    base = {"cache": str(cache), "geometry": geom.to_dict(), "mlp_choices": list(space.mlp_choices),
+    base = {"cache": str(Path(cache).resolve()), "geometry": geom.to_dict(), "mlp_choices": list(space.mlp_choices),
             "head_choices": list(space.head_choices), "ls_init": bool(config.ls_init), "ls_windows": int(config.local_windows),
             "local_steps": int(config.local_steps), "local_lr": float(config.local_lr), "local_batch": int(config.local_batch),
             "num_random": int(config.num_random), "full_weight": float(config.full_weight), "precision": config.precision,
@@ -437,14 +437,36 @@ def layer_specs(model, space, cache: Path, config, threads: int | None = None) -
     return [dict(base, layer=i) for i in range(len(model.model.layers))]
 
 
-def run_jobs(specs: Sequence[Mapping[str, Any]], workers: int = 1, on_done: Callable[[dict], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
-    """Run the layer jobs: in this process (``workers=1``) or in ``workers`` spawned processes.
+def layer_worker() -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """The executor factory of the layer jobs (:mod:`toolkit.executors`): a job is a pure function of its
+    spec and the cache files, so a worker needs nothing loaded."""
+    return train_layer
 
-    A job already done is not rerun (see :func:`train_layer`), so a killed run resumes layer by layer.
-    ``should_stop`` is asked before each job starts (at most ``workers`` are in flight).
+
+def run_jobs(specs: Sequence[Mapping[str, Any]], workers: int = 1, on_done: Callable[[dict], None] | None = None,
+             should_stop: Callable[[], bool] | None = None, executor=None) -> list[dict[str, Any]]:
+    """Run the layer jobs: in this process (``workers=1``), in ``workers`` spawned processes, or on a Ray
+    pool (``executor``: a :class:`toolkit.executors.ExecutorSpec` of kind ray; every node must see the
+    cache folder at the same absolute path, e.g. a shared file system, since jobs read and write it).
+
+    A job already done is not rerun (see :func:`train_layer`), so a killed run resumes layer by layer;
+    a job re-queued after its worker died starts that layer afresh. ``should_stop`` is asked before each
+    job starts (at most ``workers`` are in flight). A job that raises stops the phase.
     """
     results: list[dict[str, Any]] = []
+    if executor is not None and executor.parallel:
+        from toolkit.executors import RayExecutor
+
+        with RayExecutor(layer_worker, executor) as pool:
+            for i, out in pool.imap_unordered([dict(s) for s in specs], should_stop=should_stop):
+                if out.status == "user_error":
+                    raise UserError(out.error)
+                if not out.ok:
+                    raise RuntimeError(f"local distillation, layer {specs[i]['layer']}: {out.error}")
+                results.append(out.value)
+                if on_done:
+                    on_done(out.value)
+        return sorted(results, key=lambda r: r["layer"])
     if workers <= 1:
         for spec in specs:
             if should_stop and should_stop():

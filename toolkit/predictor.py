@@ -222,15 +222,21 @@ class Measurement:
     peak_mem_bytes: float
     spread: Mapping[str, float] = field(default_factory=dict)  # relative spread per target
     flagged: bool = False  # too noisy even after re-measuring
+    # Where it was measured: the machine's fingerprint (as a profile of it would have), host, Ray node id
+    # ("local" in this process). Empty in predictors written before it was recorded.
+    measured_on: Mapping[str, str] = field(default_factory=dict)
 
     def value(self, target: str) -> float:
         return float(getattr(self, target))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "prefill_ms": self.prefill_ms,
-                "decode_ms_per_token": self.decode_ms_per_token,
-                "decode_tokens_per_s": 1e3 / self.decode_ms_per_token,
-                "peak_mem_bytes": self.peak_mem_bytes, "spread": dict(self.spread), "flagged": self.flagged}
+        d = {"config": self.config.to_dict(), "prefill_ms": self.prefill_ms,
+             "decode_ms_per_token": self.decode_ms_per_token,
+             "decode_tokens_per_s": 1e3 / self.decode_ms_per_token,
+             "peak_mem_bytes": self.peak_mem_bytes, "spread": dict(self.spread), "flagged": self.flagged}
+        if self.measured_on:
+            d["measured_on"] = dict(self.measured_on)
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, file: str | None = None, where: str = "measurements[]",
@@ -240,7 +246,7 @@ class Measurement:
         if not isinstance(d, Mapping):
             raise ConfigError(where or "<root>", "expected an object", file)
         unknown = set(d) - {"config", "prefill_ms", "decode_ms_per_token", "decode_tokens_per_s", "peak_mem_bytes",
-                            "spread", "flagged"}
+                            "spread", "flagged", "measured_on"}
         if unknown:
             raise ConfigError(f"{pre}{sorted(unknown)[0]}", "unknown field", file)
         for name in ("config", "prefill_ms", "decode_ms_per_token", "peak_mem_bytes"):
@@ -262,7 +268,11 @@ class Measurement:
         flagged = d.get("flagged", False)
         if not isinstance(flagged, bool):
             raise ConfigError(f"{pre}flagged", f"expected true or false, got {flagged!r}", file)
-        return cls(cfg, values["prefill_ms"], values["decode_ms_per_token"], values["peak_mem_bytes"], spread, flagged)
+        where_on = d.get("measured_on", {})
+        if not isinstance(where_on, Mapping) or not all(isinstance(v, str) for v in where_on.values()):
+            raise ConfigError(f"{pre}measured_on", "expected an object of strings (fingerprint, host, node_id)", file)
+        return cls(cfg, values["prefill_ms"], values["decode_ms_per_token"], values["peak_mem_bytes"], spread, flagged,
+                   {str(k): v for k, v in where_on.items()})
 
 
 def _number(field_name: str, v: Any, file: str | None, positive: bool = False) -> float:
@@ -562,19 +572,27 @@ def calibration_header(prior: Predictor, repeats: int | None = None,
             "runtime": {**dict(runtime or {}), "engine": hw.engine, "gguf_type": hw.gguf_type}}
 
 
-def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn, journal_path: str | Path | None = None,
-              progress=None, *, repeats: int | None = None, runtime: Mapping[str, Any] | None = None) -> Predictor:
-    """Measure ``configs`` with ``measure_fn(cfg) -> Measurement`` and fit ``prior``'s coefficients.
+def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn=None, journal_path: str | Path | None = None,
+              progress=None, *, repeats: int | None = None, runtime: Mapping[str, Any] | None = None,
+              executor=None, check=None) -> Predictor:
+    """Measure ``configs`` with ``measure_fn(cfg) -> Measurement`` (in this process) or on ``executor``
+    (:mod:`toolkit.executors`: e.g. Ray workers on the target device, each built by a
+    :class:`toolkit.latency.CalibrationWorker`), and fit ``prior``'s coefficients.
 
     Measurements are appended to ``journal_path`` (a :class:`toolkit.journal.Journal`: JSONL, each line
     fsynced, a line torn by a kill dropped on resume) as they are taken, so a killed calibration
     resumes without re-timing what it already has. The journal's header records what the measurements
     depend on (model hash, profile fingerprint, workload, dtype, ``repeats``, ``runtime``: the device,
     threads, and the engine and GGUF type from ``prior.hardware``); a journal written with other settings is a one-line error naming the differing fields
-    (never silently discarded).
+    (never silently discarded). ``check(measurement)`` sees every new measurement before it is journaled
+    (where it was measured: a mismatch with the profile raises there). A measurement that raises stops
+    the calibration (a UserError as itself, anything else as a RuntimeError naming the config).
     """
+    from toolkit.executors import LocalExecutor
     from toolkit.journal import Journal, line_error
 
+    if (measure_fn is None) == (executor is None):
+        raise TypeError("calibrate needs exactly one of measure_fn and executor")
     done: dict[str, Measurement] = {}
     journal = None
     if journal_path is not None:
@@ -589,15 +607,26 @@ def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn, jou
             if key in lines:
                 raise line_error(journal.path, rec.line, "config", f"measured twice (first on line {lines[key]}; corrupt journal)")
             done[key], lines[key] = m, rec.line
-    results = []
-    for i, cfg in enumerate(configs):
-        m = done.get(cfg.key())
-        if m is None:
-            m = measure_fn(cfg)
-            if journal is not None:
-                journal.append(m.to_dict())
-            done[cfg.key()] = m
-        results.append(m)
+    todo = list({c.key(): c for c in configs if c.key() not in done}.values())
+    count = len(configs) - sum(1 for c in configs if c.key() not in done)
+    if progress is not None:
+        for i, cfg in enumerate(c for c in configs if c.key() in done):
+            progress(i + 1, done[cfg.key()])
+    executor = executor if executor is not None else LocalExecutor(fn=measure_fn)
+    for j, out in executor.imap_unordered(todo):
+        if not out.ok:
+            if out.exception is not None:
+                raise out.exception
+            if out.status == "user_error":
+                raise UserError(out.error)
+            raise RuntimeError(f"measuring {todo[j].to_json()}: {out.error}")
+        m = out.value
+        if check is not None:
+            check(m)
+        if journal is not None:
+            journal.append(m.to_dict())
+        done[todo[j].key()] = m
+        count += sum(1 for c in configs if c.key() == todo[j].key())
         if progress is not None:
-            progress(i + 1, m)
-    return prior.fit(results)
+            progress(count, m)
+    return prior.fit([done[c.key()] for c in configs])

@@ -17,6 +17,9 @@ EXAMPLES = """examples:
   toolkit calibrate --profile h100-sxm --model smollm2-135m --samples 0 --out prior.json  # spec-only roofline
   toolkit calibrate --profile cloud-vm-2core-x86-llamacpp --model smollm2-135m --samples 16 --out run/llamacpp.json
                                                         # timed as q8_0 GGUF in llama.cpp (the [llamacpp] extra)
+  toolkit calibrate --profile orin.yaml --model smollm2-135m --executor ray --ray-address auto \
+      --ray-resource jetson-orin --out run/orin.json     # timed on the board that ran
+                                                        # ray start --address HEAD:6379 --resources '{"jetson-orin": 1}'
 """
 
 
@@ -32,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--calibration", default=None, help="calibration text for importance")
     p.add_argument("--out", required=True, help="predictor JSON to write")
     add_data_dir_arg(p)
+    from toolkit.executors import add_executor_args
+
+    add_executor_args(p, resource=True, default_threads_help="the profile's runtime.threads")
     p.set_defaults(func=run)
 
 
@@ -63,6 +69,8 @@ def journal_path(out: str | Path) -> Path:
 
 
 def run(args) -> int:
+    import sys
+
     from toolkit.errors import UserError
     from toolkit.predictor import Predictor, calibrate, choose_calibration_configs
 
@@ -77,19 +85,26 @@ def run(args) -> int:
         return 0
     from toolkit.elastic import parent_shape, space_for
     from toolkit.importance import load_or_compute_importance
-    from toolkit.latency import subnet_measure_fn
+    from toolkit.latency import CalibrationWorker, foreign_node_error, machine_record, recording_where, subnet_measure_fn
     from toolkit.predictor import Hardware, Workload
     from toolkit.models import load_model
     from toolkit.profiles import load_profile, warn_if_foreign
 
+    from toolkit.executors import RayExecutor, spec_from_args
+
     profile = load_profile(args.profile)
+    spec = spec_from_args(args, default_threads=profile.runtime.threads or 1)
+    executor = None
     if args.samples:
         from toolkit.engines import require
         from toolkit.profiles import find_profile
 
         # Sub-networks are timed in the profile's engine: a missing one is a one-line error before the model loads.
         require(profile.runtime.engine, f"{find_profile(args.profile)}: runtime.engine")
-        warn_if_foreign(profile)  # timing on a machine the profile does not describe
+        if spec.parallel:  # Ray missing, an unreachable cluster, a resource no node has: one line, now
+            executor = RayExecutor(None, spec).connect()
+        else:
+            warn_if_foreign(profile)  # timing on a machine the profile does not describe
     # A spec-only prior times nothing: the model is only read for its shape and hash, on the CPU.
     device = profile.runtime.device if args.samples else "cpu"
     loaded = load_model(args.model, dtype=profile.runtime.dtype if args.samples else "float32", device=device)
@@ -106,15 +121,45 @@ def run(args) -> int:
 
     journal = journal_path(args.out)
     runtime = {"device": profile.runtime.device, "threads": profile.runtime.threads}
-    with progress_bar() as bar:
-        task = bar.add_task("calibrate", total=len(configs), info="")
+    warned: set[str] = set()
 
-        def progress(done, m):
-            bar.update(task, completed=done, info=f"{1e3 / m.decode_ms_per_token:.1f} tok/s, prefill {m.prefill_ms:.0f} ms")
+    def check(m):  # where each measurement was taken is recorded; a named target must be the profile's machine
+        where = m.measured_on
+        if where.get("fingerprint") == profile.fingerprint or where.get("node_id") in warned:
+            return
+        if spec.resource:
+            raise UserError(foreign_node_error(profile, where, spec.resource))
+        if executor is not None:
+            warned.add(where.get("node_id", ""))
+            print(f"warning: {foreign_node_error(profile, where, None)}", file=sys.stderr)
 
-        # Exporting engines write each sub-network's temporary artifact next to the predictor file.
-        measure = subnet_measure_fn(loaded, importance, profile, args.repeats, workdir=Path(args.out).resolve().parent)
-        fitted = calibrate(prior, configs, measure, journal, progress, repeats=args.repeats, runtime=runtime)
+    try:
+        measure = None
+        if executor is None:
+            # Exporting engines write each sub-network's temporary artifact next to the predictor file.
+            measure = recording_where(subnet_measure_fn(loaded, importance, profile, args.repeats,
+                                                        workdir=Path(args.out).resolve().parent),
+                                      machine_record(profile.kind, profile.runtime.device))
+        else:
+            model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+            executor.factory = CalibrationWorker(model, loaded.model_hash, profile.runtime.dtype, profile.runtime.device,
+                                                 importance, profile, args.repeats, strict=spec.resource is not None,
+                                                 resource=spec.resource, worker_gpus=spec.worker_gpus)
+            with progress_bar() as bar:
+                bar.add_task(f"start {spec.workers} Ray worker(s)" + (f" on '{spec.resource}'" if spec.resource else ""),
+                             total=None, info="")
+                executor.start()
+        with progress_bar() as bar:
+            task = bar.add_task("calibrate", total=len(configs), info="")
+
+            def progress(done, m):
+                bar.update(task, completed=done, info=f"{1e3 / m.decode_ms_per_token:.1f} tok/s, prefill {m.prefill_ms:.0f} ms")
+
+            fitted = calibrate(prior, configs, measure, journal, progress, repeats=args.repeats, runtime=runtime,
+                               executor=executor, check=check)
+    finally:
+        if executor is not None:
+            executor.close()
     fitted.save(args.out)
     journal.unlink(missing_ok=True)
     print(json.dumps({"out": args.out, "samples": len(configs), "engine": fitted.hardware.engine_label,

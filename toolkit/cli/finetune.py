@@ -74,6 +74,9 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--calibration", default=None, help="calibration text for the importance ordering (default: <data-dir>/calibration/calibration.txt)")
     add_data_dir_arg(p)
+    from toolkit.executors import add_executor_args
+
+    add_executor_args(p, workers=False, default_threads_help="this process's threads / --workers")
     p.set_defaults(func=run)
 
 
@@ -82,6 +85,16 @@ def run(args) -> int:
     from toolkit.finetune import FinetuneConfig, auto_precision, finetune
     from toolkit.profiles import check_device, load_profile
 
+    executor = None
+    if args.executor == "ray":  # the local phase's layer jobs on Ray workers (--workers of them)
+        from toolkit.executors import RayExecutor, spec_from_args
+
+        executor = spec_from_args(args)
+        RayExecutor(None, executor).connect()  # Ray missing or the cluster unreachable: one line, before loading
+    elif args.ray_address or args.worker_threads or args.worker_gpus:
+        from toolkit.errors import UserError
+
+        raise UserError("--ray-address / --worker-threads / --worker-gpus: need --executor ray")
     profile = load_profile(args.profile) if args.profile else None
     device = check_device(args.device or (profile.runtime.device if profile is not None else "cpu"))
     precision = args.precision if args.precision != "auto" else auto_precision(device, profile)
@@ -99,7 +112,7 @@ def run(args) -> int:
     out = finetune(args.model, data, args.out, config, calibration, resume=args.resume, overwrite=args.overwrite,
                    log=lambda s: print(s, file=sys.stderr, flush=True), max_minutes=args.max_minutes,
                    command=args.command_line, device=device, max_cpu_minutes=args.max_cpu_minutes,
-                   workers=args.workers)
+                   workers=args.workers, executor=executor)
     if out is None:  # the local phase stopped between layers (budget or SIGTERM): nothing saved yet
         print("finetune: stopped in the local phase; the layers done are kept, --resume continues", file=sys.stderr)
         return 3

@@ -15,6 +15,10 @@ EXAMPLES = """examples:
   toolkit search ... --algorithm random --out run/random  # the baseline at the same budget
   toolkit eval --model smollm2-135m --subnet SUBNET.json --task arc_easy --split report
                                                          # a front member on the half the search never saw
+  toolkit search ... --executor ray --workers 2 --worker-threads 1 --out run/search
+                                                         # a generation graded by 2 Ray workers at once
+  toolkit search ... --executor ray --ray-address auto --workers 8 --worker-gpus 1
+                                                         # on the cluster started with `ray start --head`
 
 exit codes: 0 a front was found; 2 bad input (one line on stderr, before the model loads); 3 the search
 ran but no candidate was feasible (all over the constraints, or all failed): pareto.json has
@@ -58,6 +62,9 @@ def register(sub) -> None:
                         "evaluates ~2x faster on CPUs with AVX512-BF16/AMX; speeds still come from the predictor")
     p.add_argument("--resume", action="store_true", help="continue the search journaled in --out")
     add_data_dir_arg(p)
+    from toolkit.executors import add_executor_args
+
+    add_executor_args(p, default_threads_help="--eval-threads")
     p.set_defaults(func=run)
 
 
@@ -119,8 +126,8 @@ def _nothing_feasible(result, settings) -> str:
 def run(args) -> int:
     import sys
 
-    from toolkit.elastic import extract, space_for
-    from toolkit.evaluate import check_task_lengths, evaluate_task, model_max_length, peek_tokenizer, truncation_warning
+    from toolkit.elastic import space_for
+    from toolkit.evaluate import check_task_lengths, model_max_length, peek_tokenizer, truncation_warning
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
     from toolkit.predictor import Predictor
@@ -135,6 +142,9 @@ def run(args) -> int:
         raise UserError(f"--limit: must be 0 (all examples) or positive, got {args.limit}")
     if args.eval_threads < 1:
         raise UserError(f"--eval-threads: must be at least 1, got {args.eval_threads}")
+    from toolkit.executors import RayExecutor, spec_from_args
+
+    spec = spec_from_args(args, default_threads=args.eval_threads)
     profile = load_profile(args.profile)  # search times nothing itself: speeds come from the predictor
     settings = _settings(args, profile)
     predictor = Predictor.load(args.predictor)
@@ -144,6 +154,10 @@ def run(args) -> int:
     # The speed objective is the profile's engine's speed: a predictor timed in another engine is not it.
     predictor.check_engine(profile, where=args.predictor)
     _check_run_dir(args, settings)
+    executor = None
+    if spec.parallel:  # Ray missing or the cluster unreachable: one line, before the model loads
+        executor = RayExecutor(None, spec)
+        executor.connect()
     # Read once, reused per candidate; only the search part (never the report part) is graded on.
     task_data = load_task(get_task(args.task), data_dir(args.data_dir)).split(args.split)
     limit = args.limit or None
@@ -163,14 +177,16 @@ def run(args) -> int:
     predictor.check_model(loaded.model_hash, where=args.predictor)
     importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
     space = space_for(loaded, importance)
+    from toolkit.search.workers import AccuracyWorker, accuracy_fn
 
-    from toolkit.measure import torch_threads
-
-    def accuracy(cfg):
-        child = extract(loaded.model, cfg, importance)
-        with torch_threads(args.eval_threads):
-            r = evaluate_task(child, loaded.tokenizer, task_data, limit=limit, seed=args.seed, progress=False)
-        return {"accuracy": r.acc, "accuracy_stderr": r.acc_stderr, "acc_norm": r.acc_norm}
+    accuracy = None
+    if executor is None:
+        accuracy = accuracy_fn(loaded, importance, task_data, limit, args.seed, args.eval_threads)
+    else:  # each worker loads the model once; the examples and the importance ordering travel with it
+        model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+        executor.factory = AccuracyWorker(model, loaded.model_hash, args.eval_dtype or profile.runtime.dtype,
+                                          profile.runtime.device, importance, task_data, limit, args.seed,
+                                          spec.worker_threads, spec.worker_gpus)
 
     from toolkit.profiles import find_profile
 
@@ -180,20 +196,32 @@ def run(args) -> int:
             "eval_dtype": args.eval_dtype or profile.runtime.dtype}
     from toolkit.progress import enabled, progress_bar
 
-    with progress_bar() as bar:
-        t = bar.add_task(f"search ({args.algorithm})", total=args.evals, info="")
+    try:
+        if executor is not None:
+            with progress_bar() as bar:
+                bar.add_task(f"start {spec.workers} Ray worker(s) (each loads the model)", total=None, info="")
+                executor.start()
+        with progress_bar() as bar:
+            t = bar.add_task(f"search ({args.algorithm})", total=args.evals, info="")
 
-        def on_progress(state):
-            bar.update(t, completed=min(state["evaluations"], args.evals),
-                       info=f"gen {state['generation']}  front {state['front']}  best acc {state['best_accuracy']:.3f}")
+            def on_progress(state):
+                bar.update(t, completed=min(state["evaluations"], args.evals),
+                           info=f"gen {state['generation']}  front {state['front']}  best acc {state['best_accuracy']:.3f}")
 
-        searcher = Searcher(space, settings, accuracy, predictor.predict, args.out, meta=meta, resume=args.resume,
-                            on_progress=on_progress)
-        result = searcher.run()
+            searcher = Searcher(space, settings, accuracy, predictor.predict, args.out, meta=meta, resume=args.resume,
+                                on_progress=on_progress, executor=executor)
+            result = searcher.run()
+    finally:
+        if executor is not None:
+            executor.close()
     feasible = sum(e.feasible for e in result.evaluations)
     summary = {"run": args.out, "evaluations": len(result.evaluations), "new_evaluations": searcher.new_evaluations,
-               "feasible": feasible, "front": len(result.front), "hypervolume": round(result.hypervolume, 6)}
+               "feasible": feasible, "front": len(result.front), "hypervolume": round(result.hypervolume, 6),
+               **spec.describe(), "retries": searcher.retries}
     print(json.dumps(summary))
+    if searcher.retries:
+        print(f"search: {searcher.retries} evaluation(s) re-queued after their worker died (each journaled once)",
+              file=sys.stderr)
     if not feasible:
         print(_nothing_feasible(result, settings), file=sys.stderr)
         return EXIT_NOTHING_FEASIBLE

@@ -235,10 +235,16 @@ class Journal:
         return self.records.get(key)
 
     def append(self, ev: Evaluation) -> None:
-        if ev.key in self.records:
-            raise RuntimeError(f"journal: {ev.key} evaluated twice")
-        self._file.append(ev.to_dict())
-        self.records[ev.key] = ev
+        self.append_many([ev])
+
+    def append_many(self, evs: Sequence[Evaluation]) -> None:
+        """Journal ``evs`` (consecutive lines, one fsync); a key journaled before is a bug, refused."""
+        keys = [ev.key for ev in evs]
+        if len(set(keys)) != len(keys) or any(k in self.records for k in keys):
+            raise RuntimeError(f"journal: {next(k for k in keys if k in self.records or keys.count(k) > 1)} evaluated twice")
+        self._file.append_many([ev.to_dict() for ev in evs])
+        for ev in evs:
+            self.records[ev.key] = ev
 
 
 def read_run_record(run_dir: str | Path) -> dict[str, Any]:
@@ -292,6 +298,23 @@ PredictFn = Callable[[SubnetConfig], Mapping[str, float]]
 
 
 @dataclass
+class _Pending:
+    """A candidate of :meth:`Searcher.evaluate_many` not journaled yet."""
+
+    cfg: SubnetConfig
+    key: str
+    t0: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    violation: float = 0.0
+    error: str | None = None
+    needs_accuracy: bool = False
+    predict_seconds: float = 0.0
+    done: bool = False
+    outcome: Any = None  # toolkit.executors.Outcome of the accuracy job
+    evaluation: Evaluation | None = None
+
+
+@dataclass
 class SearchResult:
     evaluations: list[Evaluation]
     front: list[Evaluation]
@@ -337,12 +360,22 @@ def hypervolume(evals: Sequence[Evaluation], objectives: Sequence[str], referenc
 class Searcher:
     """Runs one search into a run directory (journal + outputs)."""
 
-    def __init__(self, space: SearchSpace, settings: SearchSettings, accuracy_fn: AccuracyFn, predict_fn: PredictFn,
+    def __init__(self, space: SearchSpace, settings: SearchSettings, accuracy_fn: AccuracyFn | None, predict_fn: PredictFn,
                  run_dir: str | Path, meta: Mapping[str, Any] | None = None, resume: bool = False,
-                 on_progress: Callable[[dict[str, Any]], None] | None = None):
+                 on_progress: Callable[[dict[str, Any]], None] | None = None, executor=None):
+        """``accuracy_fn`` runs in this process; or pass ``executor`` (:mod:`toolkit.executors`, e.g. a
+        Ray pool whose workers build the accuracy function themselves) and ``accuracy_fn=None``.
+        The executor is not started or closed here: its owner does that."""
+        from toolkit.executors import LocalExecutor
+
+        if (accuracy_fn is None) == (executor is None):
+            raise TypeError("Searcher needs exactly one of accuracy_fn and executor")
         self.space = space
         self.settings = settings
-        self.accuracy_fn = accuracy_fn
+        self.executor = executor if executor is not None else LocalExecutor(fn=accuracy_fn)
+        self.retries = 0  # evaluations re-queued because their worker died (the executor's count)
+        self._generation = 0
+        self._last_tick = time.monotonic()
         self.predict_fn = predict_fn
         self.run_dir = Path(run_dir)
         self.meta = dict(meta or {})
@@ -377,39 +410,115 @@ class Searcher:
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, cfg: SubnetConfig) -> Evaluation:
-        key = cfg.key()
-        self._visited.add(key)
-        cached = self.journal.get(key)
-        if cached is not None:
-            return cached
+        """One candidate's :class:`Evaluation` (journaled, or replayed from the journal): see
+        :meth:`evaluate_many`."""
+        return self.evaluate_many([cfg])[0]
+
+    def evaluate_many(self, cfgs: Sequence[SubnetConfig]) -> list[Evaluation]:
+        """The :class:`Evaluation` of every config, in order (a generation, told to pymoo together).
+
+        Contract: a config whose key is journaled is replayed, never re-evaluated; a key repeated in
+        ``cfgs`` is evaluated once. Predictions and predicted constraints are computed here, on the
+        driver; the accuracy jobs go to the executor (in this process, or fanned out to Ray workers),
+        and the new records are journaled in the order of ``cfgs``, so the journal (indices included),
+        the trajectory and the front are the serial run's whatever the executor. A candidate whose
+        evaluation raises is recorded with the error (infeasible); a :class:`UserError` stops the search
+        (what came before it in ``cfgs`` is journaled)."""
         s = self.settings
-        t0 = time.perf_counter()
-        metrics: dict[str, float] = {}
-        error = None
-        violation = 0.0
-        try:
-            metrics.update({k: float(v) for k, v in self.predict_fn(cfg).items()})
-            if s.memory_budget_bytes is not None:
-                violation += max(0.0, metrics["peak_mem_bytes"] / s.memory_budget_bytes - 1.0)
-            if s.max_params is not None:
-                violation += max(0.0, metrics["params"] / s.max_params - 1.0)
+        slots: list[Any] = []  # per cfg: an Evaluation, a key of an earlier slot, or a _Pending
+        pending: dict[str, _Pending] = {}
+        for cfg in cfgs:
+            key = cfg.key()
+            self._visited.add(key)
+            cached = self.journal.get(key)
+            if cached is not None:
+                slots.append(cached)
+                continue
+            if key in pending:
+                slots.append(key)
+                continue
+            p = _Pending(cfg, key, time.perf_counter())
+            try:
+                p.metrics.update({k: float(v) for k, v in self.predict_fn(cfg).items()})
+                if s.memory_budget_bytes is not None:
+                    p.violation += max(0.0, p.metrics["peak_mem_bytes"] / s.memory_budget_bytes - 1.0)
+                if s.max_params is not None:
+                    p.violation += max(0.0, p.metrics["params"] / s.max_params - 1.0)
+            except (KeyboardInterrupt, SystemExit, UserError):
+                raise
+            except Exception as exc:
+                p.error = f"{type(exc).__name__}: {exc}"
+                p.violation = max(p.violation, 1.0)
             # The parent is the reference every result is read against (report, export's fastest-within),
             # so its accuracy is measured even when it is over the constraints.
-            if violation == 0.0 or key == self._parent_key:
-                metrics.update({k: float(v) for k, v in self.accuracy_fn(cfg).items()})
+            p.needs_accuracy = p.error is None and (p.violation == 0.0 or key == self._parent_key)
+            p.predict_seconds = time.perf_counter() - p.t0
+            pending[key] = p
+            slots.append(p)
+        jobs = [p for p in pending.values() if p.needs_accuracy]
+        if self.executor.parallel:  # longest first: a generation ends when its slowest job does
+            jobs.sort(key=lambda p: -p.metrics.get("params", 0.0))
+        order = [p for p in slots if isinstance(p, _Pending)]
+        cursor = 0
+
+        def flush() -> None:  # journal, in cfgs' order, every record whose predecessors are all done
+            nonlocal cursor
+            ready = []
+            while cursor < len(order) and (order[cursor].done or not order[cursor].needs_accuracy):
+                ready.append(self._record(order[cursor], len(self.journal) + len(ready)))
+                cursor += 1
+            if ready:
+                self.journal.append_many(ready)
+                self.new_evaluations += len(ready)
+                self._tick()
+
+        flush()
+        if jobs:
+            stream = self.executor.imap_unordered([p.cfg for p in jobs])
+            try:
+                for j, out in stream:
+                    p = jobs[j]
+                    if out.status == "user_error":
+                        order[:] = order[:order.index(p)]  # journal what finished before it, then stop
+                        flush()
+                        raise out.exception if out.exception is not None else UserError(out.error)
+                    p.done, p.outcome = True, out
+                    flush()
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+        self.retries = self.executor.retries
+        by_key = {p.key: p.evaluation for p in order}
+        return [slot if isinstance(slot, Evaluation) else by_key[slot.key if isinstance(slot, _Pending) else slot]
+                for slot in slots]
+
+    def _record(self, p: "_Pending", index: int) -> Evaluation:
+        """The journal record of a finished candidate (as the serial path always wrote it)."""
+        s = self.settings
+        metrics, violation, error, seconds = dict(p.metrics), p.violation, p.error, p.predict_seconds
+        out = p.outcome
+        if out is not None:
+            seconds += out.seconds
+            if out.ok:
+                metrics.update({k: float(v) for k, v in out.value.items()})
                 if s.min_accuracy is not None:
                     violation += max(0.0, s.min_accuracy - metrics["accuracy"])
-        except (KeyboardInterrupt, SystemExit, UserError):
-            raise  # bad input (the task, its data) is the same for every candidate: stop, journal nothing
-        except Exception as exc:  # one bad candidate must not end the search
-            error = f"{type(exc).__name__}: {exc}"
-            violation = max(violation, 1.0)
+            else:
+                error = out.error
+                violation = max(violation, 1.0)
         # No "accuracy" when it was not measured (the journal once wrote 0.0 there, which read as a result).
-        ev = Evaluation(len(self.journal), key, cfg, metrics, feasible=violation == 0.0 and error is None,
-                        violation=violation, error=error, seconds=time.perf_counter() - t0)
-        self.journal.append(ev)
-        self.new_evaluations += 1
+        ev = Evaluation(index, p.key, p.cfg, metrics, feasible=violation == 0.0 and error is None,
+                        violation=violation, error=error, seconds=seconds)
+        p.evaluation = ev
         return ev
+
+    def _tick(self) -> None:
+        """Progress between generations (a generation of slow evaluations is long), at most 2 per second."""
+        now = time.monotonic()
+        if self.on_progress is not None and now - self._last_tick >= 0.5:
+            self._last_tick = now
+            self._report(self._generation)
 
     def _budget_left(self) -> bool:
         return len(self._visited) < self.settings.evals
@@ -439,18 +548,28 @@ class Searcher:
         return self.finish()
 
     def _run_random(self) -> None:
+        """Seeded uniform draws until ``evals`` distinct sub-networks (the parent and the smallest first).
+        The draws of a chunk are made before it is evaluated (so a chunk fans out), exactly as the serial
+        loop would make them: the same rng sequence, stopping at the same draw."""
         rng = np.random.default_rng(self.settings.seed)
-        X = self.initial_genomes(rng, 2)
-        for g in X:
-            self.evaluate(self.space.decode(g))
         lo, hi = self.space.genome_bounds()
-        gen = 0
-        while self._budget_left():
-            self.evaluate(self.space.decode(rng.integers(lo, hi + 1)))
-            gen += 1
-            if gen % 10 == 0:
-                self._report(gen)
-        self._report(gen)
+        chunk = [self.space.decode(g) for g in self.initial_genomes(rng, 2)]
+        keys = set(self._visited) | {c.key() for c in chunk}
+        draws = 0
+        while True:
+            while len(keys) < self.settings.evals and len(chunk) < max(10, self.settings.population):
+                cfg = self.space.decode(rng.integers(lo, hi + 1))
+                chunk.append(cfg)
+                keys.add(cfg.key())
+                draws += 1
+            if not chunk:
+                break
+            self.evaluate_many(chunk)
+            chunk = []
+            self._generation = draws
+            self._report(draws)
+            if len(keys) >= self.settings.evals:
+                break
 
     def _run_nsga2(self) -> None:
         from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -473,8 +592,8 @@ class Searcher:
 
             def _evaluate(self, X, out, *args, **kwargs):
                 F, G = [], []
-                for x in np.asarray(X).round().astype(np.int64):
-                    ev = searcher.evaluate(space.decode(x))
+                evs = searcher.evaluate_many([space.decode(x) for x in np.asarray(X).round().astype(np.int64)])
+                for ev in evs:
                     f = to_minimisation(ev, objectives)
                     F.append(np.where(np.isfinite(f), f, 0.0))
                     G.append([ev.violation if not ev.feasible else -1e-9])
@@ -490,11 +609,10 @@ class Searcher:
             eliminate_duplicates=True,
         )
         algorithm.setup(SubnetProblem(), termination=MaximumGenerationTermination(10**9), seed=s.seed, verbose=False)
-        gen = 0
         while self._budget_left():
             algorithm.next()
-            gen += 1
-            self._report(gen)
+            self._generation += 1
+            self._report(self._generation)
 
     # -- outputs ----------------------------------------------------------------------------------
     def finish(self) -> SearchResult:

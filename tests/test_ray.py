@@ -1,0 +1,253 @@
+"""The Ray executor on a real local cluster (``ray.init(num_cpus=2)``, not the deprecated local mode), on
+the tiny model: the same search as the local executor, a killed worker, calibration on a custom resource,
+and the one-line errors. CI installs the [ray] extra (via [dev]); with TOOLKIT_FAIL_ON_SKIP a skip fails."""
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from toolkit.cli.main import main  # noqa: E402
+from toolkit.models.tiny import tiny_profile_yaml  # noqa: E402
+
+
+@pytest.fixture
+def task_file(tmp_path):
+    rows = [{"id": f"q{i}", "context": f"Question: {i} plus {i}?\nAnswer:", "choices": [f" {2 * i}", f" {i}", " no"],
+             "label": i % 3} for i in range(16)]
+    path = tmp_path / "tiny_task.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One real local cluster for the module: two CPUs, so two 1-CPU workers."""
+    import logging
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prior(tmp_path_factory, tiny_folder):
+    """A profile and a roofline-prior predictor for the tiny parent."""
+    from toolkit.models import load_model
+    from toolkit.predictor import Hardware, Predictor, Workload
+    from toolkit.profiles import load_profile
+    from toolkit.space import ParentShape
+
+    d = tmp_path_factory.mktemp("prior")
+    profile = d / "profile.yaml"
+    profile.write_text(tiny_profile_yaml())
+    p = load_profile(profile)
+    predictor = d / "p.json"
+    Predictor.prior(load_model(str(tiny_folder)).model_hash, p.name, p.fingerprint, ParentShape(4, 64, 256, 4, 2, 16, 256, True),
+                    Hardware(1e11, 1e10), Workload(16, 4, 1)).save(predictor)
+    return profile, predictor
+
+
+def _search(tiny_folder, prior, task_file, calib_text, out, *extra):
+    profile, predictor = prior
+    return ["search", "--profile", str(profile), "--predictor", str(predictor), "--model", str(tiny_folder),
+            "--calibration", str(calib_text), "--task", str(task_file), "--limit", "12", "--evals", "24",
+            "--population", "8", "--seed", "3", "--out", str(out), *extra]
+
+
+def _journal(run):
+    return [json.loads(line) for line in (Path(run) / "evaluations.jsonl").read_text().splitlines()]
+
+
+def _comparable(records):
+    """A journal without the wall-clock seconds (the only field that may differ between executors)."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def _front(run):
+    return [f["key"] for f in json.loads((Path(run) / "pareto.json").read_text())["front"]]
+
+
+def test_ray_search_equals_local_search(cluster, tmp_path, tiny_folder, prior, task_file, calib_text, capsys):
+    assert main(_search(tiny_folder, prior, task_file, calib_text, tmp_path / "local")) == 0
+    local = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(_search(tiny_folder, prior, task_file, calib_text, tmp_path / "ray",
+                        "--executor", "ray", "--workers", "2", "--worker-threads", "1")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["executor"] == "ray" and summary["workers"] == 2 and summary["retries"] == 0
+    assert local["executor"] == "local" and summary["evaluations"] == local["evaluations"] >= 24
+    a, b = _journal(tmp_path / "local"), _journal(tmp_path / "ray")
+    # the same candidates, in the same order, with the same metrics (accuracy included), the same front
+    assert _comparable(a) == _comparable(b)
+    assert any("accuracy" in r["metrics"] for r in b) and _front(tmp_path / "local") == _front(tmp_path / "ray")
+    # --resume replays the journal with or without the cluster: nothing new is evaluated
+    assert main(_search(tiny_folder, prior, task_file, calib_text, tmp_path / "ray", "--resume")) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["new_evaluations"] == 0
+    assert main(_search(tiny_folder, prior, task_file, calib_text, tmp_path / "local", "--resume",
+                        "--executor", "ray", "--workers", "2")) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["new_evaluations"] == 0
+
+
+def _tiny_searcher(tiny_folder, calib_text, task_file, prior, run_dir, executor=None, accuracy=None):
+    from toolkit.elastic import space_for
+    from toolkit.importance import load_or_compute_importance
+    from toolkit.models import load_model
+    from toolkit.predictor import Predictor
+    from toolkit.search import Searcher, SearchSettings
+    from toolkit.search.workers import AccuracyWorker
+    from toolkit.tasks import get_task, load_task
+
+    loaded = load_model(str(tiny_folder))
+    importance = load_or_compute_importance(loaded, calib_text)
+    data = load_task(get_task(str(task_file)), task_file.parent).split("search")
+    factory = AccuracyWorker(str(tiny_folder), loaded.model_hash, "float32", "cpu", importance, data, 12, 3, 1)
+    settings = SearchSettings(evals=32, population=8, seed=3)
+    predict = Predictor.load(prior[1]).predict
+    if executor is None:
+        return Searcher(space_for(loaded, importance), settings, factory(), predict, run_dir), factory
+    return Searcher(space_for(loaded, importance), settings, None, predict, run_dir, executor=executor), factory
+
+
+def test_a_killed_worker_loses_nothing_and_journals_nothing_twice(cluster, tmp_path, tiny_folder, prior, task_file,
+                                                                   calib_text):
+    from toolkit.executors import ExecutorSpec, RayExecutor
+
+    reference, factory = _tiny_searcher(tiny_folder, calib_text, task_file, prior, tmp_path / "serial")
+    expected = reference.run()
+    with RayExecutor(factory, ExecutorSpec(kind="ray", workers=2)) as pool:
+        searcher, _ = _tiny_searcher(tiny_folder, calib_text, task_file, prior, tmp_path / "ray", executor=pool)
+        victim = pool.workers()[0]["pid"]
+        journal = tmp_path / "ray" / "evaluations.jsonl"
+
+        def kill_when_running():  # mid-run: once a few evaluations are journaled, SIGKILL one worker process
+            while not journal.exists() or journal.read_text().count("\n") < 6:
+                time.sleep(0.005)
+            os.kill(victim, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_when_running, daemon=True)
+        killer.start()
+        result = searcher.run()
+        killer.join(timeout=30)
+        assert victim not in [w["pid"] for w in pool.workers()]  # replaced by a fresh worker
+    records = _journal(tmp_path / "ray")
+    keys = [r["key"] for r in records]
+    assert len(keys) == len(set(keys))  # nothing journaled twice
+    assert keys == [e.key for e in expected.evaluations]  # nothing missing, same order
+    assert _comparable(records) == _comparable(_journal(tmp_path / "serial"))
+    assert [e.key for e in result.front] == [e.key for e in expected.front]
+    assert searcher.retries >= 1 and pool.retries == searcher.retries  # the run says it retried
+
+
+def _here_profile(path: Path) -> Path:
+    """The tiny profile, but describing this machine (its fingerprint is this machine's)."""
+    import dataclasses
+
+    from toolkit.profiles import detect, load_profile
+
+    src = path.parent / "tiny.yaml"
+    src.write_text(tiny_profile_yaml())
+    p, m = load_profile(src), detect("cpu")
+    here = dataclasses.replace(
+        p, name="tiny-here", identity=dataclasses.replace(p.identity, model=m.model),
+        compute=dataclasses.replace(p.compute, cores=m.cores, threads=m.threads),
+        memory=dataclasses.replace(p.memory, capacity_bytes=m.capacity_bytes, usable_bytes=m.capacity_bytes // 2),
+        features=dataclasses.replace(p.features, **{f: getattr(m.features, f) for f in ("avx2", "avx512", "amx", "neon", "bf16", "fp16")}))
+    here.save(path)
+    assert load_profile(path).matches_current_machine()
+    return path
+
+
+def test_calibration_runs_on_the_node_with_the_resource(tmp_path, tiny_folder, calib_text, capsys):
+    """A head without the resource and a second node advertising it: every measurement is taken on that
+    node and records its fingerprint; a profile of another machine is refused there, one line."""
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    board = c.add_node(num_cpus=1, resources={"tiny-board": 1})
+    try:
+        ray.init(address=c.address, logging_level=40)
+        profile = _here_profile(tmp_path / "here.yaml")
+        out = tmp_path / "pred.json"
+        args = ["calibrate", "--profile", str(profile), "--model", str(tiny_folder), "--calibration", str(calib_text),
+                "--samples", "4", "--repeats", "1", "--executor", "ray", "--ray-resource", "tiny-board", "--out", str(out)]
+        assert main(args) == 0, capsys.readouterr().err
+        from toolkit.profiles import load_profile
+
+        ms = json.loads(out.read_text())["measurements"]
+        assert len(ms) == 4
+        assert {m["measured_on"]["node_id"] for m in ms} == {board.node_id}  # not the head's
+        assert {m["measured_on"]["fingerprint"] for m in ms} == {load_profile(profile).fingerprint}
+        capsys.readouterr()
+        # a profile of another machine, sent to the named target: an error (not a warning), nothing written
+        other = tmp_path / "other.yaml"
+        other.write_text(tiny_profile_yaml())
+        out2 = tmp_path / "pred2.json"
+        assert main([*args[:2], str(other), *args[3:-1], str(out2)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--ray-resource tiny-board" in err[0] and "fingerprint" in err[0], err
+        assert not out2.exists()
+        # a resource no node advertises: one line, at once (not a pool waiting forever)
+        assert main([*args[:-1], str(out2)][:-4] + ["--ray-resource", "no-such-board", "--out", str(out2)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no node advertises it" in err[0], err
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def test_ray_missing_and_bad_address_are_one_line(tmp_path, tiny_folder, prior, task_file, calib_text, capsys,
+                                                  monkeypatch, model_must_not_load):
+    if ray.is_initialized():
+        ray.shutdown()
+    base = _search(tiny_folder, prior, task_file, calib_text, tmp_path / "r", "--executor", "ray")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the [ray] extra were not installed
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "[ray]" in err[0] and "--executor ray" in err[0], err
+    monkeypatch.delitem(sys.modules, "ray")
+    t0 = time.perf_counter()
+    assert main(base + ["--ray-address", "127.0.0.1:9"]) == 2  # nothing listens on the discard port
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ray-address 127.0.0.1:9" in err[0], err
+    assert time.perf_counter() - t0 < 30
+    assert main(base + ["--ray-address", "no-port"]) == 2
+    assert "--ray-address: 'no-port' is not auto or HOST:PORT" in capsys.readouterr().err
+    assert main(base[:-2] + ["--workers", "2"]) == 2  # two workers need the ray executor
+    assert "--workers" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_local_distillation_layer_jobs_on_ray_give_the_in_process_weights(cluster, tmp_path, tiny_folder, monkeypatch,
+                                                                          training_text):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    data, calib = training_text(16)
+
+    def args(out, *extra):
+        return ["finetune", "--model", str(tiny_folder), "--data", str(data), "--calibration", str(calib), "--out", str(out),
+                "--seq-len", "32", "--precision", "fp32", "--min-mlp-fraction", "0.5", "--min-depth-fraction", "0.5",
+                "--min-head-groups", "1", "--val-docs", "2", "--local-windows", "150", "--local-batch", "4",
+                "--method", "local", "--local-lr", "1e-3", "--local-steps", "5", *extra]
+
+    one, two = tmp_path / "one", tmp_path / "ray"
+    assert main(args(one)) == 0
+    assert main(args(two, "--executor", "ray", "--workers", "2", "--worker-threads", "1")) == 0
+    a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+    rec = json.loads((two / "local.json").read_text())
+    assert rec["workers"] == 2 and rec["executor"]["executor"] == "ray" and len(rec["layers"]) == 4
+    assert {layer["layer"] for layer in rec["layers"]} == {0, 1, 2, 3}

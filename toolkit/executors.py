@@ -1,0 +1,507 @@
+"""Executors: where independent jobs run, in this process (``local``) or on a Ray cluster (``ray``).
+
+One seam for the toolkit's three fan-outs: the search's candidate evaluations, calibration's timing jobs
+on a target device, and local distillation's per-layer jobs. The data flow:
+
+* a **factory** (a picklable callable, built on the driver) is called *once per worker*, in the worker's
+  process, and returns the worker's function: that is where a worker loads its model and task data, so
+  a worker serves many jobs without reloading anything;
+* :meth:`Executor.imap_unordered` hands every item to some worker's function and yields
+  ``(index, Outcome)`` exactly once per item, in completion order;
+* an :class:`Outcome` carries the value, or the error as the serial run would record it
+  (``"TypeName: message"``), or a :class:`~toolkit.errors.UserError`'s message (bad input, the same for
+  every job: the caller stops), plus where the job ran.
+
+The driver alone writes files (journals): workers return values and never touch the run's files.
+
+**Faults** (Ray). A worker that dies while it holds a job (a killed process, a lost node) is replaced and
+its job is re-queued on another worker; :attr:`Executor.retries` counts these. A job that kills its worker
+``max_retries + 1`` times is given up with an error outcome rather than retried forever. A job that
+*raises* is not retried: the exception is its (deterministic) result.
+
+**Ray** is the optional ``[ray]`` extra: this module imports it only inside :class:`RayExecutor` and
+:func:`connect`, and imports nothing heavy itself (stub workers start in milliseconds).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from toolkit.errors import ConfigError, UserError
+
+RAY_EXTRA = "ray"
+RAY_INSTALL_HINT = "pip install 'llm-nas-toolkit[ray]' (or: pip install ray==2.60.0)"
+
+# A worker's function: item -> value. A factory builds one in the worker's process.
+WorkerFn = Callable[[Any], Any]
+Factory = Callable[[], WorkerFn]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one job gave: ``status`` ok (``value``), error (``error``: ``"TypeName: message"``, as the
+    serial run records a failed evaluation) or user_error (``error``: the UserError's one line)."""
+
+    status: str
+    value: Any = None
+    error: str | None = None
+    seconds: float = 0.0
+    worker: Mapping[str, Any] = field(default_factory=dict)  # where it ran: pid, node id, host
+    # The exception itself, when the job ran in this process (a caller may re-raise it as it was);
+    # never sent between processes (a ConfigError, for one, does not survive pickling).
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def run_job(fn: WorkerFn, item: Any, worker: Mapping[str, Any] | None = None, keep_exception: bool = False) -> Outcome:
+    """Call ``fn(item)`` the way every executor does (in the worker): exceptions become outcomes."""
+    t0 = time.perf_counter()
+    try:
+        value = fn(item)
+    except UserError as exc:
+        return Outcome("user_error", error=str(exc), seconds=time.perf_counter() - t0, worker=dict(worker or {}),
+                       exception=exc if keep_exception else None)
+    except Exception as exc:  # one bad job is its own result, never the worker's end
+        return Outcome("error", error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0,
+                       worker=dict(worker or {}), exception=exc if keep_exception else None)
+    return Outcome("ok", value, seconds=time.perf_counter() - t0, worker=dict(worker or {}))
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """Where jobs run, as the CLI flags say it (``--executor --ray-address --workers --worker-gpus
+    --worker-threads``; calibrate adds ``--ray-resource``). Checked on construction; a bad field is a
+    :class:`ConfigError` naming it (the CLI names the flag)."""
+
+    kind: str = "local"  # local | ray
+    address: str | None = None  # None: start a private local cluster; "auto" or HOST:PORT: join one
+    workers: int = 1
+    worker_threads: int = 1  # torch threads per worker (and the CPUs each worker reserves)
+    worker_gpus: float = 0.0  # GPUs each worker reserves (Ray sets CUDA_VISIBLE_DEVICES for it)
+    resource: str | None = None  # a custom resource every worker needs (a target device's label)
+    max_retries: int = 3  # re-queues of one job whose worker died, before it is given up
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "ray"):
+            raise ConfigError("executor", f"unknown executor {self.kind!r} (local or ray)")
+        for name in ("workers", "worker_threads", "max_retries"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "max_retries" else 1):
+                raise ConfigError(name, f"expected a positive integer, got {v!r}")
+        if isinstance(self.worker_gpus, bool) or not isinstance(self.worker_gpus, (int, float)) or not self.worker_gpus >= 0:
+            raise ConfigError("worker_gpus", f"expected a non-negative number, got {self.worker_gpus!r}")
+        if self.kind == "local":
+            for name, default in (("address", None), ("resource", None), ("worker_gpus", 0.0)):
+                if getattr(self, name) != default:
+                    raise ConfigError(name, "needs the ray executor (--executor ray)")
+            if self.workers != 1:
+                raise ConfigError("workers", "the local executor runs one worker, in this process; use --executor ray")
+        if self.address is not None:
+            parse_address(self.address)
+        if self.resource is not None and (not isinstance(self.resource, str) or not self.resource.strip()):
+            raise ConfigError("resource", f"expected a resource name, got {self.resource!r}")
+
+    @property
+    def parallel(self) -> bool:
+        return self.kind == "ray"
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"executor": self.kind}
+        if self.kind == "ray":
+            d.update(address=self.address or "local", workers=self.workers, worker_threads=self.worker_threads,
+                     worker_gpus=self.worker_gpus)
+            if self.resource:
+                d["resource"] = self.resource
+        return d
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """``auto`` -> None; ``HOST:PORT`` -> (host, port); anything else a ConfigError on ``address``."""
+    if address == "auto":
+        return None
+    text = address.removeprefix("ray://")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("address", f"{address!r} is not auto or HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def require_ray(flag: str = "--executor ray"):
+    """The ray module, or a one-line UserError naming the extra that brings it."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"{flag}: Ray is not installed; it is the [{RAY_EXTRA}] extra: {RAY_INSTALL_HINT}") from None
+    return ray
+
+
+def connect(spec: ExecutorSpec, num_cpus: int | None = None) -> bool:
+    """Connect this process to the cluster ``spec`` names; True when this call started a private local
+    cluster (which the caller then shuts down). Already connected (a test, a notebook): nothing to do.
+
+    An unreachable HOST:PORT is found by a plain TCP probe first (Ray itself would retry for a minute and
+    print pages of logs): one line naming the address."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    import logging
+
+    quiet = dict(logging_level=logging.ERROR, log_to_driver=True, include_dashboard=False)
+    if spec.address is None:
+        cpus = max(os.cpu_count() or 1, spec.workers * spec.worker_threads) if num_cpus is None else num_cpus
+        ray.init(num_cpus=cpus, **quiet)
+        return True
+    hostport = parse_address(spec.address)
+    if hostport is not None:
+        try:
+            socket.create_connection(hostport, timeout=5).close()
+        except OSError as exc:
+            raise UserError(f"--ray-address {spec.address}: cannot reach a Ray cluster there "
+                            f"({exc.strerror or exc}); start one with `ray start --head` on that machine") from None
+    try:
+        ray.init(address=spec.address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+    except ConnectionError as exc:
+        if hostport is None:
+            raise UserError(f"--ray-address auto: no running Ray cluster found on this machine; start one with "
+                            "`ray start --head`, or leave --ray-address out to start a private one") from None
+        raise UserError(f"--ray-address {spec.address}: no Ray cluster answers there "
+                        f"({' '.join(str(exc).split())[:200]})") from None
+    return False
+
+
+class LocalExecutor:
+    """Jobs in this process, one after another, in the order given (today's serial path)."""
+
+    parallel = False
+
+    def __init__(self, factory: Factory | None = None, fn: WorkerFn | None = None):
+        if (factory is None) == (fn is None):
+            raise TypeError("LocalExecutor needs exactly one of factory and fn")
+        self._factory, self._fn = factory, fn
+        self.retries = 0
+        self.spec = ExecutorSpec()
+
+    def start(self) -> "LocalExecutor":
+        if self._fn is None:
+            self._fn = self._factory()
+        return self
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [{"pid": os.getpid(), "node_id": "local", "host": socket.gethostname()}]
+
+    def imap_unordered(self, items: Sequence[Any], should_stop: Callable[[], bool] | None = None
+                       ) -> Iterator[tuple[int, Outcome]]:
+        self.start()
+        where = self.workers()[0]
+        for i, item in enumerate(items):
+            if should_stop is not None and should_stop():
+                return
+            yield i, run_job(self._fn, item, where, keep_exception=True)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _RayWorker:
+    """The actor: builds its function once from the factory (errors kept, reported by :meth:`ready`)."""
+
+    def __init__(self, factory: Factory, threads: int | None):
+        import ray
+
+        if threads:
+            os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        self.info = {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+                     "host": socket.gethostname()}
+        self.start_error: str | None = None
+        self.start_user_error = False
+        try:
+            _set_torch_threads(threads)  # before the factory's work (if torch is loaded already) and after it
+            self.fn = factory()
+            _set_torch_threads(threads)
+        except UserError as exc:
+            self.start_error, self.start_user_error = str(exc), True
+        except Exception as exc:
+            self.start_error = f"{type(exc).__name__}: {exc}"
+
+    def ready(self) -> dict[str, Any]:
+        return {**self.info, "error": self.start_error, "user_error": self.start_user_error}
+
+    def run(self, item: Any) -> Outcome:
+        return run_job(self.fn, item, self.info)
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    """Torch's intra-op threads, when torch is loaded (a stub worker never imports it)."""
+    if threads and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+class WorkerStartError(UserError):
+    """A worker could not build its function (its model or data is missing on its node, say)."""
+
+
+class RayExecutor:
+    """Jobs on a pool of Ray actors, each built once by ``factory`` (see the module doc).
+
+    ``num_cpus`` overrides the CPUs each actor reserves (default ``spec.worker_threads``; 0 for workers
+    that only wait, as the scaling benchmark's stub does). Not Ray's ``ActorPool``: it re-raises a dead
+    actor's error instead of re-queueing the job, and cannot replace the actor.
+    """
+
+    parallel = True
+
+    def __init__(self, factory: Factory | None, spec: ExecutorSpec, *, num_cpus: float | None = None):
+        if spec.kind != "ray":
+            raise ValueError("RayExecutor needs an ExecutorSpec of kind 'ray'")
+        self.factory, self.spec = factory, spec
+        self.num_cpus = spec.worker_threads if num_cpus is None else num_cpus
+        self.retries = 0
+        self.replaced = 0
+        self._owns_cluster = False
+        self._connected = False
+        self._actors: list[Any] = []
+        self._info: dict[Any, dict[str, Any]] = {}  # actor -> its ready() answer
+        self._started = False
+        self.startup_seconds = 0.0
+
+    # -- the pool ---------------------------------------------------------------------------------
+    def _options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.spec.worker_gpus,
+                                "max_restarts": 0, "max_task_retries": 0}
+        if self.spec.resource:
+            opts["resources"] = {self.spec.resource: 1}
+        return opts
+
+    def _check_capacity(self, ray) -> None:
+        """Refuse a pool the cluster can never hold (Ray would wait forever for it), one line."""
+        total = ray.cluster_resources()
+        need = {"CPU": self.num_cpus * self.spec.workers, "GPU": self.spec.worker_gpus * self.spec.workers}
+        if self.spec.resource:
+            need[self.spec.resource] = self.spec.workers
+        flags = {"CPU": "--workers x --worker-threads", "GPU": "--workers x --worker-gpus"}
+        for name, amount in need.items():
+            if amount > 0 and total.get(name, 0) + 1e-9 < amount:
+                have = total.get(name, 0)
+                if name == self.spec.resource:
+                    nodes = "no node advertises it" if not have else f"the cluster has {have:g}"
+                    raise UserError(f"--ray-resource {name}: {self.spec.workers} worker(s) need {amount:g}, {nodes} "
+                                    f"(on the target: ray start --address HEAD:6379 --resources '{{\"{name}\": 1}}')")
+                raise UserError(f"{flags.get(name, name)}: the pool needs {amount:g} {name}, the cluster has {have:g}")
+
+    def _spawn(self, ray):
+        actor = ray.remote(_RayWorker).options(**self._options()).remote(self.factory, self.spec.worker_threads)
+        return actor, actor.ready.remote()
+
+    def _accept(self, actor, info: Mapping[str, Any]) -> None:
+        if info["error"]:
+            self.close()
+            msg = f"worker on {info['host']} (node {info['node_id'][:12]}) failed to start: {info['error']}"
+            raise WorkerStartError(msg)
+        self._info[actor] = dict(info)
+
+    def connect(self) -> "RayExecutor":
+        """Join (or start) the cluster and check it can hold the pool: the one-line errors (Ray missing,
+        an unreachable address, a resource no node has) come from here, before any work."""
+        ray = require_ray()
+        if not self._connected:
+            self._owns_cluster = connect(self.spec)
+            self._connected = True
+        self._check_capacity(ray)
+        return self
+
+    def start(self) -> "RayExecutor":
+        """Start the workers (each calls the factory once) and wait until all are ready."""
+        if self._started:
+            return self
+        if self.factory is None:
+            raise TypeError("RayExecutor.start: no factory")
+        ray = require_ray()
+        t0 = time.perf_counter()
+        self.connect()
+        spawned = [self._spawn(ray) for _ in range(self.spec.workers)]
+        self._actors = [a for a, _ in spawned]
+        for actor, info in zip(self._actors, ray.get([r for _, r in spawned])):
+            self._accept(actor, info)
+        self._started = True
+        self.startup_seconds = time.perf_counter() - t0
+        return self
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Every live worker: pid, node_id, host."""
+        return [dict(self._info[a]) for a in self._actors if a in self._info]
+
+    def imap_unordered(self, items: Sequence[Any], should_stop: Callable[[], bool] | None = None
+                       ) -> Iterator[tuple[int, Outcome]]:
+        """Yield ``(index, Outcome)`` for every item as workers finish them (each exactly once; a job whose
+        worker died is re-queued, see the module doc). ``should_stop``: asked before each job is handed
+        out; once true, jobs in flight finish and the rest are not started."""
+        ray = require_ray()
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, NodeDiedError, RayActorError, WorkerCrashedError
+
+        lost_errors = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError, NodeDiedError)
+        self.start()
+        items = list(items)
+        queue = collections.deque(range(len(items)))
+        attempts: collections.Counter = collections.Counter()
+        idle = list(self._actors)
+        running: dict[Any, tuple[int, Any]] = {}  # object ref -> (item index, actor)
+        starting: dict[Any, Any] = {}  # ready() ref -> replacement actor
+        stopped = False
+        while queue or running:
+            while queue and idle and not stopped:
+                if should_stop is not None and should_stop():
+                    stopped = True
+                    break
+                actor = idle.pop(0)
+                i = queue.popleft()
+                running[actor.run.remote(items[i])] = (i, actor)
+            if stopped and not running:
+                return
+            if not running and not starting:
+                raise RuntimeError("executor: no live worker left")  # pragma: no cover - replacements keep the pool full
+            ready, _ = ray.wait([*running, *starting], num_returns=1)
+            ref = ready[0]
+            if ref in starting:
+                actor = starting.pop(ref)
+                try:
+                    info = ray.get(ref)
+                except lost_errors:  # the replacement died while starting: try another
+                    self._replace(ray, actor, starting)
+                    continue
+                self._accept(actor, info)
+                idle.append(actor)
+                continue
+            i, actor = running.pop(ref)
+            try:
+                out = ray.get(ref)
+            except lost_errors as exc:
+                self.retries += 1
+                attempts[i] += 1
+                self._replace(ray, actor, starting)
+                if attempts[i] > self.spec.max_retries:
+                    yield i, Outcome("error", error=f"WorkerLost: its worker died {attempts[i]} times while evaluating it "
+                                                    f"(last: {type(exc).__name__})")
+                else:
+                    queue.appendleft(i)
+                continue
+            idle.append(actor)
+            yield i, out
+
+    def _replace(self, ray, dead, starting: dict) -> None:
+        if dead in self._actors:
+            self._actors.remove(dead)
+        self._info.pop(dead, None)
+        try:
+            ray.kill(dead)
+        except Exception:  # already gone
+            pass
+        actor, ref = self._spawn(ray)
+        self._actors.append(actor)
+        starting[ref] = actor
+        self.replaced += 1
+
+    def close(self) -> None:
+        """Kill the workers; shut the cluster down if :meth:`connect` started it."""
+        if not self._actors and not self._owns_cluster:
+            self._connected = False
+            return
+        try:
+            ray = require_ray()
+        except UserError:  # pragma: no cover
+            return
+        for a in self._actors:
+            try:
+                ray.kill(a)
+            except Exception:
+                pass
+        self._actors, self._info, self._started = [], {}, False
+        if self._owns_cluster:
+            ray.shutdown()
+            self._owns_cluster = False
+        self._connected = False
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def make_executor(spec: ExecutorSpec, factory: Factory | None = None, fn: WorkerFn | None = None, **ray_options):
+    """The executor ``spec`` names: local (``fn``, or ``factory`` called here) or a Ray pool built from
+    ``factory`` (``fn`` alone cannot travel to another process)."""
+    if spec.kind == "local":
+        return LocalExecutor(factory=None if fn is not None else factory, fn=fn)
+    if factory is None:
+        raise TypeError("the ray executor needs a picklable factory")
+    return RayExecutor(factory, spec, **ray_options)
+
+
+def flag_error(exc: ConfigError, flags: Mapping[str, str] | None = None) -> UserError:
+    """An :class:`ExecutorSpec` error as the CLI flag the user typed."""
+    names = {"executor": "--executor", "address": "--ray-address", "workers": "--workers",
+             "worker_threads": "--worker-threads", "worker_gpus": "--worker-gpus", "resource": "--ray-resource",
+             **(flags or {})}
+    return UserError(f"{names.get(exc.field, exc.field)}: {exc.problem}")
+
+
+def add_executor_args(parser, *, resource: bool = False, default_threads_help: str = "1", workers: bool = True) -> None:
+    """The executor flags (one definition for every subcommand that fans out; ``workers=False`` where the
+    subcommand already has its own ``--workers``)."""
+    g = parser.add_argument_group("executor (where the jobs run)")
+    g.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: in this process (default); ray: on a pool of Ray workers (the [ray] extra)")
+    g.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="join a running Ray cluster (auto: the one started on this machine with `ray start`); "
+                        "default: start a private one on this machine")
+    if workers:
+        g.add_argument("--workers", type=int, default=1, help="Ray workers (each loads the model once)")
+    g.add_argument("--worker-threads", type=int, default=None,
+                   help=f"torch threads (and CPUs reserved) per Ray worker (default {default_threads_help})")
+    g.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs reserved per Ray worker (default 0)")
+    if resource:
+        g.add_argument("--ray-resource", default=None, metavar="NAME",
+                       help="send every job to nodes that advertise this Ray custom resource (a target device: "
+                            "ray start --address HEAD:6379 --resources '{\"NAME\": 1}'); the measuring node "
+                            "must match the profile's fingerprint")
+
+
+def spec_from_args(args, default_threads: int = 1) -> ExecutorSpec:
+    """The :class:`ExecutorSpec` of the executor flags (a bad flag: one-line UserError naming it)."""
+    threads = args.worker_threads if args.worker_threads is not None else default_threads
+    try:
+        return ExecutorSpec(kind=args.executor, address=args.ray_address, workers=args.workers, worker_threads=threads,
+                            worker_gpus=args.worker_gpus, resource=getattr(args, "ray_resource", None))
+    except ConfigError as exc:
+        raise flag_error(exc) from None
+
+
+def cuda_device_for_worker(device: str, worker_gpus: float) -> str:
+    """The device a Ray worker should use for ``device``: Ray shows a worker that reserved GPUs only its
+    own (``CUDA_VISIBLE_DEVICES``), so ``cuda:N`` of the driver is ``cuda`` (its first visible) there."""
+    if worker_gpus > 0 and device.startswith("cuda"):
+        return "cuda"
+    return device
+
+
+def ordered(outcomes: Iterable[tuple[int, Outcome]], n: int) -> list[Outcome]:
+    """All ``n`` outcomes of :meth:`imap_unordered`, by item index."""
+    out: list[Outcome | None] = [None] * n
+    for i, o in outcomes:
+        out[i] = o
+    return [o for o in out if o is not None]
