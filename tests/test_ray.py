@@ -27,16 +27,27 @@ def task_file(tmp_path):
     return path
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """One real local cluster for the module: two CPUs, so two 1-CPU workers."""
+def _init_two_cpus():
     import logging
 
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+
+
+@pytest.fixture(scope="module")
+def _module_cluster():
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    _init_two_cpus()
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def cluster(_module_cluster):
+    """One real local cluster (two CPUs: two 1-CPU workers), shared by the module's tests; started again
+    if a test in between shut it down (the calibration test runs its own two-node cluster)."""
+    if not ray.is_initialized():
+        _init_two_cpus()
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +262,81 @@ def test_local_distillation_layer_jobs_on_ray_give_the_in_process_weights(cluste
     rec = json.loads((two / "local.json").read_text())
     assert rec["workers"] == 2 and rec["executor"]["executor"] == "ray" and len(rec["layers"]) == 4
     assert {layer["layer"] for layer in rec["layers"]} == {0, 1, 2, 3}
+
+
+class RaisingWorker:
+    """A stand-in evaluator that fails deterministically on some candidates (odd depth)."""
+
+    def __call__(self):
+        def evaluate(cfg):
+            if cfg.depth % 2:
+                raise ValueError(f"no luck at depth {cfg.depth}")
+            return {"accuracy": 0.2 + 0.001 * sum(cfg.mlp) / len(cfg.mlp), "accuracy_stderr": 0.01}
+
+        return evaluate
+
+
+def test_a_raising_candidate_is_recorded_once_not_retried(cluster, tmp_path):
+    import ray.cloudpickle
+
+    from toolkit.executors import ExecutorSpec, RayExecutor
+    from toolkit.search import Searcher, SearchSettings
+    from toolkit.space import ParentShape, SearchSpace
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module is not importable in workers
+    shape = ParentShape(6, 64, 256, 4, 2, 16, 256, True)
+    space = SearchSpace.from_parent(shape, mlp_step=32)
+
+    def predict(cfg):
+        p = float(shape.num_params(cfg))
+        return {"decode_tokens_per_s": 1e7 / p, "params": p, "peak_mem_bytes": 4 * p, "prefill_ms": p / 1e4}
+
+    settings = SearchSettings(evals=24, population=8, seed=1)
+    local = Searcher(space, settings, RaisingWorker()(), predict, tmp_path / "local").run()
+    with RayExecutor(RaisingWorker(), ExecutorSpec(kind="ray", workers=2), num_cpus=0) as pool:
+        searcher = Searcher(space, settings, None, predict, tmp_path / "ray", executor=pool)
+        remote = searcher.run()
+    errors = [e for e in remote.evaluations if e.error]
+    assert errors and all(e.error.startswith("ValueError: no luck at depth") and not e.feasible for e in errors)
+    assert searcher.retries == 0  # an exception is a result, not a lost worker
+    assert _comparable(_journal(tmp_path / "ray")) == _comparable(_journal(tmp_path / "local"))
+    assert [e.key for e in remote.front] == [e.key for e in local.front]
+
+
+def test_executor_flags_and_gpu_workers(cluster, tmp_path, tiny_folder, prior, task_file, calib_text, capsys,
+                                        model_must_not_load):
+    from toolkit.executors import ExecutorSpec, RayExecutor, cuda_device_for_worker
+
+    # Ray shows a worker that reserved a GPU only that GPU: the driver's cuda:N is cuda there
+    assert cuda_device_for_worker("cuda:3", 1) == "cuda" and cuda_device_for_worker("cuda:3", 0) == "cuda:3"
+    assert cuda_device_for_worker("cpu", 1) == "cpu"
+    opts = RayExecutor(None, ExecutorSpec(kind="ray", workers=2, worker_gpus=0.5, worker_threads=4, resource="a100"))._options()
+    assert opts["num_gpus"] == 0.5 and opts["num_cpus"] == 4 and opts["resources"] == {"a100": 1}
+    assert opts["max_restarts"] == 0  # the pool replaces a dead worker itself (and re-queues its job)
+    base = _search(tiny_folder, prior, task_file, calib_text, tmp_path / "r", "--executor", "ray")
+    for flags, message in ((["--worker-gpus", "1"], "the pool needs 1 GPU, the cluster has 0"),
+                           (["--workers", "3"], "the pool needs 3 CPU, the cluster has 2"),
+                           (["--worker-gpus", "-1"], "--worker-gpus: expected a non-negative number")):
+        assert main(base + flags) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_private_cluster_is_started_for_the_run_and_stopped(tmp_path):
+    """No --ray-address and no cluster: the executor starts one for the run and shuts it down after."""
+    from toolkit.executors import ExecutorSpec, RayExecutor, ordered
+    from toolkit.space import SubnetConfig
+
+    from ray import cloudpickle
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cfgs = [SubnetConfig(layers=tuple(range(d)), mlp=(64,) * d, heads=(2,) * d) for d in (1, 2, 3, 4)]
+    with RayExecutor(RaisingWorker(), ExecutorSpec(kind="ray", workers=2), num_cpus=0) as pool:
+        assert ray.is_initialized() and len(pool.workers()) == 2
+        outs = ordered(pool.imap_unordered(cfgs), len(cfgs))
+    assert not ray.is_initialized()
+    assert [o.status for o in outs] == ["error", "ok", "error", "ok"]
+    assert outs[0].error == "ValueError: no luck at depth 1" and outs[1].value["accuracy"] == pytest.approx(0.264)

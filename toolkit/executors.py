@@ -158,7 +158,7 @@ def connect(spec: ExecutorSpec, num_cpus: int | None = None) -> bool:
     quiet = dict(logging_level=logging.ERROR, log_to_driver=True, include_dashboard=False)
     if spec.address is None:
         cpus = max(os.cpu_count() or 1, spec.workers * spec.worker_threads) if num_cpus is None else num_cpus
-        ray.init(num_cpus=cpus, **quiet)
+        ray.init(num_cpus=cpus, _system_config=PRIVATE_CLUSTER_CONFIG, **quiet)
         return True
     hostport = parse_address(spec.address)
     if hostport is not None:
@@ -176,6 +176,13 @@ def connect(spec: ExecutorSpec, num_cpus: int | None = None) -> bool:
         raise UserError(f"--ray-address {spec.address}: no Ray cluster answers there "
                         f"({' '.join(str(exc).split())[:200]})") from None
     return False
+
+
+# A private cluster (no --ray-address) runs beside the workers on the same cores: no idle worker processes
+# started ahead (they poll, and each pool starts its own actors anyway) and no metrics export. Measured on
+# a 2-core VM: Ray's background use of the CPU went from 7.6 % to 5.2 % of one core.
+PRIVATE_CLUSTER_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False,
+                          "enable_metrics_collection": False, "metrics_report_interval_ms": 60000}
 
 
 class LocalExecutor:
