@@ -182,7 +182,8 @@ def plot(path: Path, result: dict) -> None:
             ax.axhline(rates[0] * 2, ls="--", color="k", lw=0.8, label="2x one worker")
             ax.set_ylabel("candidate evaluations / hour")
             ax.set_title(f"SmolLM2-135M, {r['task']} ({r['limit']} ex.), 1 thread each\n"
-                         f"speed-up {r['speedup_2_workers']:.2f}x, fronts identical: {r['identical_fronts']}")
+                         f"speed-up {r['speedup_2_workers']:.2f}x ({len(r['runs']['1'])} alternating rounds)\n"
+                         f"fronts identical: {r['identical_fronts']}", fontsize=10)
             ax.legend()
         else:
             ks = sorted(r["runs"], key=int)
@@ -194,8 +195,8 @@ def plot(path: Path, result: dict) -> None:
             ax.set_xlabel("Ray actors")
             ax.set_ylabel("evaluations / s")
             eff = ", ".join(f"{k}: {r['runs'][k]['efficiency']:.2f}" for k in ks)
-            ax.set_title(f"stub evaluator ({r['sleep_s']} s sleep each)\nefficiency {eff}; "
-                         f"driver overhead {r.get('driver_overhead_ms', float('nan')):.1f} ms/eval")
+            ax.set_title(f"stub evaluator ({r['sleep_s']} s sleep each)\nefficiency {eff}\n"
+                         f"driver overhead {r.get('driver_overhead_ms', float('nan')):.1f} ms/eval (1 actor)", fontsize=10)
             ax.legend()
     m = result.get("machine_fingerprint", "")
     fig.suptitle(f"toolkit search --executor ray on {m}", fontsize=9)
@@ -223,7 +224,12 @@ def main(argv=None) -> int:
     ap.add_argument("--stub-population", type=int, default=32)
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: this machine's)")
     ap.add_argument("--results-dir", default=None)
+    ap.add_argument("--replot", action="store_true", help="only redraw scale.png from the results JSON")
     args = ap.parse_args(argv)
+    if args.replot:
+        results_dir = Path(args.results_dir) if args.results_dir else _common.RESULTS
+        plot(results_dir / "scale.png", json.loads((results_dir / "scale.json").read_text()))
+        return 0
     args.actors = [int(a) for a in args.actors.split(",") if a.strip()]
 
     import logging

@@ -10,6 +10,13 @@ seed and replays journaled evaluations from the cache: NSGA-II is deterministic 
 objective values, so the resumed run follows the uninterrupted run's trajectory exactly, evaluating
 only what the journal does not have yet. A line cut off by a kill is dropped (it never counted).
 
+**Executors.** A generation is evaluated as one batch (:meth:`Searcher.evaluate_many`): predictions
+and constraints on the driver, accuracy jobs on an executor (:mod:`toolkit.executors`: in this process,
+or Ray workers that each load the model once, see :mod:`toolkit.search.workers`), records journaled in
+the batch's order by the driver alone. Journal, trajectory and front are therefore the same whatever the
+executor and however many workers; a worker lost mid-evaluation has its candidate re-queued
+(``Searcher.retries``).
+
 **Budget.** ``evals`` counts distinct sub-networks. The search stops at the first generation boundary
 at or after the budget, so a run may overshoot by less than one population.
 
