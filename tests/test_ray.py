@@ -340,3 +340,22 @@ def test_a_private_cluster_is_started_for_the_run_and_stopped(tmp_path):
     assert not ray.is_initialized()
     assert [o.status for o in outs] == ["error", "ok", "error", "ok"]
     assert outs[0].error == "ValueError: no luck at depth 1" and outs[1].value["accuracy"] == pytest.approx(0.264)
+
+
+def test_scale_benchmark_writes_its_figures(tmp_path):
+    """benchmarks/scale.py end to end on the stub part (the SmolLM2 part is the recorded run)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import scale
+
+    if ray.is_initialized():
+        ray.shutdown()
+    scale.main(["--skip-model", "--actors", "1,2", "--stub-evals", "8", "--stub-population", "4", "--sleep", "0.05",
+                "--results-dir", str(tmp_path)])
+    r = json.loads((tmp_path / "scale.json").read_text())
+    st = r["stub"]
+    assert set(st["runs"]) == {"1", "2"} and st["identical_fronts"] is True
+    assert all(run["evaluations"] >= 8 for run in st["runs"].values())
+    # the overhead is what the wall time has beyond the sleeps (so it is not negative, and sane)
+    assert 0 <= st["driver_overhead_ms"] < 1000 and 0 < st["efficiency_2"] <= 1.0
+    assert "driver_overhead_ms <= 50" in r["criteria"] and r["command"].startswith("python benchmarks/scale.py")
+    assert (tmp_path / "scale.png").stat().st_size > 1000 and not ray.is_initialized()
