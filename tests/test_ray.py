@@ -212,6 +212,10 @@ def test_calibration_runs_on_the_node_with_the_resource(tmp_path, tiny_folder, c
         assert main([*args[:-1], str(out2)][:-4] + ["--ray-resource", "no-such-board", "--out", str(out2)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "no node advertises it" in err[0], err
+        # 2 CPUs in the cluster, but not on the board's node: refused, not a pool waiting forever
+        assert main([*args[:-1], str(out2)] + ["--worker-threads", "2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "on one node" in err[0], err
     finally:
         ray.shutdown()
         c.shutdown()
@@ -359,3 +363,23 @@ def test_scale_benchmark_writes_its_figures(tmp_path):
     assert 0 <= st["driver_overhead_ms"] < 1000 and 0 < st["efficiency_2"] <= 1.0
     assert "driver_overhead_ms <= 50" in r["criteria"] and r["command"].startswith("python benchmarks/scale.py")
     assert (tmp_path / "scale.png").stat().st_size > 1000 and not ray.is_initialized()
+
+
+class DyingWorker:
+    """A worker whose process dies while it starts (as when the toolkit is missing on its node)."""
+
+    def __call__(self):
+        os._exit(3)
+
+
+def test_a_worker_that_dies_while_starting_is_one_line(cluster):
+    from ray import cloudpickle
+
+    from toolkit.errors import UserError
+    from toolkit.executors import ExecutorSpec, RayExecutor
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    pool = RayExecutor(DyingWorker(), ExecutorSpec(kind="ray", workers=1), num_cpus=0)
+    with pytest.raises(UserError) as e:
+        pool.start()
+    assert "died while starting" in str(e.value) and "\n" not in str(e.value)

@@ -231,3 +231,19 @@ def test_a_broken_run_json_is_one_line_on_resume(tmp_path, text):
     with pytest.raises(UserError) as err:
         run(tmp_path, "b", resume=True, evals=8, population=4)
     assert str(tmp_path / "b" / "run.json") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_progress_mid_generation_reports_only_what_is_journaled(tmp_path, monkeypatch):
+    """Progress is reported between the evaluations of a generation (at most twice a second): the keys of
+    the batch still waiting must not be read as journaled (a real clock: every evaluation > 0.5 s)."""
+    import toolkit.search as search
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(search.time, "monotonic", lambda: float(next(clock)))  # each call: one second later
+    states = []
+    settings = SearchSettings(evals=16, population=8, seed=7)
+    s = Searcher(SPACE, settings, accuracy, predict, tmp_path / "p", on_progress=states.append)
+    res = s.run()
+    counts = [st["evaluations"] for st in states]
+    assert len(states) > 4 and counts == sorted(counts) and 0 < min(counts) < 8  # reported mid-generation
+    assert counts[-1] == len(res.evaluations)

@@ -156,25 +156,31 @@ def connect(spec: ExecutorSpec, num_cpus: int | None = None) -> bool:
     import logging
 
     quiet = dict(logging_level=logging.ERROR, log_to_driver=True, include_dashboard=False)
-    if spec.address is None:
+    address = spec.address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable names a cluster too
+    if address is None:
         cpus = max(os.cpu_count() or 1, spec.workers * spec.worker_threads) if num_cpus is None else num_cpus
         ray.init(num_cpus=cpus, _system_config=PRIVATE_CLUSTER_CONFIG, **quiet)
         return True
-    hostport = parse_address(spec.address)
+    flag = "--ray-address" if spec.address else "$RAY_ADDRESS"
+    try:
+        hostport = parse_address(address)
+    except ConfigError as exc:
+        raise UserError(f"{flag}: {exc.problem}") from None
     if hostport is not None:
         try:
             socket.create_connection(hostport, timeout=5).close()
         except OSError as exc:
-            raise UserError(f"--ray-address {spec.address}: cannot reach a Ray cluster there "
+            raise UserError(f"{flag} {address}: cannot reach a Ray cluster there "
                             f"({exc.strerror or exc}); start one with `ray start --head` on that machine") from None
     try:
-        ray.init(address=spec.address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+        ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
     except ConnectionError as exc:
         if hostport is None:
-            raise UserError(f"--ray-address auto: no running Ray cluster found on this machine; start one with "
+            raise UserError(f"{flag} auto: no running Ray cluster found on this machine; start one with "
                             "`ray start --head`, or leave --ray-address out to start a private one") from None
-        raise UserError(f"--ray-address {spec.address}: no Ray cluster answers there "
-                        f"({' '.join(str(exc).split())[:200]})") from None
+        raise UserError(f"{flag} {address}: no Ray cluster answers there ({' '.join(str(exc).split())[:200]})") from None
+    except (RuntimeError, ValueError) as exc:  # e.g. a cluster of another Ray or Python version
+        raise UserError(f"{flag} {address}: cannot join that Ray cluster ({' '.join(str(exc).split())[:300]})") from None
     return False
 
 
@@ -249,6 +255,8 @@ class _RayWorker:
         return {**self.info, "error": self.start_error, "user_error": self.start_user_error}
 
     def run(self, item: Any) -> Outcome:
+        if self.start_error is not None:  # never handed a job once ready() said so; a guard all the same
+            return Outcome("user_error" if self.start_user_error else "error", error=self.start_error, worker=self.info)
         return run_job(self.fn, item, self.info)
 
 
@@ -281,6 +289,7 @@ class RayExecutor:
         self.replaced = 0
         self._owns_cluster = False
         self._connected = False
+        self._starting: dict[Any, Any] = {}
         self._actors: list[Any] = []
         self._info: dict[Any, dict[str, Any]] = {}  # actor -> its ready() answer
         self._started = False
@@ -295,7 +304,25 @@ class RayExecutor:
         return opts
 
     def _check_capacity(self, ray) -> None:
-        """Refuse a pool the cluster can never hold (Ray would wait forever for it), one line."""
+        """Refuse a pool the cluster can never hold (Ray would wait forever for it), one line: in total,
+        then node by node (a worker's CPUs, GPUs and resource must all be on one node)."""
+        self._check_total(ray)
+        need = {"CPU": self.num_cpus, "GPU": self.spec.worker_gpus}
+        if self.spec.resource:
+            need[self.spec.resource] = 1
+        need = {k: v for k, v in need.items() if v > 0}
+        fits = 0
+        for node in ray.nodes():
+            if not node.get("Alive", True):
+                continue
+            have = node.get("Resources", {})
+            fits += int(min((have.get(k, 0) + 1e-9) // v for k, v in need.items())) if need else self.spec.workers
+        if fits < self.spec.workers:
+            what = ", ".join(f"{v:g} {k}" for k, v in need.items())
+            raise UserError(f"--workers {self.spec.workers}: each worker needs {what} on one node; the cluster's nodes "
+                            f"hold {fits} such worker(s)")
+
+    def _check_total(self, ray) -> None:
         total = ray.cluster_resources()
         need = {"CPU": self.num_cpus * self.spec.workers, "GPU": self.spec.worker_gpus * self.spec.workers}
         if self.spec.resource:
@@ -342,7 +369,15 @@ class RayExecutor:
         self.connect()
         spawned = [self._spawn(ray) for _ in range(self.spec.workers)]
         self._actors = [a for a, _ in spawned]
-        for actor, info in zip(self._actors, ray.get([r for _, r in spawned])):
+        from ray.exceptions import RayActorError
+
+        try:
+            infos = ray.get([r for _, r in spawned])
+        except RayActorError as exc:  # died while starting (not installed on that node, killed for memory, ...)
+            self.close()
+            raise WorkerStartError(f"a Ray worker died while starting ({type(exc).__name__}: "
+                                   f"{' '.join(str(exc).split())[:300]})") from None
+        for actor, info in zip(self._actors, infos):
             self._accept(actor, info)
         self._started = True
         self.startup_seconds = time.perf_counter() - t0
@@ -365,9 +400,9 @@ class RayExecutor:
         items = list(items)
         queue = collections.deque(range(len(items)))
         attempts: collections.Counter = collections.Counter()
-        idle = list(self._actors)
+        starting = self._starting  # ready() ref -> replacement actor (kept across calls until it answers)
+        idle = [a for a in self._actors if a in self._info and a not in starting.values()]
         running: dict[Any, tuple[int, Any]] = {}  # object ref -> (item index, actor)
-        starting: dict[Any, Any] = {}  # ready() ref -> replacement actor
         stopped = False
         while queue or running:
             while queue and idle and not stopped:
@@ -387,7 +422,7 @@ class RayExecutor:
                 actor = starting.pop(ref)
                 try:
                     info = ray.get(ref)
-                except lost_errors:  # the replacement died while starting: try another
+                except lost_errors:  # the replacement died while starting: try another (up to a cap)
                     self._replace(ray, actor, starting)
                     continue
                 self._accept(actor, info)
@@ -410,6 +445,10 @@ class RayExecutor:
             yield i, out
 
     def _replace(self, ray, dead, starting: dict) -> None:
+        if self.replaced >= self.spec.workers * (self.spec.max_retries + 1):
+            self.close()
+            raise WorkerStartError(f"Ray workers keep dying: {self.replaced} replaced already; see the Ray logs "
+                                   "(/tmp/ray/session_latest/logs) for why")
         if dead in self._actors:
             self._actors.remove(dead)
         self._info.pop(dead, None)
@@ -436,7 +475,7 @@ class RayExecutor:
                 ray.kill(a)
             except Exception:
                 pass
-        self._actors, self._info, self._started = [], {}, False
+        self._actors, self._info, self._started, self._starting = [], {}, False, {}
         if self._owns_cluster:
             ray.shutdown()
             self._owns_cluster = False

@@ -81,6 +81,35 @@ def _llama_cpp():
 _LOG_CALLBACK = None  # kept alive: llama.cpp holds the pointer
 
 
+def amx_backend(llama_cpp) -> bool:
+    """Whether this llama.cpp build runs matmuls through ggml's AMX backend (built with -march=native on a
+    host with AMX-INT8)."""
+    try:
+        return "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    except Exception:  # pragma: no cover - an older binding without the call
+        return False
+
+
+@contextlib.contextmanager
+def _without_extra_buffers(llama_cpp):
+    """Load with ``use_extra_bufts = False`` (llama.cpp's ``--no-repack``): its AMX buffer type crashes
+    (SIGSEGV in ``ggml_backend_amx_mul_mat``, llama.cpp issue #20824, open) on q8_0 models here; the
+    binding has no argument for it, so its default model parameters are wrapped for one load."""
+    low = llama_cpp.llama_cpp
+    real = low.llama_model_default_params
+
+    def params():
+        p = real()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = real
+
+
 def _silence(llama_cpp) -> None:
     """Route llama.cpp's log lines (model loading, graph sizes) to nowhere unless TOOLKIT_LLAMA_LOG is set."""
     global _LOG_CALLBACK
@@ -139,10 +168,11 @@ class LlamaCpp:
         kw = dict(type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32) if kv_f32 else {}
         n_threads = int(threads) if threads else max(1, (os.cpu_count() or 2) // 2)
         try:
-            self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=int(n_ctx), n_batch=min(n_batch, n_ctx),
-                                       n_ubatch=min(n_batch, n_ctx), n_threads=n_threads, n_threads_batch=n_threads,
-                                       logits_all=logits_all, verbose=bool(os.environ.get("TOOLKIT_LLAMA_LOG")),
-                                       seed=0, **kw)
+            with _without_extra_buffers(llama_cpp) if amx_backend(llama_cpp) else contextlib.nullcontext():
+                self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=int(n_ctx), n_batch=min(n_batch, n_ctx),
+                                           n_ubatch=min(n_batch, n_ctx), n_threads=n_threads, n_threads_batch=n_threads,
+                                           logits_all=logits_all, verbose=bool(os.environ.get("TOOLKIT_LLAMA_LOG")),
+                                           seed=0, **kw)
         except (ValueError, RuntimeError) as exc:
             raise UserError(f"{self.path}: llama.cpp could not load it ({str(exc).splitlines()[0]})") from None
         self.threads = n_threads

@@ -507,13 +507,15 @@ class Searcher:
         out = p.outcome
         if out is not None:
             seconds += out.seconds
-            if out.ok:
-                metrics.update({k: float(v) for k, v in out.value.items()})
-                if s.min_accuracy is not None:
-                    violation += max(0.0, s.min_accuracy - metrics["accuracy"])
+            if not out.ok:
+                error, violation = out.error, max(violation, 1.0)
             else:
-                error = out.error
-                violation = max(violation, 1.0)
+                try:
+                    metrics.update({k: float(v) for k, v in out.value.items()})
+                    if s.min_accuracy is not None:
+                        violation += max(0.0, s.min_accuracy - metrics["accuracy"])
+                except Exception as exc:  # a value that is not metrics: that candidate's error, as serially
+                    error, violation = f"{type(exc).__name__}: {exc}", max(violation, 1.0)
         # No "accuracy" when it was not measured (the journal once wrote 0.0 there, which read as a result).
         ev = Evaluation(index, p.key, p.cfg, metrics, feasible=violation == 0.0 and error is None,
                         violation=violation, error=error, seconds=seconds)
@@ -533,7 +535,8 @@ class Searcher:
     def _report(self, generation: int) -> None:
         if self.on_progress is None:
             return
-        evals = [self.journal.records[k] for k in self._visited]
+        # mid-generation, keys of the batch may not be journaled yet: report what is
+        evals = [self.journal.records[k] for k in self._visited if k in self.journal.records]
         front = pareto_front(evals, self.settings.objectives)
         self.on_progress({"generation": generation, "evaluations": len(evals), "front": len(front),
                           "best_accuracy": max((e.metrics["accuracy"] for e in evals if e.feasible), default=0.0)})
