@@ -105,8 +105,11 @@ def run(args) -> int:
             executor = RayExecutor(None, spec).connect()
         else:
             warn_if_foreign(profile)  # timing on a machine the profile does not describe
-    # A spec-only prior times nothing: the model is only read for its shape and hash, on the CPU.
-    device = profile.runtime.device if args.samples else "cpu"
+    # A spec-only prior times nothing: the model is only read for its shape and hash, on the CPU. Nor does
+    # the driver of a Ray calibration (its workers load the model on the target): its shape, hash and
+    # importance ordering are all it needs, on the CPU (a CPU-only head can calibrate a CUDA board).
+    timing_here = bool(args.samples) and executor is None
+    device = profile.runtime.device if timing_here else "cpu"
     loaded = load_model(args.model, dtype=profile.runtime.dtype if args.samples else "float32", device=device)
     prior = Predictor.prior(loaded.model_hash, profile.name, profile.fingerprint, parent_shape(loaded.model),
                             Hardware.from_profile(profile), Workload.from_profile(profile))
