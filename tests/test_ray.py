@@ -329,7 +329,7 @@ def test_executor_flags_and_gpu_workers(cluster, tmp_path, tiny_folder, prior, t
 
 def test_a_private_cluster_is_started_for_the_run_and_stopped(tmp_path):
     """No --ray-address and no cluster: the executor starts one for the run and shuts it down after."""
-    from toolkit.executors import ExecutorSpec, RayExecutor, ordered
+    from toolkit.executors import ExecutorSpec, RayExecutor
     from toolkit.space import SubnetConfig
 
     from ray import cloudpickle
@@ -340,7 +340,7 @@ def test_a_private_cluster_is_started_for_the_run_and_stopped(tmp_path):
     cfgs = [SubnetConfig(layers=tuple(range(d)), mlp=(64,) * d, heads=(2,) * d) for d in (1, 2, 3, 4)]
     with RayExecutor(RaisingWorker(), ExecutorSpec(kind="ray", workers=2), num_cpus=0) as pool:
         assert ray.is_initialized() and len(pool.workers()) == 2
-        outs = ordered(pool.imap_unordered(cfgs), len(cfgs))
+        outs = [o for _, o in sorted(pool.imap_unordered(cfgs), key=lambda t: t[0])]
     assert not ray.is_initialized()
     assert [o.status for o in outs] == ["error", "ok", "error", "ok"]
     assert outs[0].error == "ValueError: no luck at depth 1" and outs[1].value["accuracy"] == pytest.approx(0.264)

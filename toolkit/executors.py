@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from toolkit.errors import ConfigError, UserError
 
@@ -393,9 +393,9 @@ class RayExecutor:
         worker died is re-queued, see the module doc). ``should_stop``: asked before each job is handed
         out; once true, jobs in flight finish and the rest are not started."""
         ray = require_ray()
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, NodeDiedError, RayActorError, WorkerCrashedError
+        from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 
-        lost_errors = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError, NodeDiedError)
+        lost_errors = (RayActorError, WorkerCrashedError, NodeDiedError)  # RayActorError: ActorDied/Unavailable too
         self.start()
         items = list(items)
         queue = collections.deque(range(len(items)))
@@ -488,16 +488,6 @@ class RayExecutor:
         self.close()
 
 
-def make_executor(spec: ExecutorSpec, factory: Factory | None = None, fn: WorkerFn | None = None, **ray_options):
-    """The executor ``spec`` names: local (``fn``, or ``factory`` called here) or a Ray pool built from
-    ``factory`` (``fn`` alone cannot travel to another process)."""
-    if spec.kind == "local":
-        return LocalExecutor(factory=None if fn is not None else factory, fn=fn)
-    if factory is None:
-        raise TypeError("the ray executor needs a picklable factory")
-    return RayExecutor(factory, spec, **ray_options)
-
-
 def flag_error(exc: ConfigError, flags: Mapping[str, str] | None = None) -> UserError:
     """An :class:`ExecutorSpec` error as the CLI flag the user typed."""
     names = {"executor": "--executor", "address": "--ray-address", "workers": "--workers",
@@ -537,6 +527,26 @@ def spec_from_args(args, default_threads: int = 1) -> ExecutorSpec:
         raise flag_error(exc) from None
 
 
+def model_reference(model: str) -> str:
+    """``--model`` as a worker elsewhere must name it: the embedded default's name, or an absolute path
+    (a Ray worker's current folder is not the driver's)."""
+    from pathlib import Path
+
+    return str(Path(model).resolve()) if Path(model).exists() else model
+
+
+def load_model_on_worker(model: str, model_hash: str, dtype: str, device: str, worker_gpus: float = 0.0):
+    """The driver's model, loaded in a worker (on the device Ray gave it) and checked to be the same
+    model by hash: a one-line UserError naming the host otherwise."""
+    from toolkit.models import load_model
+
+    loaded = load_model(model, dtype=dtype, device=cuda_device_for_worker(device, worker_gpus))
+    if loaded.model_hash != model_hash:
+        raise UserError(f"{model}: on worker host {socket.gethostname()} this is another model "
+                        f"(hash {loaded.model_hash[:12]}) than on the driver ({model_hash[:12]})")
+    return loaded
+
+
 def cuda_device_for_worker(device: str, worker_gpus: float) -> str:
     """The device a Ray worker should use for ``device``: Ray shows a worker that reserved GPUs only its
     own (``CUDA_VISIBLE_DEVICES``), so ``cuda:N`` of the driver is ``cuda`` (its first visible) there."""
@@ -544,10 +554,3 @@ def cuda_device_for_worker(device: str, worker_gpus: float) -> str:
         return "cuda"
     return device
 
-
-def ordered(outcomes: Iterable[tuple[int, Outcome]], n: int) -> list[Outcome]:
-    """All ``n`` outcomes of :meth:`imap_unordered`, by item index."""
-    out: list[Outcome | None] = [None] * n
-    for i, o in outcomes:
-        out[i] = o
-    return [o for o in out if o is not None]

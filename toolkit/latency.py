@@ -298,17 +298,13 @@ class CalibrationWorker:
         import ray
 
         from toolkit.errors import UserError
-        from toolkit.executors import cuda_device_for_worker
-        from toolkit.models import load_model
+        from toolkit.executors import cuda_device_for_worker, load_model_on_worker
 
         device = cuda_device_for_worker(self.device, self.worker_gpus)
         where = machine_record(self.profile.kind, device, ray.get_runtime_context().get_node_id())
         if self.strict and where["fingerprint"] != self.profile.fingerprint:
             raise UserError(foreign_node_error(self.profile, where, self.resource))
-        loaded = load_model(self.model, dtype=self.dtype, device=device)
-        if loaded.model_hash != self.model_hash:
-            raise UserError(f"{self.model}: on node {where['host']} this is another model (hash {loaded.model_hash[:12]}) "
-                            f"than on the driver ({self.model_hash[:12]})")
+        loaded = load_model_on_worker(self.model, self.model_hash, self.dtype, self.device, self.worker_gpus)
         return recording_where(subnet_measure_fn(loaded, self.importance, self.profile, self.repeats), where)
 
 

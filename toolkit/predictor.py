@@ -608,7 +608,6 @@ def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn=None
                 raise line_error(journal.path, rec.line, "config", f"measured twice (first on line {lines[key]}; corrupt journal)")
             done[key], lines[key] = m, rec.line
     todo = list({c.key(): c for c in configs if c.key() not in done}.values())
-    count = len(configs) - sum(1 for c in configs if c.key() not in done)
     if progress is not None:
         for i, cfg in enumerate(c for c in configs if c.key() in done):
             progress(i + 1, done[cfg.key()])
@@ -626,7 +625,6 @@ def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn=None
         if journal is not None:
             journal.append(m.to_dict())
         done[todo[j].key()] = m
-        count += sum(1 for c in configs if c.key() == todo[j].key())
         if progress is not None:
-            progress(count, m)
+            progress(sum(c.key() in done for c in configs), m)
     return prior.fit([done[c.key()] for c in configs])

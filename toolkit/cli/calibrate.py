@@ -90,7 +90,7 @@ def run(args) -> int:
     from toolkit.models import load_model
     from toolkit.profiles import load_profile, warn_if_foreign
 
-    from toolkit.executors import RayExecutor, spec_from_args
+    from toolkit.executors import RayExecutor, model_reference, spec_from_args
 
     profile = load_profile(args.profile)
     spec = spec_from_args(args, default_threads=profile.runtime.threads or 1)
@@ -144,8 +144,7 @@ def run(args) -> int:
                                                         workdir=Path(args.out).resolve().parent),
                                       machine_record(profile.kind, profile.runtime.device))
         else:
-            model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
-            executor.factory = CalibrationWorker(model, loaded.model_hash, profile.runtime.dtype, profile.runtime.device,
+            executor.factory = CalibrationWorker(model_reference(args.model), loaded.model_hash, profile.runtime.dtype, profile.runtime.device,
                                                  importance, profile, args.repeats, strict=spec.resource is not None,
                                                  resource=spec.resource, worker_gpus=spec.worker_gpus)
             with progress_bar() as bar:

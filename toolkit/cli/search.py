@@ -142,7 +142,7 @@ def run(args) -> int:
         raise UserError(f"--limit: must be 0 (all examples) or positive, got {args.limit}")
     if args.eval_threads < 1:
         raise UserError(f"--eval-threads: must be at least 1, got {args.eval_threads}")
-    from toolkit.executors import RayExecutor, spec_from_args
+    from toolkit.executors import RayExecutor, model_reference, spec_from_args
 
     spec = spec_from_args(args, default_threads=args.eval_threads)
     profile = load_profile(args.profile)  # search times nothing itself: speeds come from the predictor
@@ -183,8 +183,7 @@ def run(args) -> int:
     if executor is None:
         accuracy = accuracy_fn(loaded, importance, task_data, limit, args.seed, args.eval_threads)
     else:  # each worker loads the model once; the examples and the importance ordering travel with it
-        model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
-        executor.factory = AccuracyWorker(model, loaded.model_hash, args.eval_dtype or profile.runtime.dtype,
+        executor.factory = AccuracyWorker(model_reference(args.model), loaded.model_hash, args.eval_dtype or profile.runtime.dtype,
                                           profile.runtime.device, importance, task_data, limit, args.seed,
                                           spec.worker_threads, spec.worker_gpus)
 

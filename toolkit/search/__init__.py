@@ -310,15 +310,18 @@ class _Pending:
 
     cfg: SubnetConfig
     key: str
-    t0: float
     metrics: dict[str, float] = field(default_factory=dict)
     violation: float = 0.0
     error: str | None = None
     needs_accuracy: bool = False
     predict_seconds: float = 0.0
-    done: bool = False
-    outcome: Any = None  # toolkit.executors.Outcome of the accuracy job
+    outcome: Any = None  # toolkit.executors.Outcome of the accuracy job, once it is done
     evaluation: Evaluation | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether its record can be written (its accuracy job is done, or it has none)."""
+        return self.outcome is not None or not self.needs_accuracy
 
 
 @dataclass
@@ -380,7 +383,6 @@ class Searcher:
         self.space = space
         self.settings = settings
         self.executor = executor if executor is not None else LocalExecutor(fn=accuracy_fn)
-        self.retries = 0  # evaluations re-queued because their worker died (the executor's count)
         self._generation = 0
         self._last_tick = time.monotonic()
         self.predict_fn = predict_fn
@@ -444,7 +446,7 @@ class Searcher:
             if key in pending:
                 slots.append(key)
                 continue
-            p = _Pending(cfg, key, time.perf_counter())
+            p, t0 = _Pending(cfg, key), time.perf_counter()
             try:
                 p.metrics.update({k: float(v) for k, v in self.predict_fn(cfg).items()})
                 if s.memory_budget_bytes is not None:
@@ -459,7 +461,7 @@ class Searcher:
             # The parent is the reference every result is read against (report, export's fastest-within),
             # so its accuracy is measured even when it is over the constraints.
             p.needs_accuracy = p.error is None and (p.violation == 0.0 or key == self._parent_key)
-            p.predict_seconds = time.perf_counter() - p.t0
+            p.predict_seconds = time.perf_counter() - t0
             pending[key] = p
             slots.append(p)
         jobs = [p for p in pending.values() if p.needs_accuracy]
@@ -471,7 +473,7 @@ class Searcher:
         def flush() -> None:  # journal, in cfgs' order, every record whose predecessors are all done
             nonlocal cursor
             ready = []
-            while cursor < len(order) and (order[cursor].done or not order[cursor].needs_accuracy):
+            while cursor < len(order) and order[cursor].ready:
                 ready.append(self._record(order[cursor], len(self.journal) + len(ready)))
                 cursor += 1
             if ready:
@@ -489,16 +491,18 @@ class Searcher:
                         order[:] = order[:order.index(p)]  # journal what finished before it, then stop
                         flush()
                         raise out.exception if out.exception is not None else UserError(out.error)
-                    p.done, p.outcome = True, out
+                    p.outcome = out
                     flush()
             finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-        self.retries = self.executor.retries
+                stream.close()  # a generator: ends the executor's loop if we stopped early
         by_key = {p.key: p.evaluation for p in order}
         return [slot if isinstance(slot, Evaluation) else by_key[slot.key if isinstance(slot, _Pending) else slot]
                 for slot in slots]
+
+    @property
+    def retries(self) -> int:
+        """Evaluations re-queued because their worker died (the executor's count)."""
+        return self.executor.retries
 
     def _record(self, p: "_Pending", index: int) -> Evaluation:
         """The journal record of a finished candidate (as the serial path always wrote it)."""

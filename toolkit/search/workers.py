@@ -10,11 +10,8 @@ embedded default comes with the package; a folder or GGUF must be at the same ab
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
-
-from toolkit.errors import UserError
 
 
 def accuracy_fn(loaded, importance, task_data, limit: int | None, seed: int, threads: int) -> Callable[[Any], Mapping[str, float]]:
@@ -48,11 +45,7 @@ class AccuracyWorker:
     worker_gpus: float = 0.0
 
     def __call__(self) -> Callable[[Any], Mapping[str, float]]:
-        from toolkit.executors import cuda_device_for_worker
-        from toolkit.models import load_model
+        from toolkit.executors import load_model_on_worker
 
-        loaded = load_model(self.model, dtype=self.dtype, device=cuda_device_for_worker(self.device, self.worker_gpus))
-        if loaded.model_hash != self.model_hash:
-            raise UserError(f"{self.model}: on worker host {socket.gethostname()} this is another model "
-                            f"(hash {loaded.model_hash[:12]}) than on the driver ({self.model_hash[:12]})")
+        loaded = load_model_on_worker(self.model, self.model_hash, self.dtype, self.device, self.worker_gpus)
         return accuracy_fn(loaded, self.importance, self.task_data, self.limit, self.seed, self.threads)
