@@ -252,12 +252,7 @@ class Measurement:
         for name in ("config", "prefill_ms", "decode_ms_per_token", "peak_mem_bytes"):
             if name not in d:
                 raise ConfigError(f"{pre}{name}", "missing required field", file)
-        try:
-            cfg = SubnetConfig.from_dict(d["config"], file)
-            if shape is not None:
-                shape.check(cfg, file)
-        except ConfigError as exc:
-            raise ConfigError(f"{pre}config.{exc.field}", exc.problem, file) from None
+        cfg = SubnetConfig.from_nested(d["config"], f"{pre}config", file, shape.check if shape is not None else None)
         values = {t: _number(f"{pre}{t}", d[t], file, positive=True) for t in TARGETS}
         if "decode_tokens_per_s" in d:  # derived, written for readers: checked, not trusted
             _number(f"{pre}decode_tokens_per_s", d["decode_tokens_per_s"], file, positive=True)

@@ -28,7 +28,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -145,6 +145,19 @@ class SubnetConfig:
             )
         except ConfigError as exc:
             raise exc.with_file(file) from None
+
+    @classmethod
+    def from_nested(cls, data: Any, where: str, file: str | None = None,
+                    check: Callable[["SubnetConfig", str | None], Any] | None = None) -> "SubnetConfig":
+        """A config inside another record, at field ``where`` (``config``, ``front[3].config``, ...): its
+        errors, and those of ``check(cfg, file)`` (a space's or a parent shape's), name the dotted field."""
+        try:
+            cfg = cls.from_dict(data, file)
+            if check is not None:
+                check(cfg, file)
+        except ConfigError as exc:
+            raise ConfigError(where if exc.field == "<root>" else f"{where}.{exc.field}", exc.problem, file) from None
+        return cfg
 
     @classmethod
     def from_json(cls, text: str, file: str | None = None) -> "SubnetConfig":

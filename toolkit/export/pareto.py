@@ -83,11 +83,7 @@ class ParetoEntry:
             raise ConfigError(where, f"expected an object, got {type(d).__name__}", file)
         if "config" not in d:
             raise ConfigError(f"{where}.config", "missing required field", file)
-        try:
-            config = SubnetConfig.from_dict(d["config"])
-        except ConfigError as exc:
-            raise ConfigError(f"{where}.config.{exc.field}" if exc.field != "<root>" else f"{where}.config",
-                              exc.problem, file) from None
+        config = SubnetConfig.from_nested(d["config"], f"{where}.config", file)
         raw = d.get("metrics")
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}.metrics", "missing or not an object", file)

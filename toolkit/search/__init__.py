@@ -188,12 +188,7 @@ class Evaluation:
             raise bad("violation" if not violation >= 0 else "seconds", "must be non-negative")
         if feasible and (violation > 0 or error is not None):
             raise bad("feasible", "true, but the record has a violation or an error")
-        try:
-            cfg = SubnetConfig.from_dict(d["config"], file)
-            if space is not None:
-                space.validate(cfg, file)
-        except ConfigError as exc:
-            raise ConfigError(f"config.{exc.field}", exc.problem, file) from None
+        cfg = SubnetConfig.from_nested(d["config"], "config", file, space.validate if space is not None else None)
         if key != cfg.key():
             raise bad("key", f"{key!r} is not the key of its config ({cfg.key()!r})")
         return cls(index, key, cfg, metrics, feasible, violation, error, seconds)
