@@ -70,7 +70,7 @@ class Workspace:
     def search_args(self, out: Path) -> list[str]:
         return ["search", "--profile", str(self.profile), "--predictor", str(self.predictor), *self.model_args,
                 "--task", str(self.task), "--limit", "8", "--evals", "4", "--population", "4", "--seed", "0",
-                "--out", str(out)]
+                "--out", str(out), "--allow-chance"]
 
 
 def build_workspace(root: Path) -> Workspace:

@@ -77,7 +77,8 @@ def model_part(args, work: Path) -> dict:
     loaded = load_model(args.model, dtype=dtype)
     importance = load_or_compute_importance(loaded, default_calibration_file(None, args.data_dir))
     space = space_for(loaded, importance)
-    task = load_task(get_task(args.task), data_dir(args.data_dir)).split("search")
+    root = data_dir(args.data_dir)
+    task = load_task(get_task(args.task, root), root).split("search")
     predictor = Predictor.prior(loaded.model_hash, profile.name, profile.fingerprint, parent_shape(loaded.model),
                                 Hardware.from_profile(profile), Workload.from_profile(profile))
     factory = AccuracyWorker(args.model, loaded.model_hash, dtype, "cpu", importance, task, args.limit, args.seed, 1)

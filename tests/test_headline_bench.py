@@ -66,7 +66,7 @@ def workspace(tmp_path_factory, tiny_folder):
     run = ws / "run"
     search = ["search", "--profile", str(profile), "--predictor", str(predictor), "--model", str(sn), "--task",
               str(task_a), "--limit", "6", "--evals", "8", "--population", "4", "--seed", "0", "--out", str(run),
-              "--data-dir", str(data)]
+              "--data-dir", str(data), "--allow-chance"]  # a tiny random super-network guesses
     assert main(search) == 0
     return {"ws": ws, "run": run, "profile": profile, "tasks": (task_a, task_b), "data": data,
             "parent": tiny_folder, "supernet": sn, "train_command": train_command}

@@ -43,7 +43,8 @@ def test_calibrate_predict_search_report(tmp_path, tiny_folder, task_file, calib
 
     run = tmp_path / "run"
     args = ["search", "--profile", str(profile), "--predictor", str(predictor), *common, "--task", str(task_file),
-            "--limit", "8", "--evals", "10", "--population", "4", "--seed", "0", "--out", str(run)]
+            "--limit", "8", "--evals", "10", "--population", "4", "--seed", "0", "--out", str(run),
+            "--allow-chance"]  # a tiny random model guesses
     assert main(args) == 0
     pareto = json.loads((run / "pareto.json").read_text())
     assert pareto["evaluations"] >= 10 and pareto["front"] and pareto["parent"]["metrics"]["accuracy"] >= 0
@@ -81,7 +82,7 @@ def test_predictor_for_another_model_is_refused(tmp_path, tiny_folder, task_file
         p.save(tmp_path / "p.json")
         rc = main(["search", "--profile", str(profile), "--predictor", str(tmp_path / "p.json"), "--model",
                    str(tiny_folder), "--calibration", str(calib_text), "--task", str(task_file), "--evals", "4",
-                   "--population", "4", "--out", str(tmp_path / "run")])
+                   "--population", "4", "--out", str(tmp_path / "run"), "--allow-chance"])
         return rc, capsys.readouterr().err.strip().splitlines()
 
     rc, err = search("another-device")
@@ -117,7 +118,7 @@ def _prior_setup(tmp_path, tiny_hash, profile_text=PROFILE):
 def _search_args(tiny_folder, profile, predictor, task_file, calib_text, out):
     return ["search", "--profile", str(profile), "--predictor", str(predictor), "--model", str(tiny_folder),
             "--calibration", str(calib_text), "--task", str(task_file), "--limit", "4", "--evals", "4",
-            "--population", "4", "--out", str(out)]
+            "--population", "4", "--allow-chance", "--out", str(out)]  # --out last: tests swap it
 
 
 @pytest.mark.parametrize("flags,message", [

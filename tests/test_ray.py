@@ -72,7 +72,7 @@ def _search(tiny_folder, prior, task_file, calib_text, out, *extra):
     profile, predictor = prior
     return ["search", "--profile", str(profile), "--predictor", str(predictor), "--model", str(tiny_folder),
             "--calibration", str(calib_text), "--task", str(task_file), "--limit", "12", "--evals", "24",
-            "--population", "8", "--seed", "3", "--out", str(out), *extra]
+            "--population", "8", "--seed", "3", "--out", str(out), "--allow-chance", *extra]
 
 
 def _journal(run):

@@ -134,7 +134,7 @@ def scored_ids(monkeypatch):
 def _search(tiny_folder, profile, predictor, task, calib, out, *flags):
     return main(["search", "--profile", str(profile), "--predictor", str(predictor), "--model", str(tiny_folder),
                  "--calibration", str(calib), "--task", str(task), "--evals", "4", "--population", "4",
-                 "--out", str(out), *flags])
+                 "--out", str(out), "--allow-chance", *flags])
 
 
 def test_search_grades_only_on_the_search_part(tmp_path, tiny_folder, tiny_hash, calib_text, scored_ids, capsys):

@@ -28,8 +28,10 @@ def test_registry_has_the_lm_eval_tasks_with_directions():
 def test_task_checks_itself():
     with pytest.raises(ConfigError, match="scoring"):
         Task("x", "x.jsonl", scoring="bogus")
-    with pytest.raises(ConfigError, match="no direction"):
+    with pytest.raises(ConfigError, match="unknown metric 'f1'"):
         Task("x", "x.jsonl", metrics=("f1",))
+    with pytest.raises(ConfigError, match="no direction"):
+        Task("x", "x.jsonl", metrics=("mc2",))
     with pytest.raises(ConfigError, match="fewshot_file"):
         Task("x", "x.jsonl", fewshot_options=(0, 5))
     assert Task("x", "x.jsonl").to_dict()["higher_is_better"] == {"acc": True, "acc_norm": True}

@@ -121,7 +121,7 @@ def paired_difference(reference: Sequence[float], other: Sequence[float], n_boot
 def paired_from_results(reference, other, metric: str = "acc", n_boot: int = 10000, seed: int = 0,
                         confidence: float = 0.95) -> PairedDifference:
     """:func:`paired_difference` of two :class:`toolkit.evaluate.TaskResult` s, their per-example
-    correctness (``acc``: ``pred``; ``acc_norm``: ``pred_norm``) aligned by example id. Raises ValueError
+    correctness (``acc``: ``pred``; ``acc_norm``: ``pred_norm``; ``ExampleResult.score``) aligned by example id. Raises ValueError
     unless both were measured on the same task and the same examples (same ids, same labels)."""
     if metric not in ("acc", "acc_norm"):
         raise ValueError(f"paired_from_results: metric must be 'acc' or 'acc_norm', got {metric!r}")
@@ -145,12 +145,11 @@ def paired_from_results(reference, other, metric: str = "acc", n_boot: int = 100
             f"{' e.g. ' + repr(only_ref[0]) if only_ref else ''}, {len(only_oth)} only in other"
             f"{' e.g. ' + repr(only_oth[0]) if only_oth else ''})")
     ids = [e.id for e in reference.per_example]  # the reference's order
-    field = "pred" if metric == "acc" else "pred_norm"
     ref_scores, oth_scores = [], []
     for i in ids:
         r, o = rows["reference"][i], rows["other"][i]
         if r.label != o.label:
             raise ValueError(f"paired_from_results: example {i!r} has label {r.label} in reference, {o.label} in other")
-        ref_scores.append(float(getattr(r, field) == r.label))
-        oth_scores.append(float(getattr(o, field) == o.label))
+        ref_scores.append(r.score(metric))
+        oth_scores.append(o.score(metric))
     return paired_difference(ref_scores, oth_scores, n_boot=n_boot, seed=seed, confidence=confidence)

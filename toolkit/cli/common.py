@@ -62,6 +62,17 @@ def data_dir(explicit: str | None = None) -> Path:
     raise UserError(f"no data directory: pass --data-dir or set ${DATA_DIR_ENV} (e.g. ../shared/data)")
 
 
+def optional_data_dir(explicit: str | None = None) -> Path | None:
+    """:func:`data_dir` where one is needed only to look files up in (a relative task path): None when no
+    default is found; an explicit --data-dir or $TOOLKIT_DATA_DIR that does not exist is still an error."""
+    try:
+        return data_dir(explicit)
+    except UserError:
+        if explicit or os.environ.get(DATA_DIR_ENV):
+            raise
+        return None
+
+
 def default_calibration_file(explicit: str | None, data: str | None = None) -> Path:
     if explicit:
         return Path(explicit)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from toolkit.cli.common import add_data_dir_arg, add_model_arg, default_calibration_file
 
@@ -16,6 +17,9 @@ EXAMPLES = """examples:
   toolkit eval --model smollm2-135m --subnet run/best.json --task hellaswag --limit 500
   toolkit eval --model smollm2-135m --task mmlu --num-fewshot 5 --limit 1000
   toolkit eval --model ./my-llama --task my_items.jsonl                  # any JSONL in the common schema
+  toolkit eval --task my_items.jsonl --num-fewshot 5 --fewshot-file my_train.jsonl   # seeded as lm-eval draws
+  toolkit eval --task my_task.yaml                                       # an lm-eval task YAML (multiple_choice)
+  toolkit eval --task truthfulqa_mc2                                     # mc2: several true answers per item
   toolkit eval --model smollm2-135m --task wikitext2 --max-tokens 20000  # perplexity (window 512)
   toolkit eval --model smollm2-135m --text notes.txt --window 256 --stride 128
   toolkit eval --engine llama.cpp --model child.q4_k_m.gguf --task arc_easy --split report  # in llama.cpp
@@ -33,7 +37,8 @@ def register(sub) -> None:
     p.add_argument("--kv-cache", choices=("f16", "f32"), default=None,
                    help="llama.cpp's KV cache type (default f16, llama.cpp's own; f32 for parity with PyTorch)")
     p.add_argument("--task", default=None,
-                   help="comma-separated task names (see --list) or .jsonl files in the common schema")
+                   help="comma-separated task names (see --list), .jsonl files in the common schema, or lm-eval task "
+                        ".yaml files (relative paths: the current folder, then the data directory)")
     p.add_argument("--text", default=None, help="perplexity of this text file instead of a task")
     p.add_argument("--subnet", default=None, help="evaluate this sub-network (SubnetConfig JSON) of the model")
     p.add_argument("--limit", type=int, default=None, help="a seeded fixed subset of N examples (default: all)")
@@ -42,7 +47,14 @@ def register(sub) -> None:
                    help="which part of each task: 'report' is the half `toolkit search` never sees (use it for "
                         "numbers you report: the search's own accuracies are selected on and biased upwards), "
                         "'search' the half it selects on, 'all' every example (default); --limit draws within it")
-    p.add_argument("--num-fewshot", type=int, default=0, help="few-shot examples (mmlu: 0 or 5)")
+    p.add_argument("--num-fewshot", type=int, default=None,
+                   help="few-shot examples (default: the task's, 0 unless a YAML sets num_fewshot; mmlu: 0 or 5; "
+                        "user files and YAMLs: any)")
+    p.add_argument("--fewshot-file", default=None,
+                   help="a .jsonl file (common schema) to draw a user file's shots from (default: the file itself, "
+                        "each example's own row left out, as lm-eval does when shots come from the test split)")
+    p.add_argument("--fewshot-seed", type=int, default=None,
+                   help="seed of the few-shot draws (lm-eval's fewshot_random_seed; default 1234)")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="tokens per packed forward (default: the evaluator's, 2048)")
     p.add_argument("--window", type=int, default=512, help="perplexity window (tokens)")
@@ -63,19 +75,29 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _list_tasks() -> int:
+def _console():
+    """A rich console; in a pipe or a file as wide as its lines need (rich's default there is 80 columns,
+    which would cut task names and paths)."""
+    import sys
+
     from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=400)
+
+
+def _list_tasks() -> int:
     from rich.table import Table
 
     from toolkit.tasks import list_tasks
 
-    t = Table(title="toolkit eval tasks")
+    t = Table(title="toolkit eval tasks (or pass a .jsonl file in the common schema, or an lm-eval task .yaml)")
     for col in ("task", "file (in the data dir)", "scoring", "metrics", "few-shot", "about"):
         t.add_column(col)
     for task in list_tasks():
         metrics = ", ".join(f"{m} {'↑' if task.higher_is_better[m] else '↓'}" for m in task.metrics)
-        t.add_row(task.name, task.file, task.scoring, metrics, "/".join(map(str, task.fewshot_options)), task.description)
-    Console().print(t)
+        shots = "any" if task.fewshot_options is None else "/".join(map(str, task.fewshot_options))
+        t.add_row(task.name, task.file, task.scoring, metrics, shots, task.description)
+    _console().print(t)
     return 0
 
 
@@ -105,7 +127,7 @@ def _check_numbers(args) -> None:
     for flag, value, low in (("--limit", args.limit, 1), ("--batch-tokens", args.batch_tokens, 1),
                              ("--threads", args.threads, 1), ("--window", args.window, 2), ("--stride", args.stride, 1),
                              ("--max-tokens", args.max_tokens, 2), ("--num-fewshot", args.num_fewshot, 0),
-                             ("--seed", args.seed, 0)):
+                             ("--seed", args.seed, 0), ("--fewshot-seed", args.fewshot_seed, 0)):
         if value is not None and value < low:
             raise UserError(f"{flag}: must be at least {low}, got {value}")
     if args.stride is not None and args.stride > args.window:
@@ -159,6 +181,35 @@ def _check_engine(args) -> None:
     require("llama.cpp", "--engine")
 
 
+def _tasks(args, root):
+    """The --task list as Task entries (registered names, .jsonl files, lm-eval YAMLs), with
+    --fewshot-file applied to the user files."""
+    from dataclasses import replace
+
+    from toolkit.errors import UserError
+    from toolkit.tasks import find_task_file, get_task
+
+    tasks = [get_task(n.strip(), root) for n in (args.task or "").split(",") if n.strip()]
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"--task: {dup} is named twice (two files with the same name? name a YAML's task key differently)")
+    if args.fewshot_file is None:
+        return tasks
+    if args.text or not tasks:
+        raise UserError("--fewshot-file: draws shots for a --task file, not for --text")
+    if args.num_fewshot is None or args.num_fewshot == 0:
+        raise UserError("--fewshot-file: pass --num-fewshot K as well (how many shots to draw)")
+    out = []
+    for t in tasks:
+        if t.source != "jsonl":
+            why = ("its few-shot rows are fixed (mmlu: the subject's dev rows)" if t.source == "registry" else
+                   "a YAML names its own few-shot split (fewshot_split)")
+            raise UserError(f"--fewshot-file: only for .jsonl task files; {t.name}: {why}")
+        out.append(replace(t, fewshot_file=str(find_task_file(args.fewshot_file, root))))
+    return out
+
+
 def run(args) -> int:
     if args.list:
         return _list_tasks()
@@ -168,10 +219,10 @@ def run(args) -> int:
         raise UserError("eval: pass --task NAME[,NAME...] or --text FILE (see --list)")
     _check_numbers(args)
     _check_engine(args)
-    from toolkit.cli.common import data_dir
-    from toolkit.tasks import get_task, load_task
+    from toolkit.cli.common import data_dir, optional_data_dir
+    from toolkit.tasks import FEWSHOT_SEED, labels_warning, load_task
 
-    tasks = [get_task(n.strip()) for n in (args.task or "").split(",") if n.strip()]
+    tasks = _tasks(args, optional_data_dir(args.data_dir))
     perplexity_tasks = [t.name for t in tasks if t.scoring == "perplexity"]
     if args.engine == "llama.cpp" and perplexity_tasks:
         raise UserError(f"--engine llama.cpp: scores tasks' choices; {', '.join(perplexity_tasks)} is a perplexity "
@@ -183,10 +234,11 @@ def run(args) -> int:
             if t.scoring == "perplexity":
                 raise UserError(f"--split {args.split}: {t.name} is a perplexity corpus, not split into parts "
                                 "(use --split all, or evaluate it separately)")
-    needs_data = any(not t.file.startswith("/") for t in tasks)
+    needs_data = any(t.source == "registry" for t in tasks)
     root = data_dir(args.data_dir) if needs_data else None
     # Read and validate every task file before the model loads: a bad file fails in a second, not minutes.
     prepared = []
+    seed = FEWSHOT_SEED if args.fewshot_seed is None else args.fewshot_seed
     for t in tasks:
         if t.scoring == "perplexity":
             path = t.path(root)
@@ -194,7 +246,11 @@ def run(args) -> int:
                 raise UserError(f"{path}: perplexity corpus not found")
             prepared.append((t, path))
         else:
-            prepared.append((t, load_task(t, root, args.num_fewshot).split(args.split)))
+            data = load_task(t, root, args.num_fewshot, seed).split(args.split)
+            warning = labels_warning(data, t.metrics)
+            if warning:
+                print(warning, file=sys.stderr)
+            prepared.append((t, data))
     if args.text:
         from pathlib import Path
 
@@ -302,21 +358,23 @@ def _evaluate(args, prepared, loaded, model) -> list:
 
 
 def _print_table(record) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     engine = f" in llama.cpp ({record['gguf_file_type']})" if record.get("engine") == "llama.cpp" else ""
     t = Table(title=f"toolkit eval {record['model']}" + (" (sub-network)" if record["subnet"] else "") + engine)
-    for col in ("task", "n", "metric", "value", "stderr", "seconds"):
+    for col in ("task", "n", "metric", "value", "stderr", "chance", "seconds"):
         t.add_column(col, justify="right" if col not in ("task", "metric") else "left")
     for r in record["results"]:
         if "perplexity" in r:
-            t.add_row(r["task"], str(r["tokens_scored"]), "perplexity ↓", f"{r['perplexity']:.3f}", "", f"{r['seconds']:.1f}")
+            t.add_row(r["task"], str(r["tokens_scored"]), "perplexity ↓", f"{r['perplexity']:.3f}", "", "",
+                      f"{r['seconds']:.1f}")
             continue
-        for m in ("acc", "acc_norm"):
+        shown = list(r["metrics"]) + [m for m in ("acc", "acc_norm", "mc2") if m not in r["metrics"] and m in r]
+        for m in shown:
             official = "" if m in r["metrics"] else " (not reported by lm-eval)"
             shots = f" {r['num_fewshot']}-shot" if r["num_fewshot"] else ""
             part = f" ({r['split']} part)" if r.get("split", "all") != "all" else ""
+            chance = r.get("chance", {}).get(m)
             t.add_row(r["task"] + shots + part, str(r["n"]), m + " ↑" + official, f"{r[m]:.4f}", f"±{r[m + '_stderr']:.4f}",
-                      f"{r['seconds']:.1f}")
-    Console().print(t)
+                      "" if chance is None else f"{chance:.4f}", f"{r['seconds']:.1f}")
+    _console().print(t)

@@ -137,7 +137,8 @@ def run(args) -> int:
     if args.task and ("gptq" in formats or "gguf" in formats):
         from toolkit.tasks import get_task, load_task
 
-        task_data = load_task(get_task(args.task), data_dir(args.data_dir))
+        root = data_dir(args.data_dir)
+        task_data = load_task(get_task(args.task, root), root)
     wl = profile.workload if profile else None
     req = ExportRequest(
         formats=formats, out=Path(args.out), threads=profile.runtime.threads if profile else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from toolkit.cli.common import add_data_dir_arg, add_model_arg, default_calibration_file
@@ -20,7 +21,11 @@ EXAMPLES = """examples:
   toolkit search ... --executor ray --ray-address auto --workers 8 --worker-gpus 1
                                                          # on the cluster started with `ray start --head`
 
-exit codes: 0 a front was found; 2 bad input (one line on stderr, before the model loads); 3 the search
+A task the parent scores at chance on (within two standard errors of uniform guessing on the search
+subset) cannot rank sub-networks: the search refuses to start, naming the task (--allow-chance to go on).
+
+exit codes: 0 a front was found; 2 bad input (one line on stderr, before the model loads), or the parent
+at chance on the task (one line, once the parent is graded); 3 the search
 ran but no candidate was feasible (all over the constraints, or all failed): pareto.json has
 "feasible_count": 0 and an empty front, and stderr says why in one line
 """
@@ -37,7 +42,14 @@ def register(sub) -> None:
     add_model_arg(p)
     p.add_argument("--profile", required=True, help="device profile (name in profiles/ or a YAML file)")
     p.add_argument("--predictor", required=True, help="predictor JSON from `toolkit calibrate`")
-    p.add_argument("--task", default="arc_easy", help="task name (see `toolkit eval --list`) or a JSONL file")
+    p.add_argument("--task", default="arc_easy",
+                   help="task name (see `toolkit eval --list`), a .jsonl file in the common schema, or an lm-eval task .yaml")
+    p.add_argument("--metric", choices=("acc", "acc_norm", "mc2"), default=None,
+                   help="the accuracy objective (default: the task's first lm-eval metric; mc2 for rows with several "
+                        "true answers)")
+    p.add_argument("--allow-chance", action="store_true",
+                   help="search even when the parent scores within two standard errors of chance on the search "
+                        "subset (such a task cannot rank sub-networks; by default the search refuses to start)")
     p.add_argument("--limit", type=int, default=200,
                    help="examples per evaluation (a seeded fixed subset of the --split part); 0 = the whole part")
     p.add_argument("--split", choices=("search", "all"), default="search",
@@ -123,6 +135,53 @@ def _nothing_feasible(result, settings) -> str:
             "the front in pareto.json is empty")
 
 
+def _metric(args, subset) -> str:
+    """The accuracy objective: --metric, or the task's first lm-eval metric; warns once when rows carry
+    several true answers that it ignores."""
+    from toolkit.errors import UserError
+    from toolkit.tasks import labels_warning
+
+    task = subset.task
+    metric = args.metric or task.metrics[0]
+    if metric == "mc2" and not all(e.golds for e in subset.examples):
+        missing = next(e for e in subset.examples if not e.golds)
+        raise UserError(f"--metric mc2: {subset.file}:{missing.line}: the row has no labels (mc2 scores several true "
+                        "answers per row, given as labels: one 0/1 per choice)")
+    warning = labels_warning(subset, [metric])
+    if warning:
+        print(warning, file=sys.stderr)
+    return metric
+
+
+def _chance_guard(args, graded, space, subset, metric):
+    """(the guard's record for run.json, the parent's metrics when measured here).
+
+    The parent is graded on the search subset first; within two standard errors of chance (the expected
+    ``metric`` of uniform guessing) the task cannot tell sub-networks apart, and the search refuses to
+    start unless --allow-chance. A resumed run reuses the record its first start wrote."""
+    from toolkit.errors import UserError
+    from toolkit.search import read_run_record
+    from toolkit.tasks.metrics import at_chance
+
+    old = read_run_record(Path(args.out))["meta"].get("chance_guard") if args.resume and (Path(args.out) / "run.json").exists() else None
+    parent_metrics = None
+    if old and old.get("metric") == metric:
+        guard = old
+    else:
+        parent_metrics = graded(space.largest())
+        chance = subset.chance(metric)
+        guard = {"metric": metric, "chance": chance, "parent": parent_metrics["accuracy"],
+                 "parent_stderr": parent_metrics["accuracy_stderr"], "n": len(subset),
+                 "at_chance": at_chance(parent_metrics["accuracy"], parent_metrics["accuracy_stderr"], chance)}
+    if guard["at_chance"] and not args.allow_chance:
+        raise UserError(
+            f"--task {subset.task.name}: the parent's {metric} on the search subset is {guard['parent']:.4f} ± "
+            f"{guard['parent_stderr']:.4f} (n={guard['n']}), within two standard errors of chance ({guard['chance']:.4f}): "
+            "the task cannot rank sub-networks; choose a task the model does better than guessing on, a larger "
+            "--limit, or pass --allow-chance")
+    return guard, parent_metrics
+
+
 def run(args) -> int:
     import sys
 
@@ -159,9 +218,11 @@ def run(args) -> int:
         executor = RayExecutor(None, spec)
         executor.connect()
     # Read once, reused per candidate; only the search part (never the report part) is graded on.
-    task_data = load_task(get_task(args.task), data_dir(args.data_dir)).split(args.split)
+    root = data_dir(args.data_dir)
+    task_data = load_task(get_task(args.task, root), root).split(args.split)
     limit = args.limit or None
     subset = task_data.select(limit, args.seed)  # the examples every candidate is graded on
+    metric = _metric(args, subset)
 
     def check_lengths(tokenizer, max_length):
         cut = check_task_lengths(subset, tokenizer, max_length)
@@ -180,19 +241,23 @@ def run(args) -> int:
     from toolkit.search.workers import AccuracyWorker, accuracy_fn
 
     accuracy = None
+    graded = accuracy_fn(loaded, importance, task_data, limit, args.seed, args.eval_threads, metric)
+    guard, parent_metrics = _chance_guard(args, graded, space, subset, metric)
     if executor is None:
-        accuracy = accuracy_fn(loaded, importance, task_data, limit, args.seed, args.eval_threads)
+        parent_key = space.largest().key()
+        # The guard measured the parent already: the search reuses that result instead of grading it twice.
+        accuracy = (lambda cfg: parent_metrics if cfg.key() == parent_key else graded(cfg)) if parent_metrics else graded
     else:  # each worker loads the model once; the examples and the importance ordering travel with it
         executor.factory = AccuracyWorker(model_reference(args.model), loaded.model_hash, args.eval_dtype or profile.runtime.dtype,
                                           profile.runtime.device, importance, task_data, limit, args.seed,
-                                          spec.worker_threads, spec.worker_gpus)
+                                          spec.worker_threads, spec.worker_gpus, metric)
 
     from toolkit.profiles import find_profile
 
     meta = {"model": args.model, "model_hash": loaded.model_hash, "profile": profile.name,
             "profile_file": str(find_profile(args.profile).resolve()), "task": task_data.task.name,
             "limit": limit, "split": args.split, "predictor": str(Path(args.predictor).resolve()),
-            "eval_dtype": args.eval_dtype or profile.runtime.dtype}
+            "eval_dtype": args.eval_dtype or profile.runtime.dtype, "metric": metric, "chance_guard": guard}
     from toolkit.progress import enabled, progress_bar
 
     try:

@@ -404,7 +404,7 @@ class Searcher:
             for part in ("settings", "space"):
                 if old.get(part) != record[part]:
                     raise UserError(f"{run_json}: {part}: differs from this invocation; resume with the original arguments")
-            for k in ("model_hash", "task", "limit", "predictor", "eval_dtype"):
+            for k in ("model_hash", "task", "limit", "predictor", "eval_dtype", "metric"):
                 if k in old.get("meta", {}) and old["meta"].get(k) != record["meta"].get(k):
                     raise UserError(f"{run_json}: meta.{k}: was {old['meta'].get(k)!r}, now {record['meta'].get(k)!r}")
             check_same_split(run_json, old.get("meta", {}), run_split(record["meta"]))
@@ -673,6 +673,7 @@ def write_outputs(run_dir: Path, evals: Sequence[Evaluation], front: Sequence[Ev
         # winners; re-measure them with `toolkit eval --split report`), or all of them in older runs.
         "split": run_split(meta),
         "limit": meta.get("limit"),
+        "metric": meta.get("metric", "acc"),  # what "accuracy" is: the task's acc, acc_norm or mc2
         "objectives": [{"name": o, "higher_is_better": OBJECTIVES[o].higher_is_better} for o in objectives],
         "settings": record.get("settings"),
         "evaluations": len(evals),

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 
-def accuracy_fn(loaded, importance, task_data, limit: int | None, seed: int, threads: int) -> Callable[[Any], Mapping[str, float]]:
-    """``cfg -> {"accuracy", "accuracy_stderr", "acc_norm"}`` on ``task_data``'s seeded ``limit`` subset."""
+def accuracy_fn(loaded, importance, task_data, limit: int | None, seed: int, threads: int,
+                metric: str = "acc") -> Callable[[Any], Mapping[str, float]]:
+    """``cfg -> {"accuracy", "accuracy_stderr", "acc_norm"}`` on ``task_data``'s seeded ``limit`` subset;
+    ``accuracy`` is the task's ``metric`` ("acc", "acc_norm" or "mc2")."""
     from toolkit.elastic import extract
     from toolkit.evaluate import evaluate_task
     from toolkit.measure import torch_threads
@@ -24,7 +26,7 @@ def accuracy_fn(loaded, importance, task_data, limit: int | None, seed: int, thr
         child = extract(loaded.model, cfg, importance)
         with torch_threads(threads):
             r = evaluate_task(child, loaded.tokenizer, task_data, limit=limit, seed=seed, progress=False)
-        return {"accuracy": r.acc, "accuracy_stderr": r.acc_stderr, "acc_norm": r.acc_norm}
+        return {"accuracy": r.value(metric), "accuracy_stderr": r.stderr(metric), "acc_norm": r.acc_norm}
 
     return accuracy
 
@@ -43,9 +45,10 @@ class AccuracyWorker:
     seed: int
     threads: int
     worker_gpus: float = 0.0
+    metric: str = "acc"
 
     def __call__(self) -> Callable[[Any], Mapping[str, float]]:
         from toolkit.executors import load_model_on_worker
 
         loaded = load_model_on_worker(self.model, self.model_hash, self.dtype, self.device, self.worker_gpus)
-        return accuracy_fn(loaded, self.importance, self.task_data, self.limit, self.seed, self.threads)
+        return accuracy_fn(loaded, self.importance, self.task_data, self.limit, self.seed, self.threads, self.metric)
