@@ -25,18 +25,28 @@ evaluator can reach by saving work alone. Writes ``benchmarks/results/evaluator.
 **The lm-eval environment** is a separate virtualenv, never the project's: lm-eval is a cross-check, not
 a dependency, and it drags in datasets, pyarrow, pandas, scikit-learn, sacrebleu, nltk ...; older
 releases also pin ``huggingface_hub<1.0``, which is incompatible with the project's transformers 5.
-lm-eval 0.4.13 resolves with the project's own transformers 5.23 / huggingface_hub 2.4, so both sides
-tokenize with the same code. Create it once (torch comes from the machine's local CPU wheel; check with
-``pip install --dry-run`` that no CUDA torch is pulled)::
+``pip install lm-eval==0.4.13`` alone does not bring transformers (that is its ``[hf]`` extra), and an
+unpinned one would not be the project's. ``--lm-eval-venv DIR`` creates the venv if it is missing and pins
+it to lm-eval 0.4.13 with this environment's torch, transformers, tokenizers and accelerate versions
+(re-pinning when they differ), so both sides tokenize with the same code; the install command is in the
+results (``lm_eval_setup``). torch comes from the machine's local CPU wheel by its version.
 
-    python3 -m venv /work/lmeval-venv
-    /work/lmeval-venv/bin/pip install torch==2.13.0 'lm-eval[hf]==0.4.13' transformers==5.23.0 \\
-        tokenizers==0.23.3 accelerate==1.15.0
+**Users' tasks**: ``--task FILE_OR_YAML`` (repeatable) cross-checks a user's own task instead of the
+registered ones: a ``.jsonl`` file in the common schema, or an lm-eval task YAML (``toolkit eval --task``
+reads both). The lm-eval definition is written into the run's temporary folder, never next to the
+user's file: for a JSONL the converted rows and a YAML as above, for a YAML lm-eval's own definition with
+absolute data files (and a seeded ``--limit`` subset passed as lm-eval's ``samples``). It writes
+``benchmarks/results/evaluator_user_tasks.json`` whose ``tasks`` list has, per task, ``name``,
+``differing_predictions``, ``max_abs_loglik_diff`` and ``speedup`` (the evaluation call against lm-eval at
+the first batch size)::
 
-and run (niced: it takes a while on two shared cores)::
+    python benchmarks/user_task_files.py --data-dir ../shared/data --limit 200 --out /tmp/user_tasks
+    nice -n 10 python benchmarks/evaluator.py --lm-eval-venv /work/lmeval-venv --limit 0 \
+        --task /tmp/user_tasks/my_arc_easy.jsonl --task /tmp/user_tasks/arc_easy.yaml
 
-    nice -n 10 python benchmarks/evaluator.py --lm-eval-python /work/lmeval-venv/bin/python \\
-        --data-dir ../shared/data --limit 200
+Registered tasks (niced: it takes a while on two shared cores)::
+
+    nice -n 10 python benchmarks/evaluator.py --lm-eval-venv /work/lmeval-venv --data-dir ../shared/data --limit 200
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -79,17 +90,21 @@ def lm_eval_worker(spec_path: str) -> None:
         "model_load_seconds": t_loaded - t_imported,
         "tasks": {},
     }
-    for name in spec["tasks"]:
-        lm_name = f"toolkit_{name}"
+    for job in spec["tasks"]:
+        name, lm_name = job["key"], job["lm_name"]
         t0, c0 = time.perf_counter(), time.process_time()
-        res = lm_eval.simple_evaluate(model=lm, tasks=[lm_name], task_manager=manager, log_samples=True)
+        samples = {lm_name: job["samples"]} if job.get("samples") is not None else None
+        res = lm_eval.simple_evaluate(model=lm, tasks=[lm_name], task_manager=manager, log_samples=True,
+                                      samples=samples)
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         r = res["results"][lm_name]
         per = []
         for s in sorted(res["samples"][lm_name], key=lambda s: s["doc_id"]):
             resps = s["filtered_resps"]
             lls = [float(x[0]) if isinstance(x, (list, tuple)) else float(x) for x in resps]
-            per.append({"id": s["doc"]["id"], "lls": lls, "acc": s.get("acc"), "acc_norm": s.get("acc_norm"),
+            # A YAML task's examples are named by position in its split (toolkit.tasks.lm_eval_yaml).
+            ident = f"{job['id_prefix']}{s['doc_id']}" if job.get("id_prefix") is not None else s["doc"]["id"]
+            per.append({"id": ident, "lls": lls, "acc": s.get("acc"), "acc_norm": s.get("acc_norm"),
                         "arguments": [list(a) for a in s.get("arguments", [])][:1]})
         out["tasks"][name] = {
             "acc": r.get("acc,none"), "acc_stderr": r.get("acc_stderr,none"),
@@ -100,9 +115,14 @@ def lm_eval_worker(spec_path: str) -> None:
 
 
 # -- the driver (project environment) ---------------------------------------------------------------
+def lm_name_for(name: str) -> str:
+    """An lm-eval task name for a toolkit task (a user file's name may hold a folder or dots)."""
+    return "toolkit_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
 def _yaml_for(name: str, jsonl: Path, partial: bool) -> str:
     lines = [
-        f"task: toolkit_{name}",
+        f"task: {lm_name_for(name)}",
         "dataset_path: json",
         "dataset_kwargs:",
         "  data_files:",
@@ -121,9 +141,33 @@ def _yaml_for(name: str, jsonl: Path, partial: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_lm_eval_tasks(task_data: dict, folder: Path) -> None:
-    """One JSONL + YAML per task, holding exactly the examples the toolkit scores (same strings)."""
+def write_lm_eval_tasks(task_data: dict, folder: Path) -> list[dict]:
+    """One lm-eval task per toolkit task in ``folder`` (never next to the user's files); the worker's jobs.
+
+    A JSONL task (registered or a user's) becomes a JSONL + YAML holding exactly the examples the toolkit
+    scores (the same strings). A user's lm-eval YAML is lm-eval's to read: its own definition, renamed and
+    with absolute data files (:func:`toolkit.tasks.lm_eval_yaml.portable_definition`), and a seeded subset
+    passed as lm-eval's ``samples`` (the documents' positions in the split)."""
+    jobs = []
     for name, data in task_data.items():
+        lm_name = lm_name_for(name)
+        if data.task.source == "yaml":
+            import yaml
+
+            from toolkit.tasks.lm_eval_yaml import portable_definition
+
+            if data.num_fewshot and data.subset:
+                sys.exit(f"error: {name}: a {data.num_fewshot}-shot subset draws other shots in lm-eval (its sampler "
+                         "skips the documents left out); cross-check the whole split (--limit 0)")
+            definition = {**portable_definition(data.task.spec.path), "task": lm_name}
+            (folder / f"{lm_name}.yaml").write_text(yaml.safe_dump(definition, sort_keys=False, allow_unicode=True))
+            jobs.append({"key": name, "lm_name": lm_name, "samples": list(data.indices) if data.subset else None,
+                         "id_prefix": f"{data.task.name}-"})
+            continue
+        if data.num_fewshot:
+            sys.exit(f"error: {name}: the lm-eval definition written for a JSONL task is zero-shot; "
+                     "cross-check few-shot prompts with tests/golden/make_fewshot_golden.py")
+        jobs.append({"key": name, "lm_name": lm_name})
         partial = data.task.scoring == "partial"
         rows = []
         for ex in data.examples:
@@ -137,9 +181,10 @@ def write_lm_eval_tasks(task_data: dict, folder: Path) -> None:
                 # lm-eval adds target_delimiter " " itself and normalises acc_norm by the bare choice.
                 row["lm_choices"] = [c[1:] if c.startswith(" ") else c for _, c in ex.requests]
             rows.append(json.dumps(row))
-        jsonl = folder / f"{name}.jsonl"
+        jsonl = folder / f"{lm_name}.jsonl"
         jsonl.write_text("\n".join(rows) + "\n")
-        (folder / f"toolkit_{name}.yaml").write_text(_yaml_for(name, jsonl, partial))
+        (folder / f"{lm_name}.yaml").write_text(_yaml_for(name, jsonl, partial))
+    return jobs
 
 
 def _explain(tk: list[float], lm: list[float], label: int, norm: list[int], max_diff: float) -> dict:
@@ -247,15 +292,24 @@ def main() -> None:
     ap.add_argument("--lm-eval-python", default=None,
                     help="python of a separate virtualenv with lm-eval installed (see the module docstring)")
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated, run in this order")
-    ap.add_argument("--limit", type=int, default=200)
+    ap.add_argument("--tasks", default=None,
+                    help=f"comma-separated registered tasks, run in this order (default: {','.join(DEFAULT_TASKS)}, "
+                         "unless --task is given)")
+    ap.add_argument("--task", action="append", default=[], metavar="FILE_OR_YAML",
+                    help="a user's task: a .jsonl file in the common schema or an lm-eval task .yaml (repeatable); "
+                         "its lm-eval definition goes into a temporary folder, never next to the file")
+    ap.add_argument("--lm-eval-venv", default=None,
+                    help="a virtualenv for lm-eval: created if missing, with lm-eval 0.4.13 and this environment's "
+                         "torch / transformers / tokenizers / accelerate versions pinned (instead of --lm-eval-python)")
+    ap.add_argument("--limit", type=int, default=200, help="seeded subset of each task (0: all of it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lm-eval-batch-size", default="1,32",
                     help="comma-separated lm-eval batch sizes, each run side by side with the toolkit; the first is "
                          "the baseline of issue 5's goal (default 1,32: lm-eval's default, and a tuned batch)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--out-name", default="evaluator")
+    ap.add_argument("--out-name", default=None,
+                    help="results/<name>.json (default: evaluator, or evaluator_user_tasks with --task)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -267,6 +321,8 @@ def main() -> None:
         batch_sizes = []
     if not batch_sizes or min(batch_sizes) < 1:
         ap.error(f"--lm-eval-batch-size: {args.lm_eval_batch_size!r} is not a comma-separated list of positive integers")
+    if args.lm_eval_venv:
+        args.lm_eval_python = str(ensure_lm_eval_venv(Path(args.lm_eval_venv)))
     if not args.lm_eval_python or not Path(args.lm_eval_python).is_file():
         sys.exit(f"error: --lm-eval-python: {args.lm_eval_python!r} is not a python executable. Create the lm-eval "
                  "virtualenv as the docstring of benchmarks/evaluator.py says, then pass its bin/python.")
@@ -278,13 +334,24 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _common
 
-    from toolkit.cli.common import data_dir
+    from toolkit.cli.common import data_dir, optional_data_dir
     from toolkit.models import load_model
     from toolkit.tasks import get_task, load_task
 
-    root = data_dir(args.data_dir)
-    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
-    task_data = {n: load_task(get_task(n), root).select(args.limit, args.seed) for n in names}
+    user = bool(args.task)
+    tasks_arg = args.tasks if args.tasks is not None else ("" if user else ",".join(DEFAULT_TASKS))
+    registered = [n.strip() for n in tasks_arg.split(",") if n.strip()]
+    root = data_dir(args.data_dir) if registered else optional_data_dir(args.data_dir)
+    limit = args.limit or None
+    tasks = [get_task(n, root) for n in registered + [str(Path(t).expanduser().resolve()) if Path(t).expanduser().exists()
+                                                     else t for t in args.task]]
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        sys.exit(f"error: two tasks are named the same: {names}")
+    task_data = {t.name: load_task(t, root).select(limit, args.seed) for t in tasks}
+    task_arg = {t.name: (t.name if t.source == "registry" else str(t.spec.path if t.source == "yaml" else t.file))
+                for t in tasks}
+    out_name = args.out_name or ("evaluator_user_tasks" if user else "evaluator")
     loaded = load_model(args.model)
     folder = loaded.folder  # the HF safetensors folder both sides load
     work = {n: work_bound(d, loaded.tokenizer, loaded.model) for n, d in task_data.items()}
@@ -303,13 +370,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="evaluator-") as tmp:
             tmp = Path(tmp)
             one = {name: task_data[name]}
-            write_lm_eval_tasks(one, tmp)
+            jobs = write_lm_eval_tasks(one, tmp)
             env["HF_DATASETS_CACHE"] = str(tmp / "hf-datasets")
             # toolkit, as a user runs it (fresh process: imports + model load + the task)
             tk_out = tmp / "toolkit.json"
-            tk_cmd = [sys.executable, "-m", "toolkit.cli.main", "eval", "--model", str(folder), "--task", name,
-                      "--limit", str(args.limit), "--seed", str(args.seed), "--data-dir", str(root), "--threads",
-                      str(args.threads), "--per-example", "--out", str(tk_out)]
+            tk_cmd = [sys.executable, "-m", "toolkit.cli.main", "eval", "--model", str(folder), "--task", task_arg[name],
+                      "--seed", str(args.seed), "--threads", str(args.threads), "--per-example", "--out", str(tk_out)]
+            tk_cmd += ["--limit", str(limit)] if limit else []
+            tk_cmd += ["--data-dir", str(root)] if root is not None else []
             print(f"[{name}] toolkit:", " ".join(tk_cmd[3:]), flush=True)
             t0 = time.perf_counter()
             subprocess.run(tk_cmd, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -317,7 +385,7 @@ def main() -> None:
             tk = json.loads(tk_out.read_text())
             tk_hash = tk["model_hash"]
             for bs in batch_sizes:  # lm-eval, same examples, same weights
-                spec = {"model_folder": str(folder), "task_dir": str(tmp), "tasks": [name], "batch_size": bs,
+                spec = {"model_folder": str(folder), "task_dir": str(tmp), "tasks": jobs, "batch_size": bs,
                         "threads": args.threads, "out": str(tmp / "lm_eval.json")}
                 (tmp / "spec.json").write_text(json.dumps(spec))
                 print(f"[{name}] lm-eval: {args.lm_eval_python} (batch size {bs})", flush=True)
@@ -353,8 +421,9 @@ def main() -> None:
             "model_hash": tk_hash,
             "dtype": "float32",
             "device": "cpu",
-            "limit": args.limit,
+            "limit": limit,
             "seed": args.seed,
+            "task_files": {n: task_arg[n] for n in names if task_arg[n] != n},
             "subset": "toolkit.tasks.TaskData.select(limit, seed): numpy default_rng(seed).choice without "
                       "replacement, kept in file order (the examples `toolkit eval --limit N --seed S` scores)",
             "threads": args.threads,
@@ -373,10 +442,11 @@ def main() -> None:
                             and goal_run["seconds"]["speedup_eval"] >= 3.0),
             },
             "baselines": baselines,
-            "lm_eval_setup": ("python3 -m venv /work/lmeval-venv && /work/lmeval-venv/bin/pip install torch==2.13.0 "
-                              "'lm-eval[hf]==0.4.13' transformers==5.23.0 tokenizers==0.23.3 accelerate==1.15.0"),
+            "lm_eval_setup": " ".join(lm_eval_install_command(Path("LMEVAL_VENV"))),
         }
-        path = _common.write(args.out_name, summary)
+        if user:
+            summary["tasks"] = user_task_rows(summary["baselines"], batch_sizes)
+        path = _common.write(out_name, summary)
     for key, b in summary["baselines"].items():
         s = b["seconds"]
         print(f"{key}: total eval {s['toolkit_eval']:.1f} s vs {s['lm_eval_eval']:.1f} s ({s['speedup_eval']:.2f}x; "
@@ -384,6 +454,55 @@ def main() -> None:
               f"{s['lm_eval_end_to_end']:.1f} s ({s['speedup_end_to_end']:.2f}x); numbers equal: "
               f"{b['all_acc_equal'] and b['all_acc_norm_equal']}")
     print(f"goal ({summary['goal']['baseline']}): {'met' if summary['goal']['met'] else 'NOT met'} -> {path}")
+
+
+def lm_eval_install_command(venv: Path) -> list[str]:
+    """pip install of lm-eval 0.4.13 pinned to this environment's torch / transformers / tokenizers /
+    accelerate, so both sides tokenize and compute with the same code (torch's +cpu local wheel by version)."""
+    from importlib.metadata import version
+
+    torch_version = version("torch").split("+")[0]
+    return [str(venv / "bin" / "pip"), "install", "-q", f"torch=={torch_version}", "lm-eval[hf]==0.4.13",
+            f"transformers=={version('transformers')}", f"tokenizers=={version('tokenizers')}",
+            f"accelerate=={version('accelerate')}"]
+
+
+def ensure_lm_eval_venv(venv: Path) -> Path:
+    """The python of ``venv`` with lm-eval and this environment's pins, creating or re-pinning it as needed."""
+    from importlib.metadata import version
+
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        print(f"creating the lm-eval virtualenv {venv} (minutes)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)  # on the base interpreter
+    want = {p: version(p) for p in ("transformers", "tokenizers", "accelerate")}
+    probe = subprocess.run([str(python), "-c", "import json, importlib.metadata as m; print(json.dumps({p: m.version(p) "
+                            f"for p in {sorted(want) + ['lm_eval']!r}}}))"], capture_output=True, text=True)
+    have = json.loads(probe.stdout) if probe.returncode == 0 else {}
+    if have.get("lm_eval") != "0.4.13" or any(have.get(p) != v for p, v in want.items()):
+        print(f"pinning {venv}: lm-eval 0.4.13 with {', '.join(f'{p} {v}' for p, v in want.items())}", flush=True)
+        subprocess.run(lm_eval_install_command(venv), check=True)
+    return python
+
+
+def user_task_rows(baselines: dict, batch_sizes: list[int]) -> list[dict]:
+    """One row per user task: predictions that differ (acc or acc_norm), the largest log-likelihood
+    difference, and the speed-up of the evaluation call against lm-eval at the first batch size (and each)."""
+    first = baselines[f"batch_size_{batch_sizes[0]}"]["tasks"]
+    rows = []
+    for name, v in first.items():
+        diff = v["differing_predictions"]
+        rows.append({
+            "name": name, "n": v["n"],
+            "differing_predictions": len(diff["examples"]),
+            "max_abs_loglik_diff": v["loglikelihood_abs_diff"]["max"],
+            "speedup": v["speedup"],
+            "speedup_by_lm_eval_batch_size": {bs: baselines[f"batch_size_{bs}"]["tasks"][name]["speedup"]
+                                              for bs in batch_sizes if name in baselines[f"batch_size_{bs}"]["tasks"]},
+            "acc_equal": v["acc_equal"], "acc_norm_equal": v["acc_norm_equal"],
+            "toolkit": v["toolkit"], "lm_eval": v["lm_eval"],
+        })
+    return rows
 
 
 def _summary(run: dict, work: dict) -> dict:

@@ -352,6 +352,26 @@ def read_task_yaml(path: Path, data_dir: str | os.PathLike | None = None):
                 num_fewshot=num_fewshot, source="yaml", spec=spec, description=f"lm-eval YAML {spec.path}")
 
 
+def portable_definition(path: Path, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The task YAML as lm-eval itself reads it from any folder: ``include`` merged, every
+    ``dataset_kwargs.data_files`` entry an absolute path (found as :func:`read_task_yaml` finds it).
+    Checked first, so nothing refused reaches it. For cross-checks against lm-eval (``benchmarks/evaluator.py``).
+
+    lm-eval loads every split a YAML names when the task is built, even a zero-shot task's training split
+    (for its few-shot sampler), and stops with ``KeyError`` when it has no files; the toolkit reads a split
+    only when it is used. So a split named but without files (lm-eval's own arc_easy.yaml pointed at a
+    local test file names ``train`` and ``validation`` too) is set to null here: lm-eval then evaluates the
+    same documents, and a few-shot prompt needing that split is an error on both sides."""
+    spec = read_task_yaml(path, data_dir).spec
+    cfg = _merged(Path(path))
+    values = dict(cfg.values)
+    values["dataset_kwargs"] = {"data_files": {split: [str(p) for p in paths] for split, paths in spec.files.items()}}
+    for key in ("training_split", "validation_split", "test_split", "fewshot_split"):
+        if values.get(key) is not None and values[key] not in spec.files:
+            values[key] = None
+    return values
+
+
 # -- data files ------------------------------------------------------------------------------------
 def _csv_value(v: str, kind: type) -> Any:
     return None if v == "" else kind(v)
