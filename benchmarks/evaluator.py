@@ -40,9 +40,14 @@ absolute data files (and a seeded ``--limit`` subset passed as lm-eval's ``sampl
 ``differing_predictions``, ``max_abs_loglik_diff`` and ``speedup`` (the evaluation call against lm-eval at
 the first batch size)::
 
-    python benchmarks/user_task_files.py --data-dir ../shared/data --limit 200 --out /tmp/user_tasks
-    nice -n 10 python benchmarks/evaluator.py --lm-eval-venv /work/lmeval-venv --limit 0 \
-        --task /tmp/user_tasks/my_arc_easy.jsonl --task /tmp/user_tasks/arc_easy.yaml
+    nice -n 10 python benchmarks/evaluator.py --lm-eval-venv /work/lmeval-venv --limit 0 --task my_task.yaml
+
+``--shared-user-tasks 200`` makes three such files from the data directory first (a 200-row common-schema
+copy of arc_easy, lm-eval's own arc_easy and piqa YAMLs on 200-row local copies: ``user_task_files.py``), so
+the published result regenerates from its recorded command alone::
+
+    nice -n 5 python benchmarks/evaluator.py --lm-eval-venv /work/lmeval-venv --data-dir ../shared/data \\
+        --limit 0 --shared-user-tasks 200
 
 Registered tasks (niced: it takes a while on two shared cores)::
 
@@ -298,6 +303,10 @@ def main() -> None:
     ap.add_argument("--task", action="append", default=[], metavar="FILE_OR_YAML",
                     help="a user's task: a .jsonl file in the common schema or an lm-eval task .yaml (repeatable); "
                          "its lm-eval definition goes into a temporary folder, never next to the file")
+    ap.add_argument("--shared-user-tasks", type=int, default=None, metavar="N",
+                    help="also cross-check three user tasks made from the data directory's first N rows "
+                         "(benchmarks/user_task_files.py: a common-schema copy of arc_easy and lm-eval's own "
+                         "arc_easy and piqa YAMLs on local copies), written into a temporary folder")
     ap.add_argument("--lm-eval-venv", default=None,
                     help="a virtualenv for lm-eval: created if missing, with lm-eval 0.4.13 and this environment's "
                          "torch / transformers / tokenizers / accelerate versions pinned (instead of --lm-eval-python)")
@@ -338,6 +347,19 @@ def main() -> None:
     from toolkit.models import load_model
     from toolkit.tasks import get_task, load_task
 
+    if args.shared_user_tasks is not None:  # regenerable from the recorded command alone
+        import user_task_files
+
+        import atexit
+        import shutil
+
+        made = Path(tempfile.mkdtemp(prefix="user-tasks-"))
+        atexit.register(shutil.rmtree, made, True)
+        shared = data_dir(args.data_dir)
+        args.task = args.task + [
+            str(user_task_files.write_common_copy(made / "my_arc_easy.jsonl", shared / "arc_easy" / "test.jsonl",
+                                                  args.shared_user_tasks)),
+            *(str(user_task_files.write_yaml_task(made, t, shared, args.shared_user_tasks)) for t in ("arc_easy", "piqa"))]
     user = bool(args.task)
     tasks_arg = args.tasks if args.tasks is not None else ("" if user else ",".join(DEFAULT_TASKS))
     registered = [n.strip() for n in tasks_arg.split(",") if n.strip()]
