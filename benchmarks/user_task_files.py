@@ -24,6 +24,18 @@ import argparse
 import json
 from pathlib import Path
 
+_METRICS = """\
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
 ARC_EASY_YAML = """\
 tag:
   - ai2_arc
@@ -42,16 +54,7 @@ doc_to_target: "{{{{choices.label.index(answerKey)}}}}"
 doc_to_choice: "{{{{choices.text}}}}"
 should_decontaminate: true
 doc_to_decontamination_query: "Question: {{{{question}}}}\\nAnswer:"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-"""
+""" + _METRICS
 
 PIQA_YAML = """\
 task: piqa
@@ -69,16 +72,7 @@ doc_to_target: label
 doc_to_choice: "{{{{[sol1, sol2]}}}}"
 should_decontaminate: true
 doc_to_decontamination_query: goal
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-"""
+""" + _METRICS
 
 
 def _jsonl(path: Path) -> list[dict]:

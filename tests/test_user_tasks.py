@@ -19,6 +19,8 @@ from toolkit.models.tiny import byte_tokenizer
 from toolkit.tasks import REGISTRY, get_task, labels_warning, load_task, task_name_for
 from toolkit.tasks.metrics import at_chance, mc2
 
+from test_engines import one_line_error
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -37,14 +39,6 @@ def _write(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
-
-
-def one_line_error(capsys, rc, *needles) -> str:
-    err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and err.startswith("error:") and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 class FixedScorer(Scorer):
