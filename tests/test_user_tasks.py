@@ -411,3 +411,30 @@ def test_search_refuses_a_task_its_parent_scores_at_chance_on(tmp_path, tiny_fol
     meta = json.loads((run / "run.json").read_text())["meta"]
     assert meta["metric"] == "acc" and meta["chance_guard"]["at_chance"] is True
     assert json.loads((run / "pareto.json").read_text())["metric"] == "acc"
+
+
+def test_search_can_optimise_mc2_and_keeps_its_metric_on_resume(tmp_path, tiny_folder, calib_text, capsys):
+    from test_pipeline import _prior_setup
+    from toolkit.models import load_model
+
+    profile, predictor = _prior_setup(tmp_path, load_model(str(tiny_folder)).model_hash)
+    rows = [{"id": f"m{i}", "context": f"Q: {i}?\nA:", "choices": [" yes", " no", " maybe"], "label": 0,
+             "labels": [1, 1, 0] if i % 2 else [1, 0, 0]} for i in range(24)]
+    task = _write(tmp_path / "multi.jsonl", rows)
+    run = tmp_path / "run"
+    args = ["search", "--profile", str(profile), "--predictor", str(predictor), "--model", str(tiny_folder),
+            "--calibration", str(calib_text), "--task", str(task), "--limit", "8", "--evals", "4", "--population", "4",
+            "--allow-chance", "--out", str(run)]
+    plain = _write(tmp_path / "plain.jsonl", [{k: v for k, v in r.items() if k != "labels"} for r in rows])
+    rc = main([*args[:10], str(plain), *args[11:], "--metric", "mc2"])
+    one_line_error(capsys, rc, "--metric mc2:", "plain.jsonl:", "the row has no labels")
+    assert main([*args, "--metric", "mc2"]) == 0
+    err = capsys.readouterr().err
+    assert "carry labels" not in err  # mc2 reads them: no warning
+    meta = json.loads((run / "run.json").read_text())["meta"]
+    assert meta["metric"] == "mc2" and meta["chance_guard"]["chance"] == pytest.approx((2 / 3 + 1 / 3) / 2, abs=0.2)
+    evals = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
+    accs = [e["metrics"]["accuracy"] for e in evals if "accuracy" in e.get("metrics", {})]
+    assert accs and all(0 < a < 1 for a in accs)  # a probability mass, not a 0/1 mean over 8 rows
+    rc = main([*args, "--resume"])  # default metric acc: not what the run was searched on
+    one_line_error(capsys, rc, "meta.metric: was 'mc2', now 'acc'; resume with --metric mc2")

@@ -147,6 +147,13 @@ def _metric(args, subset) -> str:
         missing = next(e for e in subset.examples if not e.golds)
         raise UserError(f"--metric mc2: {subset.file}:{missing.line}: the row has no labels (mc2 scores several true "
                         "answers per row, given as labels: one 0/1 per choice)")
+    run_json = Path(args.out) / "run.json"
+    if args.resume and run_json.exists():  # before the model loads: the journal's accuracies are of one metric
+        from toolkit.search import read_run_record
+
+        was = read_run_record(Path(args.out))["meta"].get("metric", "acc")
+        if was != metric:
+            raise UserError(f"{run_json}: meta.metric: was {was!r}, now {metric!r}; resume with --metric {was}")
     warning = labels_warning(subset, [metric])
     if warning:
         print(warning, file=sys.stderr)

@@ -549,5 +549,6 @@ def labels_warning(data: TaskData, metrics: Sequence[str]) -> str | None:
     if not ignoring or not data.has_labels:
         return None
     n = sum(e.has_labels for e in data.examples)
+    verb = "scores" if len(ignoring) == 1 else "score"
     return (f"warning: {data.file}: {n} rows carry labels (several true answers), but {' and '.join(ignoring)} "
-            "score only each row's label; mc2 scores every true answer (--metric mc2 in toolkit search)")
+            f"{verb} only each row's label; mc2 scores every true answer (--metric mc2 in toolkit search)")
