@@ -171,7 +171,7 @@ def predictor_part(args, loaded, profile, work: Path, cache: Cache) -> tuple[dic
     from toolkit.latency import subnet_measure_fn
     from toolkit.predictor import Hardware, Measurement, Predictor, Workload, choose_calibration_configs
     from toolkit.progress import progress_bar
-    from toolkit.cli.common import default_calibration_file
+    from toolkit.fileio import default_calibration_file
 
     importance = load_or_compute_importance(loaded, default_calibration_file(None, args.data_dir))
     space = space_for(loaded, importance)

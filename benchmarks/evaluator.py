@@ -343,7 +343,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _common
 
-    from toolkit.cli.common import data_dir, optional_data_dir
+    from toolkit.fileio import data_dir, optional_data_dir
     from toolkit.models import load_model
     from toolkit.tasks import get_task, load_task
 

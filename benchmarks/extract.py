@@ -29,7 +29,7 @@ def main() -> None:
 
     import torch
 
-    from toolkit.cli.common import data_dir, default_calibration_file
+    from toolkit.fileio import data_dir, default_calibration_file
     from toolkit.elastic import default_space, extract, parent_shape
     from toolkit.evaluate import perplexity
     from toolkit.importance import load_or_compute_importance

@@ -279,7 +279,7 @@ def _main(argv: list[str]) -> int:
     import torch
 
     from toolkit.baselines import matched
-    from toolkit.cli.common import data_dir, default_calibration_file
+    from toolkit.fileio import data_dir, default_calibration_file
     from toolkit.elastic import extract, parent_shape, space_for
     from toolkit.errors import UserError
     from toolkit.evaluate import evaluate_task

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     command_line = "python benchmarks/headline_gguf.py " + " ".join(shlex.quote(a) for a in argv)
 
     import toolkit
-    from toolkit.cli.common import data_dir, default_calibration_file
+    from toolkit.fileio import data_dir, default_calibration_file
     from toolkit.elastic import extract, parent_shape
     from toolkit.engines.llamacpp import LlamaCpp
     from toolkit.evaluate import LlamaCppScorer, evaluate_task

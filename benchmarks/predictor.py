@@ -35,7 +35,7 @@ def main() -> None:
 
     import numpy as np
 
-    from toolkit.cli.common import default_calibration_file
+    from toolkit.fileio import default_calibration_file
     from toolkit.elastic import parent_shape, space_for
     from toolkit.importance import load_or_compute_importance
     from toolkit.latency import subnet_measure_fn

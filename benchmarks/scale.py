@@ -61,7 +61,7 @@ def _comparable(run: Path) -> list[dict]:
 
 def model_part(args, work: Path) -> dict:
     """Part 1: the SmolLM2 search with 1 and 2 workers."""
-    from toolkit.cli.common import data_dir, default_calibration_file
+    from toolkit.fileio import data_dir, default_calibration_file
     from toolkit.elastic import parent_shape, space_for
     from toolkit.executors import ExecutorSpec, RayExecutor
     from toolkit.importance import load_or_compute_importance

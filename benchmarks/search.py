@@ -56,7 +56,7 @@ def main() -> None:
         runs[algo] = json.loads((work / algo / "pareto.json").read_text())
 
     # Measure the front members' real decode speed.
-    from toolkit.cli.common import default_calibration_file
+    from toolkit.fileio import default_calibration_file
     from toolkit.elastic import space_for
     from toolkit.importance import load_or_compute_importance
     from toolkit.latency import subnet_measure_fn

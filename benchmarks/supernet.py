@@ -116,7 +116,7 @@ def evaluate(model, tokenizer, args) -> dict:
 
 def evaluate_side(side: str, args) -> dict:
     """Evaluate every size cut from one side (``original`` or a method's super-network), resumably."""
-    from toolkit.cli.common import default_calibration_file
+    from toolkit.fileio import default_calibration_file
     from toolkit.elastic import extract, parent_shape
     from toolkit.fileio import atomic_write_json
     from toolkit.importance import load_or_compute_importance
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=None, help="train and evaluate one side (original or a method) and stop: run two at once")
     p.add_argument("--results-dir", default=str(RESULTS))
     args = p.parse_args(argv)
-    from toolkit.cli.common import data_dir
+    from toolkit.fileio import data_dir
 
     args.data_dir = str(data_dir(args.data_dir))
     if args.dtype == "auto":

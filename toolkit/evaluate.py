@@ -765,7 +765,7 @@ def evaluate_task(
         data = task
     else:
         if data_dir is None:
-            from toolkit.cli.common import data_dir as default_data_dir
+            from toolkit.fileio import data_dir as default_data_dir
 
             data_dir = default_data_dir(None)
         data = load_task(get_task(task, data_dir) if isinstance(task, str) else task, data_dir, num_fewshot)

@@ -22,6 +22,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+from toolkit.errors import UserError
+
 
 def cache_dir() -> Path:
     """The user cache directory (``$TOOLKIT_CACHE_DIR`` or ``~/.cache/llm-nas-toolkit``)."""
@@ -191,3 +193,41 @@ def sha256_file_cached(path: str | os.PathLike) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The benchmark data directory (tasks, calibration text): read through this setting, never committed.
+
+DATA_DIR_ENV = "TOOLKIT_DATA_DIR"
+
+
+def data_dir(explicit: str | None = None) -> Path:
+    """The benchmark data directory: --data-dir, $TOOLKIT_DATA_DIR, or a ``shared/data`` beside the project."""
+    candidates = [explicit, os.environ.get(DATA_DIR_ENV)]
+    if not any(candidates):
+        here = Path(__file__).resolve()  # toolkit/fileio.py in a checkout: <root>/toolkit, its parent beside shared/
+        candidates += [str(p / "shared" / "data") for p in (Path.cwd().parent, here.parents[2])]
+        candidates.append(str(Path.cwd() / "data"))
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    if explicit or os.environ.get(DATA_DIR_ENV):
+        raise UserError(f"{explicit or os.environ.get(DATA_DIR_ENV)}: data directory not found")
+    raise UserError(f"no data directory: pass --data-dir or set ${DATA_DIR_ENV} (e.g. ../shared/data)")
+
+
+def optional_data_dir(explicit: str | None = None) -> Path | None:
+    """:func:`data_dir` where one is needed only to look files up in (a relative task path): None when no
+    default is found; an explicit --data-dir or $TOOLKIT_DATA_DIR that does not exist is still an error."""
+    try:
+        return data_dir(explicit)
+    except UserError:
+        if explicit or os.environ.get(DATA_DIR_ENV):
+            raise
+        return None
+
+
+def default_calibration_file(explicit: str | None, data: str | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    return data_dir(data) / "calibration" / "calibration.txt"

@@ -109,7 +109,9 @@ from typing import Any, Callable, ClassVar, Mapping, Union
 import yaml
 
 from toolkit.engines import ENGINES as _ENGINE_REGISTRY
+from toolkit import schema
 from toolkit.errors import ConfigError, UserError
+from toolkit.schema import Invalid, Record, checked, show
 
 __all__ = [
     "SCHEMA_VERSION", "DTYPES", "KINDS", "ENGINES", "DEFAULT_GGUF_TYPE", "PROFILES_DIR_ENV",
@@ -133,128 +135,8 @@ GIB = 1 << 30
 
 
 # ----------------------------------------------------------------------------------------------------
-# Field checks: each returns the normalised value or raises _Bad. Shared by the constructors (profiles
+# Field checks: each returns the normalised value or raises Invalid. Shared by the constructors (profiles
 # built in Python validate themselves) and the YAML loader (which just hands the raw values over).
-
-
-class _Bad(ValueError):
-    def __init__(self, problem: str, subfield: str | None = None):
-        super().__init__(problem)
-        self.problem = problem
-        self.subfield = subfield
-
-
-def _show(v: Any) -> str:
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}
-    if v is None:
-        return "null"
-    text = repr(v)
-    text = text if len(text) <= 40 else text[:37] + "..."
-    return f"{kind.get(type(v), type(v).__name__)} {text}"
-
-
-def _number(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise _Bad(f"expected a number, got {_show(v)}")
-    if isinstance(v, str):
-        try:
-            v = float(v.replace("_", ""))
-        except ValueError:
-            raise _Bad(f"expected a number, got {_show(v)}") from None
-    if not math.isfinite(v):
-        raise _Bad(f"must be finite, got {v}")
-    return v
-
-
-def _positive(v: Any) -> float:
-    x = float(_number(v))
-    if x <= 0:
-        raise _Bad(f"must be > 0, got {x:g}")
-    return x
-
-
-def _positive_bytes(v: Any) -> int:
-    x = _number(v)
-    if float(x) != math.floor(float(x)):
-        raise _Bad(f"must be a whole number of bytes, got {x!r}")
-    if x <= 0:
-        raise _Bad(f"must be > 0, got {x:g}")
-    return int(x)
-
-
-def _nonnegative(v: Any) -> float:
-    x = float(_number(v))
-    if x < 0:
-        raise _Bad(f"must be >= 0, got {x:g}")
-    return x
-
-
-def _count(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _Bad(f"expected a positive integer, got {_show(v)}")
-    if v < 1:
-        raise _Bad(f"must be >= 1, got {v}")
-    return v
-
-
-def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def opt(v: Any) -> Any:
-        return None if v is None else check(v)
-
-    return opt
-
-
-def _text(v: Any) -> str:
-    if not isinstance(v, str):
-        raise _Bad(f"expected a string, got {_show(v)}")
-    v = " ".join(v.split())
-    if not v:
-        raise _Bad("must not be empty")
-    return v
-
-
-def _free_text(v: Any) -> str:
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        raise _Bad(f"expected a string, got {_show(v)}")
-    return v.strip()
-
-
-def _flag(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise _Bad(f"expected true or false, got {_show(v)}")
-    return v
-
-
-def _choice(*options: str) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        if v not in options:
-            raise _Bad(f"expected one of {', '.join(options)}, got {_show(v)}")
-        return v
-
-    return check
-
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def _name(v: Any) -> str:
-    if not isinstance(v, str) or not _NAME.match(v):
-        raise _Bad(f"expected 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit), got {_show(v)}")
-    return v
-
-
-def _date(v: Any) -> str:
-    if isinstance(v, (_dt.date, _dt.datetime)):  # YAML reads unquoted ISO dates as date objects
-        return v.isoformat()
-    if not isinstance(v, str):
-        raise _Bad(f"expected an ISO 8601 date, got {_show(v)}")
-    try:
-        _dt.datetime.fromisoformat(v)
-    except ValueError:
-        raise _Bad(f"expected an ISO 8601 date (e.g. 2026-11-24T03:00:00+00:00), got {_show(v)}") from None
-    return v
 
 
 def _cuda_capability(v: Any) -> str | None:
@@ -263,134 +145,90 @@ def _cuda_capability(v: Any) -> str | None:
     if isinstance(v, float):  # an unquoted 8.9 in YAML
         v = repr(v)
     if not isinstance(v, str) or not re.fullmatch(r"\d+\.\d+", v):
-        raise _Bad(f"expected \"major.minor\" (e.g. \"8.9\") or null, got {_show(v)}")
+        raise Invalid(f"expected \"major.minor\" (e.g. \"8.9\") or null, got {show(v)}")
     return v
 
 
 def _device(v: Any) -> str:
     if not isinstance(v, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", v):
-        raise _Bad(f"expected cpu, cuda or cuda:N, got {_show(v)}")
+        raise Invalid(f"expected cpu, cuda or cuda:N, got {show(v)}")
     return v
 
 
 def _peak_flops(v: Any) -> dict[str, float]:
     if not isinstance(v, dict):
-        raise _Bad(f"expected a mapping dtype -> FLOP/s, got {_show(v)}")
+        raise Invalid(f"expected a mapping dtype -> FLOP/s, got {show(v)}")
     if not v:
-        raise _Bad(f"needs at least one dtype ({', '.join(DTYPES)})")
+        raise Invalid(f"needs at least one dtype ({', '.join(DTYPES)})")
     out = {}
     for k in v:
         if k not in DTYPES:
-            raise _Bad(f"unknown dtype (known: {', '.join(DTYPES)})", subfield=str(k))
+            raise Invalid(f"unknown dtype (known: {', '.join(DTYPES)})", subfield=str(k))
     for k in DTYPES:  # canonical order: the saved file does not depend on the input's order
         if k in v:
             try:
-                out[k] = _positive(v[k])
-            except _Bad as bad:
-                raise _Bad(bad.problem, subfield=k) from None
+                out[k] = schema.positive(v[k])
+            except Invalid as bad:
+                raise Invalid(bad.problem, subfield=k) from None
     return out
 
 
-def _check(fn: Callable[[Any], Any], default: Any = dataclasses.MISSING, **kw) -> Any:
-    if default is dataclasses.MISSING and "default_factory" not in kw:
-        return field(metadata={"check": fn})
-    return field(default=default, metadata={"check": fn}, **kw)
-
-
-class _Record:
-    """A frozen section of a profile: each field's ``metadata['check']`` validates and normalises it."""
-
-    _SECTION: ClassVar[str] = ""
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            check = f.metadata.get("check")
-            if check is None:
-                continue
-            try:
-                object.__setattr__(self, f.name, check(getattr(self, f.name)))
-            except _Bad as bad:
-                path = f"{self._SECTION}.{f.name}" if self._SECTION else f.name
-                raise ConfigError(f"{path}.{bad.subfield}" if bad.subfield else path, bad.problem) from None
-
-    @classmethod
-    def from_mapping(cls, d: Any, path: str):
-        if not isinstance(d, dict):
-            raise ConfigError(path, f"expected a mapping, got {_show(d)}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for k in d:
-            if k not in names:
-                raise ConfigError(f"{path}.{k}", f"unknown field (known: {', '.join(names)})")
-        for f in dataclasses.fields(cls):
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            if required and f.name not in d:
-                raise ConfigError(f"{path}.{f.name}", "required field is missing")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = dict(v) if isinstance(v, dict) else v
-        return out
-
-
 @dataclass(frozen=True)
-class Identity(_Record):
+class Identity(Record):
     _SECTION: ClassVar[str] = "identity"
-    kind: str = _check(_choice(*KINDS))
-    vendor: str = _check(_text)
-    model: str = _check(_text)
-    arch: str = _check(_text)
+    kind: str = checked(schema.choice(*KINDS))
+    vendor: str = checked(schema.text)
+    model: str = checked(schema.text)
+    arch: str = checked(schema.text)
 
 
 @dataclass(frozen=True)
-class Compute(_Record):
+class Compute(Record):
     _SECTION: ClassVar[str] = "compute"
-    cores: int = _check(_count)
-    threads: int | None = _check(_optional(_count))
-    peak_flops: dict = _check(_peak_flops)
+    cores: int = checked(schema.count)
+    threads: int | None = checked(schema.optional(schema.count))
+    peak_flops: dict = checked(_peak_flops)
 
 
 @dataclass(frozen=True)
-class Memory(_Record):
+class Memory(Record):
     _SECTION: ClassVar[str] = "memory"
-    capacity_bytes: int = _check(_positive_bytes)
-    usable_bytes: int = _check(_positive_bytes)
-    bandwidth_bytes_per_s: float = _check(_positive)
+    capacity_bytes: int = checked(schema.positive_bytes)
+    usable_bytes: int = checked(schema.positive_bytes)
+    bandwidth_bytes_per_s: float = checked(schema.positive)
 
 
 @dataclass(frozen=True)
-class Features(_Record):
+class Features(Record):
     _SECTION: ClassVar[str] = "features"
-    avx2: bool = _check(_flag)
-    avx512: bool = _check(_flag)
-    amx: bool = _check(_flag)
-    neon: bool = _check(_flag)
-    bf16: bool = _check(_flag)
-    fp16: bool = _check(_flag)
-    cuda_capability: str | None = _check(_cuda_capability, None)
+    avx2: bool = checked(schema.flag)
+    avx512: bool = checked(schema.flag)
+    amx: bool = checked(schema.flag)
+    neon: bool = checked(schema.flag)
+    bf16: bool = checked(schema.flag)
+    fp16: bool = checked(schema.flag)
+    cuda_capability: str | None = checked(_cuda_capability, None)
 
 
 def _gguf_type(v: Any) -> str:
     from toolkit.engines.llamacpp import GGUF_TYPES  # numpy and ctypes only; llama_cpp is not imported
 
     if not isinstance(v, str) or v.lower() not in GGUF_TYPES:
-        raise _Bad(f"expected a llama.cpp GGUF type ({', '.join(GGUF_TYPES)}), got {_show(v)}")
+        raise Invalid(f"expected a llama.cpp GGUF type ({', '.join(GGUF_TYPES)}), got {show(v)}")
     return v.lower()
 
 
 def _engines_record(v: Any) -> dict[str, str]:
     if not isinstance(v, dict):
-        raise _Bad(f"expected a mapping engine -> installed version, got {_show(v)}")
+        raise Invalid(f"expected a mapping engine -> installed version, got {show(v)}")
     out = {}
     for k, ver in v.items():
         if k not in ENGINES:
-            raise _Bad(f"unknown engine (known: {', '.join(ENGINES)})", subfield=str(k))
+            raise Invalid(f"unknown engine (known: {', '.join(ENGINES)})", subfield=str(k))
         if isinstance(ver, (int, float)) and not isinstance(ver, bool):  # an unquoted 1.32 in YAML
             ver = repr(ver)
         if not isinstance(ver, str) or not ver.strip():
-            raise _Bad(f"expected the installed version as a string, got {_show(ver)}", subfield=str(k))
+            raise Invalid(f"expected the installed version as a string, got {show(ver)}", subfield=str(k))
         out[k] = ver.strip()
     return {k: out[k] for k in ENGINES if k in out}  # canonical order
 
@@ -399,13 +237,13 @@ DEFAULT_GGUF_TYPE = "q8_0"
 
 
 @dataclass(frozen=True)
-class Runtime(_Record):
+class Runtime(Record):
     _SECTION: ClassVar[str] = "runtime"
-    device: str = _check(_device)
-    dtype: str = _check(_choice(*DTYPES))
-    threads: int | None = _check(_optional(_count), None)
-    engine: str = _check(_choice(*ENGINES), "torch")
-    gguf_type: str | None = _check(_optional(_gguf_type), None)
+    device: str = checked(_device)
+    dtype: str = checked(schema.choice(*DTYPES))
+    threads: int | None = checked(schema.optional(schema.count), None)
+    engine: str = checked(schema.choice(*ENGINES), "torch")
+    gguf_type: str | None = checked(schema.optional(_gguf_type), None)
 
     def __post_init__(self):
         super().__post_init__()
@@ -431,25 +269,25 @@ class Runtime(_Record):
 
 
 @dataclass(frozen=True)
-class Workload(_Record):
+class Workload(Record):
     """The deployment workload: ``batch_size`` sequences of ``prompt_tokens``, then ``generate_tokens`` each."""
 
     _SECTION: ClassVar[str] = "workload"
-    prompt_tokens: int = _check(_count, 128)
-    generate_tokens: int = _check(_count, 32)
-    batch_size: int = _check(_count, 1)
+    prompt_tokens: int = checked(schema.count, 128)
+    generate_tokens: int = checked(schema.count, 32)
+    batch_size: int = checked(schema.count, 1)
 
 
 @dataclass(frozen=True)
-class Measured(_Record):
+class Measured(Record):
     """A figure measured on the machine: median of ``repeats`` samples with relative ``spread``."""
 
-    date: str = _check(_date)
-    repeats: int = _check(_count)
-    spread: float = _check(_nonnegative)
-    method: str = _check(_text)
+    date: str = checked(schema.date)
+    repeats: int = checked(schema.count)
+    spread: float = checked(schema.nonnegative)
+    method: str = checked(schema.text)
     # CPU time the measuring process got / (wall time x threads asked for); None when not applicable.
-    cpu_share: float | None = _check(_optional(_nonnegative), None)
+    cpu_share: float | None = checked(schema.optional(schema.nonnegative), None)
 
     def to_dict(self) -> dict:
         d = super().to_dict()
@@ -459,10 +297,10 @@ class Measured(_Record):
 
 
 @dataclass(frozen=True)
-class Spec(_Record):
+class Spec(Record):
     """A datasheet figure; ``source`` names the document (and, for a derived figure, the derivation)."""
 
-    source: str = _check(_text)
+    source: str = checked(schema.text)
 
 
 Provenance = Union[Measured, Spec]
@@ -471,11 +309,11 @@ _PROVENANCE_KINDS = {"measured": Measured, "spec": Spec}
 
 def _provenance_from(v: Any, path: str) -> Provenance:
     if not isinstance(v, dict) or len(v) != 1 or next(iter(v)) not in _PROVENANCE_KINDS:
-        raise ConfigError(path, f"expected {{measured: {{date, repeats, spread, method}}}} or {{spec: source}}, got {_show(v)}")
+        raise ConfigError(path, f"expected {{measured: {{date, repeats, spread, method}}}} or {{spec: source}}, got {show(v)}")
     (kind, body), = v.items()
     if kind == "spec":
         if not isinstance(body, str):
-            raise ConfigError(f"{path}.spec", f"expected the datasheet source as a string, got {_show(body)}")
+            raise ConfigError(f"{path}.spec", f"expected the datasheet source as a string, got {show(body)}")
         try:
             return Spec(body)
         except ConfigError as exc:
@@ -538,14 +376,14 @@ class DeviceProfile:
     def __post_init__(self):
         if isinstance(self.version, bool) or self.version != SCHEMA_VERSION:
             raise ConfigError("version", f"unsupported schema version {self.version!r} (this toolkit reads {SCHEMA_VERSION})")
-        for fname, check in (("name", _name), ("description", _free_text), ("engines", _engines_record)):
+        for fname, check in (("name", schema.name), ("description", schema.free_text), ("engines", _engines_record)):
             try:
                 object.__setattr__(self, fname, check(getattr(self, fname)))
-            except _Bad as bad:
+            except Invalid as bad:
                 raise ConfigError(f"{fname}.{bad.subfield}" if bad.subfield else fname, bad.problem) from None
         for sec, cls in _SECTIONS.items():
             if not isinstance(getattr(self, sec), cls):
-                raise ConfigError(sec, f"expected a {cls.__name__}, got {_show(getattr(self, sec))}")
+                raise ConfigError(sec, f"expected a {cls.__name__}, got {show(getattr(self, sec))}")
         kind, c, m, feat, rt = self.identity.kind, self.compute, self.memory, self.features, self.runtime
         if kind == "cpu":
             if c.threads is None:
@@ -571,13 +409,13 @@ class DeviceProfile:
             raise ConfigError("workload.batch_size", f"runtime.engine llama.cpp runs one sequence (llama-cpp-python), "
                               f"got batch_size {self.workload.batch_size}")
         if not isinstance(self.provenance, Mapping):
-            raise ConfigError("provenance", f"expected a mapping figure -> provenance, got {_show(self.provenance)}")
+            raise ConfigError("provenance", f"expected a mapping figure -> provenance, got {show(self.provenance)}")
         figures = self.figure_paths()
         for key, p in self.provenance.items():
             if key not in figures:
                 raise ConfigError(f"provenance.{key}", f"not a figure of this profile (figures: {', '.join(figures)})")
             if not isinstance(p, (Measured, Spec)):
-                raise ConfigError(f"provenance.{key}", f"expected Measured or Spec, got {_show(p)}")
+                raise ConfigError(f"provenance.{key}", f"expected Measured or Spec, got {show(p)}")
         for key in figures:
             if key not in self.provenance:
                 raise ConfigError(f"provenance.{key}", "missing: every figure says whether it was measured or comes from a datasheet")
@@ -646,7 +484,7 @@ class DeviceProfile:
     @classmethod
     def _from_dict(cls, d: Any) -> "DeviceProfile":
         if not isinstance(d, dict):
-            raise ConfigError("profile", f"expected a mapping of fields at the top level, got {_show(d)}")
+            raise ConfigError("profile", f"expected a mapping of fields at the top level, got {show(d)}")
         for k in d:
             if k == "extends":
                 raise ConfigError("extends", "unresolved here: load the file with load_profile()")
@@ -658,7 +496,7 @@ class DeviceProfile:
         sections = {sec: cls_.from_mapping(d[sec], sec) for sec, cls_ in _SECTIONS.items() if sec in d}
         prov = d["provenance"]
         if not isinstance(prov, dict):
-            raise ConfigError("provenance", f"expected a mapping figure -> provenance, got {_show(prov)}")
+            raise ConfigError("provenance", f"expected a mapping figure -> provenance, got {show(prov)}")
         provenance = {str(k): _provenance_from(v, f"provenance.{k}") for k, v in prov.items()}
         return cls(version=d["version"], name=d["name"], description=d.get("description", ""),
                    engines={} if d.get("engines") is None else d["engines"], provenance=provenance, **sections)
@@ -733,27 +571,6 @@ def find_profile(name_or_path: str | os.PathLike) -> Path:
     raise UserError(f"{ref}: no such profile (looked in {where}); `toolkit profile ls` lists them")
 
 
-def _check_duplicate_keys(text: str, file: str) -> None:
-    """PyYAML keeps the last of two equal keys; a profile with a duplicated key is an error instead.
-
-    Walks the node graph from ``yaml.compose`` (SafeLoader; composes nodes, constructs no objects)."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    stack = [(root, "")]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for k, v in node.value:
-                key = str(k.value)
-                full = f"{path}.{key}" if path else key
-                if key in seen:
-                    raise ConfigError(full, f"duplicate key (line {k.start_mark.line + 1})", file)
-                seen.add(key)
-                stack.append((v, full))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend((v, path) for v in node.value)
-
-
 def _read_yaml(path: Path) -> dict:
     file = str(path)
     try:
@@ -764,18 +581,11 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError("profile", "not UTF-8 text", file) from None
     except OSError as exc:
         raise UserError(f"{file}: cannot read ({exc.strerror or exc})") from None
-    try:
-        _check_duplicate_keys(text, file)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "profile"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(where, f"not valid YAML ({problem})", file) from None
+    data = schema.parse_yaml(text, file, what="profile")
     if data is None:
         raise ConfigError("profile", "empty file (expected a mapping of profile fields)", file)
     if not isinstance(data, dict):
-        raise ConfigError("profile", f"expected a mapping of fields at the top level, got {_show(data)}", file)
+        raise ConfigError("profile", f"expected a mapping of fields at the top level, got {show(data)}", file)
     return data
 
 
@@ -843,7 +653,7 @@ def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str, 
     if ref is None:
         return raw, {leaf: file for leaf in _leaves(raw, "")}
     if not isinstance(ref, str) or not ref.strip():
-        raise ConfigError("extends", f"expected a profile name or file, got {_show(ref)}", file)
+        raise ConfigError("extends", f"expected a profile name or file, got {show(ref)}", file)
     if "name" not in raw:
         raise ConfigError("name", "required: a profile that extends another must name itself", file)
     parent_path = _find_extends(ref.strip(), path.parent)
@@ -1029,7 +839,7 @@ def _resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         return _device(device)
-    except _Bad as bad:
+    except Invalid as bad:
         raise UserError(f"--device: {bad.problem}") from None
 
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
-from toolkit.errors import UserError
 
-DATA_DIR_ENV = "TOOLKIT_DATA_DIR"
+from toolkit.fileio import DATA_DIR_ENV, data_dir, default_calibration_file, optional_data_dir  # noqa: F401 (re-exported for the subcommands)
 
 
 def _number(kind, low: float | None, high: float | None, low_open: bool = False):
@@ -45,35 +42,3 @@ def add_model_arg(parser: argparse.ArgumentParser, required: bool = True) -> Non
 
 def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help=f"benchmark data directory (default: ${DATA_DIR_ENV} or ../shared/data)")
-
-
-def data_dir(explicit: str | None = None) -> Path:
-    """The benchmark data directory: --data-dir, $TOOLKIT_DATA_DIR, or a ``shared/data`` beside the project."""
-    candidates = [explicit, os.environ.get(DATA_DIR_ENV)]
-    if not any(candidates):
-        here = Path(__file__).resolve()
-        candidates += [str(p / "shared" / "data") for p in (Path.cwd().parent, here.parents[3])]
-        candidates.append(str(Path.cwd() / "data"))
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    if explicit or os.environ.get(DATA_DIR_ENV):
-        raise UserError(f"{explicit or os.environ.get(DATA_DIR_ENV)}: data directory not found")
-    raise UserError(f"no data directory: pass --data-dir or set ${DATA_DIR_ENV} (e.g. ../shared/data)")
-
-
-def optional_data_dir(explicit: str | None = None) -> Path | None:
-    """:func:`data_dir` where one is needed only to look files up in (a relative task path): None when no
-    default is found; an explicit --data-dir or $TOOLKIT_DATA_DIR that does not exist is still an error."""
-    try:
-        return data_dir(explicit)
-    except UserError:
-        if explicit or os.environ.get(DATA_DIR_ENV):
-            raise
-        return None
-
-
-def default_calibration_file(explicit: str | None, data: str | None = None) -> Path:
-    if explicit:
-        return Path(explicit)
-    return data_dir(data) / "calibration" / "calibration.txt"

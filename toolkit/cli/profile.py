@@ -65,11 +65,11 @@ def run(args) -> int:
     from toolkit.progress import console, progress_bar
 
     name = args.name or _default_name(args.out)
-    from toolkit.profiles import _name  # validate before spending a minute measuring
+    from toolkit import schema  # validate before spending a minute measuring
 
     try:
-        _name(name)
-    except ValueError as exc:
+        schema.name(name)
+    except schema.Invalid as exc:
         from toolkit.errors import UserError
 
         raise UserError(f"--name: {exc}") from None
