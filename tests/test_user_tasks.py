@@ -260,6 +260,38 @@ def test_yaml_data_in_csv_and_parquet_reads_as_the_json_does(tmp_path):
         assert [(e.requests, e.label) for e in got] == [(e.requests, e.label) for e in want], builder
 
 
+def test_yaml_data_keeps_unicode_line_separators_multi_line_csv_fields_and_drops_a_bom(tmp_path):
+    text = 'doc_to_text: "Q: {{q}}\\nA:"\ndoc_to_choice: "{{[a, b]}}"\ndoc_to_target: y\n'
+    rows = [{"q": "Which\u2028is\x85red?", "a": "apple", "b": "sky", "y": 0}]
+    ex = load_task(get_task(str(_yaml(tmp_path, text, rows)))).examples
+    assert len(ex) == 1 and ex[0].requests[0][0] == "Q: Which\u2028is\x85red?\nA:"
+    (tmp_path / "rows.csv").write_bytes('\ufeffq,a,b,y\n"two\nlines",apple,sky,1\n'.encode())
+    path = tmp_path / "csv.yaml"
+    path.write_text(_yaml(tmp_path, text).read_text().replace("dataset_path: json", "dataset_path: csv")
+                    .replace("rows.jsonl", "rows.csv"))
+    ex = load_task(get_task(str(path))).examples
+    assert len(ex) == 1 and ex[0].requests[0] == ("Q: two\nlines\nA:", " apple") and ex[0].label == 1
+
+
+def test_unreadable_yaml_data_and_unknown_home_folders_are_one_line(tmp_path, capsys, model_must_not_load):
+    pytest.importorskip("pyarrow.parquet")
+    text = _yaml(tmp_path, BASIC).read_text()
+    (tmp_path / "rows.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    path = tmp_path / "pq.yaml"
+    path.write_text(text.replace("dataset_path: json", "dataset_path: parquet").replace("rows.jsonl", "rows.parquet"))
+    rc = main(["eval", "--model", "smollm2-135m", "--task", str(path)])
+    one_line_error(capsys, rc, "rows.parquet: not a readable Parquet file")
+    (tmp_path / "rows.csv").write_text("q,opts,y\n" + "x" * 200_000 + ",a,0\n")
+    path.write_text(text.replace("dataset_path: json", "dataset_path: csv").replace("rows.jsonl", "rows.csv"))
+    rc = main(["eval", "--model", "smollm2-135m", "--task", str(path)])
+    one_line_error(capsys, rc, "rows.csv:", "not readable CSV")
+    rc = main(["eval", "--model", "smollm2-135m", "--task", "~no-such-user-xyz/t.jsonl"])
+    one_line_error(capsys, rc, "~no-such-user-xyz/t.jsonl: cannot expand '~'")
+    path.write_text(text.replace("rows.jsonl", "~no-such-user-xyz/rows.jsonl"))
+    rc = main(["eval", "--model", "smollm2-135m", "--task", str(path)])
+    one_line_error(capsys, rc, "cannot expand '~'")
+
+
 def test_a_yaml_that_fixes_num_fewshot_0_refuses_another(tmp_path):
     task = get_task(str(_yaml(tmp_path, BASIC + "num_fewshot: 0\n")))
     with pytest.raises(UserError, match="sets num_fewshot: 0, which lm-eval never overrides"):

@@ -195,6 +195,14 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def expand_user(name: str | os.PathLike) -> Path:
+    """``Path(name).expanduser()``, with a name such as ``~nobody/x.jsonl`` (no such user) a one-line error."""
+    try:
+        return Path(name).expanduser()
+    except RuntimeError:
+        raise UserError(f"{name}: cannot expand '~' (no such user's home folder)") from None
+
+
 # ----------------------------------------------------------------------------------------------------
 # The benchmark data directory (tasks, calibration text): read through this setting, never committed.
 

@@ -63,6 +63,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from toolkit.errors import ConfigError, UserError
+from toolkit.fileio import expand_user
 from toolkit.tasks.metrics import METRICS
 
 TASK_VERSION = 1
@@ -186,7 +187,7 @@ TASK_FILE_SUFFIXES = (".jsonl", ".yaml", ".yml")
 
 def find_task_file(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Path:
     """A user's task file: the path as given (from the current folder), else under ``data_dir``."""
-    p = Path(name_or_path).expanduser()
+    p = expand_user(name_or_path)
     tried = [p]
     if not p.is_absolute() and data_dir is not None:
         tried.append(Path(data_dir) / p)
@@ -206,7 +207,7 @@ def get_task(name_or_path: str, data_dir: str | os.PathLike | None = None) -> Ta
     (relative paths: the current folder first, then ``data_dir``)."""
     if name_or_path in REGISTRY:
         return REGISTRY[name_or_path]
-    p = Path(name_or_path).expanduser()
+    p = expand_user(name_or_path)
     if p.suffix in TASK_FILE_SUFFIXES:
         path = find_task_file(p, data_dir)
         if p.suffix == ".jsonl":

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 import os
 import re
@@ -50,6 +51,7 @@ from typing import Any, Mapping
 import yaml
 
 from toolkit.errors import ConfigError, UserError
+from toolkit.fileio import expand_user
 from toolkit.tasks.metrics import METRICS
 
 # Keys of lm-eval's TaskConfig this reader uses, and those it accepts without effect (naming, grouping,
@@ -233,7 +235,7 @@ def _data_files(cfg: _Config, data_dir: str | os.PathLike | None) -> dict[str, t
             raise ConfigError(f"dataset_kwargs.data_files.{split}", "expected a file name or a list of them", where)
         paths = []
         for name in names:
-            p = Path(name).expanduser()
+            p = expand_user(name)
             found = [p] if p.is_absolute() else [b / p for b in bases]
             hit = next((c for c in found if c.is_file()), None)
             if hit is None:
@@ -385,16 +387,26 @@ def _read_rows(path: Path, builder: str) -> list[tuple[int, dict]]:
                 import pyarrow.parquet as pq
             except ImportError:
                 raise UserError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-            return [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())]
-        text = path.read_text(encoding="utf-8")
+            import pyarrow
+
+            try:
+                return [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+            except pyarrow.ArrowException as exc:
+                raise UserError(f"{path}: not a readable Parquet file ({' '.join(str(exc).split())[:120]})") from None
+        # utf-8-sig: a byte-order mark is not part of the first CSV header or JSON row
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise UserError(f"{path}: cannot read data file ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason})") from None
     rows: list[tuple[int, dict]] = []
     if builder == "csv":
-        reader = csv.DictReader(text.splitlines())
-        raw = [(reader.line_num, r) for r in reader]
+        # newline="": a quoted field may span lines (csv's own rule), and no other line break splits a row
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            raw = [(reader.line_num, r) for r in reader]
+        except csv.Error as exc:
+            raise ConfigError("<csv>", f"not readable CSV ({exc})", f"{path}:{reader.line_num}") from None
         cols = reader.fieldnames or []
         kinds = {}
         for c in cols:  # pandas' inference, as datasets' csv builder: a column of ints is int, of numbers float
@@ -420,7 +432,8 @@ def _read_rows(path: Path, builder: str) -> list[tuple[int, dict]]:
                 raise ConfigError(f"[{i}]", f"expected a JSON object per row, got {type(obj).__name__}", str(path))
             rows.append((i + 1, obj))
     else:
-        for n, line in enumerate(text.splitlines(), start=1):
+        # JSON Lines are split at "\n" only: U+2028 or U+0085 inside a string value is text, not a line break
+        for n, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
