@@ -292,6 +292,32 @@ def test_unreadable_yaml_data_and_unknown_home_folders_are_one_line(tmp_path, ca
     one_line_error(capsys, rc, "cannot expand '~'")
 
 
+@pytest.mark.parametrize("text,problem", [
+    (BASIC + "target_delimiter: null\n", "target_delimiter: expected str, got NoneType"),
+    (BASIC + "fewshot_config:\n  split: [test]\n", "fewshot_config.split: expected str, got list"),
+    (BASIC + "fewshot_config:\n  fewshot_delimiter: 3\n", "fewshot_config.fewshot_delimiter: expected str, got int"),
+    (BASIC.replace("doc_to_text: \"Q: {{q}}\\nA:\"", "doc_to_text: \"{{ q | regex_replace('(', '') }}\""),
+     "doc_to_text: template failed on this row (error"),
+    (BASIC.replace("doc_to_text: \"Q: {{q}}\\nA:\"", "doc_to_text: \"{{ 1 // 0 }}\""),
+     "doc_to_text: template failed on this row (ZeroDivisionError"),
+    (BASIC.replace("doc_to_target: y", "doc_to_target: [1, 1]"), "a choice is listed twice"),
+    (BASIC.replace("doc_to_target: y", "doc_to_target: \"\u00b2\""), "is neither a choice index nor one of the choices"),
+    (BASIC + "num_fewshot: 1\nfewshot_config:\n  samples: [{q: x}]\n",
+     "doc_to_choice: names the column 'opts', which this row does not have"),
+])
+def test_malformed_yaml_values_are_one_line_not_tracebacks(tmp_path, capsys, text, problem, model_must_not_load):
+    rc = main(["eval", "--model", "smollm2-135m", "--task", str(_yaml(tmp_path, text))])
+    one_line_error(capsys, rc, problem)
+
+
+def test_a_null_in_fewshot_config_inherits_the_tasks_value(tmp_path):
+    base = BASIC + "num_fewshot: 1\nfewshot_config:\n  sampler: first_n\n"
+    want = load_task(get_task(str(_yaml(tmp_path, base)))).examples
+    got = load_task(get_task(str(_yaml(tmp_path, base + "  doc_to_text: null\n  target_delimiter: null\n")))).examples
+    assert [e.requests for e in got] == [e.requests for e in want]
+    assert want[1].requests[0][0] == "Q: Which is red?\nA: apple\n\nQ: Which is blue?\nA:"
+
+
 def test_a_yaml_that_fixes_num_fewshot_0_refuses_another(tmp_path):
     task = get_task(str(_yaml(tmp_path, BASIC + "num_fewshot: 0\n")))
     with pytest.raises(UserError, match="sets num_fewshot: 0, which lm-eval never overrides"):

@@ -279,8 +279,8 @@ def read_task_yaml(path: Path, data_dir: str | os.PathLike | None = None):
     text = _template(cfg.values["doc_to_text"], "doc_to_text", w("doc_to_text"))
     choice = _template(cfg.values["doc_to_choice"], "doc_to_choice", w("doc_to_choice"), (str, list, dict))
     target = _template(cfg.values["doc_to_target"], "doc_to_target", w("doc_to_target"), (str, int, list))
-    tdel = _opt_str(cfg, "target_delimiter", " ")
-    fdel = _opt_str(cfg, "fewshot_delimiter", "\n\n")
+    tdel = _template(cfg.values.get("target_delimiter", " "), "target_delimiter", w("target_delimiter"))
+    fdel = _template(cfg.values.get("fewshot_delimiter", "\n\n"), "fewshot_delimiter", w("fewshot_delimiter"))
     description = _opt_str(cfg, "description", "") or ""
 
     fs = cfg.values.get("fewshot_config") or {}
@@ -290,6 +290,16 @@ def read_task_yaml(path: Path, data_dir: str | os.PathLike | None = None):
         if k not in FEWSHOT_KEYS:
             why = "refused: a Python function" if k == "process_docs" else "not supported"
             raise ConfigError(f"fewshot_config.{k}", why, w("fewshot_config"))
+    # A null in fewshot_config inherits the task's own value, as a missing key does.
+    fs = {k: v for k, v in fs.items() if v is not None}
+    main_value = {"doc_to_text": text, "doc_to_choice": choice, "doc_to_target": target,
+                  "target_delimiter": tdel, "fewshot_delimiter": fdel}
+    allowed = {"doc_to_text": (str,), "doc_to_choice": (str, list, dict), "doc_to_target": (str, int, list),
+               "target_delimiter": (str,), "fewshot_delimiter": (str,), "split": (str,), "sampler": (str,)}
+    for k, types in allowed.items():
+        if k in fs:
+            _template(fs[k], f"fewshot_config.{k}", w("fewshot_config"), types)
+    fs_value = {k: fs.get(k, v) for k, v in main_value.items()}
     sampler = fs.get("sampler", "default")
     if sampler not in ("default", "first_n"):
         raise ConfigError("fewshot_config.sampler", f"{sampler!r}: one of default, first_n", w("fewshot_config"))
@@ -341,10 +351,10 @@ def read_task_yaml(path: Path, data_dir: str | os.PathLike | None = None):
         path=cfg.path.resolve(), builder=builder, files=files, eval_split=eval_split, fewshot_split=pool_split,
         fewshot_samples=samples, fewshot_sampler=sampler, exclude_self=fs_split == splits["test_split"],
         doc_to_text=text, doc_to_choice=choice, doc_to_target=target,
-        fs_doc_to_text=fs.get("doc_to_text", text), fs_doc_to_choice=fs.get("doc_to_choice", choice),
-        fs_doc_to_target=fs.get("doc_to_target", target), description=description,
-        target_delimiter=tdel, fewshot_delimiter=fdel, fs_target_delimiter=fs.get("target_delimiter", tdel),
-        fs_fewshot_delimiter=fs.get("fewshot_delimiter", fdel), where=dict(cfg.where),
+        fs_doc_to_text=fs_value["doc_to_text"], fs_doc_to_choice=fs_value["doc_to_choice"],
+        fs_doc_to_target=fs_value["doc_to_target"], description=description,
+        target_delimiter=tdel, fewshot_delimiter=fdel, fs_target_delimiter=fs_value["target_delimiter"],
+        fs_fewshot_delimiter=fs_value["fewshot_delimiter"], where=dict(cfg.where),
     )
     # lm-eval never overrides a num_fewshot the YAML sets to 0 ("Manual configuration will be ignored"): the
     # toolkit refuses another value instead of ignoring it.
@@ -484,8 +494,22 @@ def _render(template: str, doc: dict, key: str, where: str) -> str:
         return _compiled(template).render(**doc)
     except TemplateError as exc:
         raise ConfigError(key, f"template failed on this row ({type(exc).__name__}: {exc})", where) from None
-    except (TypeError, ValueError, AttributeError, IndexError, KeyError) as exc:
+    except Exception as exc:  # anything a template does wrong on one row (re.error, ZeroDivisionError, ...)
         raise ConfigError(key, f"template failed on this row ({type(exc).__name__}: {exc})", where) from None
+
+
+def _column(doc: dict, column: str, key: str, where: str) -> Any:
+    """A doc_to_* that names a column of the evaluated split, on a row (a few-shot row from another split
+    or fewshot_config.samples) that may not have it."""
+    if column not in doc:
+        raise ConfigError(key, f"names the column {column!r}, which this row does not have", where)
+    return doc[column]
+
+
+def _is_index(s: str) -> bool:
+    """lm-eval reads a rendered ``"2"`` as the index 2 (``str.isdigit``); only ASCII digits are an index here
+    ("²" is a digit to ``isdigit`` and a SyntaxError to ``literal_eval``)."""
+    return s.isascii() and s.isdigit()
 
 
 @dataclass(frozen=True)
@@ -499,22 +523,22 @@ class _Docs:
         if isinstance(t, int):
             return t
         if t in self.features:
-            return doc[t]
+            return _column(doc, t, "doc_to_text", where)
         s = _render(t, doc, "doc_to_text", where)
-        return ast.literal_eval(s) if s.isdigit() and self.has_choice else s
+        return int(s) if _is_index(s) and self.has_choice else s
 
     def target(self, doc: dict, t: Any, where: str) -> Any:
         if isinstance(t, (int, list)):
             return t
         if t in self.features:
-            return doc[t]
+            return _column(doc, t, "doc_to_target", where)
         s = _render(t, doc, "doc_to_target", where)
-        if s.isdigit() and self.has_choice:
-            return ast.literal_eval(s)
+        if _is_index(s) and self.has_choice:
+            return int(s)
         if len(s) >= 2 and s[0] == "[" and s[-1] == "]":
             try:
                 return ast.literal_eval(s)
-            except (SyntaxError, ValueError):
+            except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
                 return s
         return s
 
@@ -524,12 +548,12 @@ class _Docs:
         elif isinstance(t, dict):
             out = list(t.values())
         elif t in self.features:
-            out = doc[t]
+            out = _column(doc, t, "doc_to_choice", where)
         else:
             s = _render(t, doc, "doc_to_choice", where)
             try:
                 out = ast.literal_eval(s)
-            except (SyntaxError, ValueError):
+            except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
                 raise ConfigError("doc_to_choice", f"rendered {s[:60]!r}, not a list literal", where) from None
         if not isinstance(out, list) or len(out) < 2 or not all(isinstance(c, str) and c for c in out):
             raise ConfigError("doc_to_choice", f"expected a list of at least 2 non-empty strings, got {str(out)[:80]}", where)
@@ -541,6 +565,8 @@ def _gold(target: Any, choices: list[str], where: str) -> tuple[int, ...] | int:
     if isinstance(target, list):
         if not target or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(choices) for i in target):
             raise ConfigError("doc_to_target", f"{target!r}: expected indices of the {len(choices)} choices", where)
+        if len(set(target)) != len(target):
+            raise ConfigError("doc_to_target", f"{target!r}: a choice is listed twice (mc2 would count it twice)", where)
         return tuple(target)
     if isinstance(target, bool):
         raise ConfigError("doc_to_target", f"{target!r}: expected a choice index or text", where)
@@ -606,7 +632,8 @@ def load_yaml_examples(task, num_fewshot: int, seed: int):
         if spec.description:
             desc = doc[spec.description] if spec.description in doc else _render(spec.description, doc, "description", where)
             desc = "" if desc is None else str(desc)
-        context = desc + "".join(_shot(docs, spec, s, where) for s in doc_shots) + q
+        shot_where = f"{pool_where if num_fewshot else where} (a few-shot row of {where})"
+        context = desc + "".join(_shot(docs, spec, s, shot_where) for s in doc_shots) + q
         golds = gold if isinstance(gold, tuple) else ()
         label = golds[0] if golds else gold
         line = int(where.rsplit(":", 1)[1])
