@@ -243,6 +243,19 @@ def test_a_yaml_include_is_merged_under_its_keys_and_cannot_cycle(tmp_path):
         get_task(str(tmp_path / "child.yaml"))
 
 
+def test_a_yaml_include_list_merges_in_order_and_merge_keys_are_not_duplicates(tmp_path):
+    _write(tmp_path / "rows.jsonl", [{"q": "x?", "opts": ["a", "b"], "y": 1}])
+    (tmp_path / "data.yaml").write_text("dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: rows.jsonl\n"
+                                        "test_split: test\noutput_type: multiple_choice\ntarget_delimiter: '='\n")
+    (tmp_path / "prompt.yaml").write_text(BASIC + "target_delimiter: '~'\n")
+    (tmp_path / "child.yaml").write_text("include: [data.yaml, prompt.yaml]\ntask: child\n")
+    assert load_task(get_task(str(tmp_path / "child.yaml"))).examples[0].requests[0] == ("Q: x?\nA:", "~a")
+    (tmp_path / "anchors.yaml").write_text(
+        "include: data.yaml\ntask: anchored\nfewshot_config: &fs\n  sampler: first_n\n  target_delimiter: '+'\n"
+        "metadata:\n  <<: *fs\n  sampler: default\n" + BASIC)
+    assert load_task(get_task(str(tmp_path / "anchors.yaml"))).task.name == "anchored"
+
+
 def test_yaml_data_in_csv_and_parquet_reads_as_the_json_does(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow as pa

@@ -94,6 +94,8 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden here
+                continue
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise _Problem(key_node.start_mark.line + 1, str(key), f"duplicate key (first on line {seen[key]})")
@@ -152,16 +154,22 @@ def _merged(path: Path, depth: int = 0, chain: tuple[Path, ...] = ()) -> _Config
     if "include" not in data:
         return _Config(data, where, path)
     inc = data.pop("include")
-    if not isinstance(inc, str):
-        raise ConfigError("include", f"expected a file name, got {type(inc).__name__}", where["include"])
-    target = (path.parent / inc).resolve()
-    if target in chain or target == path.resolve() or depth >= _INCLUDE_DEPTH:
-        raise ConfigError("include", f"{inc}: includes itself (a cycle)", where["include"])
-    if not target.is_file():
-        raise ConfigError("include", f"{inc}: file not found next to the YAML", where["include"])
-    base = _merged(target, depth + 1, chain + (path.resolve(),))
+    includes = inc if isinstance(inc, list) else [inc]  # lm-eval: one file or a list, merged in order
+    if not includes or not all(isinstance(i, str) and i for i in includes):
+        raise ConfigError("include", f"expected a file name or a list of them, got {str(inc)[:60]}", where["include"])
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name in includes:
+        target = (path.parent / expand_user(name)).resolve()
+        if target in chain or target == path.resolve() or depth >= _INCLUDE_DEPTH:
+            raise ConfigError("include", f"{name}: includes itself (a cycle)", where["include"])
+        if not target.is_file():
+            raise ConfigError("include", f"{name}: file not found next to the YAML", where["include"])
+        base = _merged(target, depth + 1, chain + (path.resolve(),))
+        values.update(base.values)
+        origins.update(base.where)
     where.pop("include")
-    return _Config({**base.values, **data}, {**base.where, **where}, path)
+    return _Config({**values, **data}, {**origins, **where}, path)
 
 
 # -- checked fields ----------------------------------------------------------------------------------
