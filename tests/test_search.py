@@ -247,3 +247,25 @@ def test_progress_mid_generation_reports_only_what_is_journaled(tmp_path, monkey
     counts = [st["evaluations"] for st in states]
     assert len(states) > 4 and counts == sorted(counts) and 0 < min(counts) < 8  # reported mid-generation
     assert counts[-1] == len(res.evaluations)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_an_accuracy_measured_before_the_search_is_used_not_regraded(tmp_path, parallel):
+    from toolkit.executors import LocalExecutor
+
+    graded = []
+
+    def counting(cfg):
+        graded.append(cfg.key())
+        return accuracy(cfg)
+
+    parent = SPACE.largest()
+    before = {"accuracy": 0.123, "accuracy_stderr": 0.01}
+    settings = SearchSettings(evals=24, population=12, seed=7)
+    executor = LocalExecutor(fn=counting)
+    executor.parallel = parallel  # the seam the Ray pool uses; the parent must not go to it either
+    s = Searcher(SPACE, settings, None, predict, tmp_path / "run", executor=executor, known={parent.key(): before})
+    result = s.run()
+    assert parent.key() not in graded and len(graded) >= 20
+    got = next(e for e in result.evaluations if e.key == parent.key())
+    assert got.metrics["accuracy"] == 0.123

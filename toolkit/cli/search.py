@@ -98,9 +98,10 @@ def _settings(args, profile):
         raise UserError(f"{_FLAGS.get(exc.field, exc.field)}: {exc.problem}") from None
 
 
-def _check_run_dir(args, settings) -> None:
+def _check_run_dir(args, settings) -> dict | None:
     """--out before anything loads: a run there needs --resume, and a resumed run.json must be readable
-    and have been searched with these settings (the rest of it is compared once the model is known)."""
+    and have been searched with these settings (the rest of it is compared once the model is known).
+    The run record being resumed, read once here; None for a new run."""
     from toolkit.errors import UserError
     from toolkit.search import check_same_split, read_run_record
 
@@ -108,13 +109,14 @@ def _check_run_dir(args, settings) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out: exists and is not a directory")
     if not (out / "run.json").exists():
-        return
+        return None
     if not args.resume:
         raise UserError(f"{out}: a search already lives here; pass --resume to continue it or choose another --out")
     record = read_run_record(out)
     if record["settings"] != settings.to_dict():
         raise UserError(f"{out / 'run.json'}: settings: differs from this invocation; resume with the original arguments")
     check_same_split(out / "run.json", record.get("meta", {}), args.split)
+    return record
 
 
 def _nothing_feasible(result, settings) -> str:
@@ -135,7 +137,7 @@ def _nothing_feasible(result, settings) -> str:
             "the front in pareto.json is empty")
 
 
-def _metric(args, subset) -> str:
+def _metric(args, subset, resumed: dict | None) -> str:
     """The accuracy objective: --metric, or the task's first lm-eval metric; warns once when rows carry
     several true answers that it ignores."""
     from toolkit.errors import UserError
@@ -147,32 +149,29 @@ def _metric(args, subset) -> str:
         missing = next(e for e in subset.examples if not e.golds)
         raise UserError(f"--metric mc2: {subset.file}:{missing.line}: the row has no labels (mc2 scores several true "
                         "answers per row, given as labels: one 0/1 per choice)")
-    run_json = Path(args.out) / "run.json"
-    if args.resume and run_json.exists():  # before the model loads: the journal's accuracies are of one metric
-        from toolkit.search import read_run_record
-
-        was = read_run_record(Path(args.out))["meta"].get("metric", "acc")
+    if resumed is not None:  # before the model loads: the journal's accuracies are of one metric
+        was = resumed["meta"].get("metric", "acc")
         if was != metric:
-            raise UserError(f"{run_json}: meta.metric: was {was!r}, now {metric!r}; resume with --metric {was}")
+            raise UserError(f"{Path(args.out) / 'run.json'}: meta.metric: was {was!r}, now {metric!r}; resume with --metric {was}")
     warning = labels_warning(subset, [metric])
     if warning:
         print(warning, file=sys.stderr)
     return metric
 
 
-def _chance_guard(args, graded, space, subset, metric):
+def _chance_guard(args, graded, space, subset, metric, resumed: dict | None):
     """(the guard's record for run.json, the parent's metrics when measured here).
 
     The parent is graded on the search subset first; within two standard errors of chance (the expected
     ``metric`` of uniform guessing) the task cannot tell sub-networks apart, and the search refuses to
-    start unless --allow-chance. A resumed run reuses the record its first start wrote."""
+    start unless --allow-chance. A resumed run reuses the record its first start wrote (of the same
+    metric: :func:`_metric` refused another)."""
     from toolkit.errors import UserError
-    from toolkit.search import read_run_record
     from toolkit.tasks.metrics import at_chance
 
-    old = read_run_record(Path(args.out))["meta"].get("chance_guard") if args.resume and (Path(args.out) / "run.json").exists() else None
+    old = resumed["meta"].get("chance_guard") if resumed is not None else None
     parent_metrics = None
-    if old and old.get("metric") == metric:
+    if old:
         guard = old
     else:
         parent_metrics = graded(space.largest())
@@ -219,7 +218,7 @@ def run(args) -> int:
                         f"not for the profile {profile.name!r} being searched for")
     # The speed objective is the profile's engine's speed: a predictor timed in another engine is not it.
     predictor.check_engine(profile, where=args.predictor)
-    _check_run_dir(args, settings)
+    resumed = _check_run_dir(args, settings)
     executor = None
     if spec.parallel:  # Ray missing or the cluster unreachable: one line, before the model loads
         executor = RayExecutor(None, spec)
@@ -229,7 +228,7 @@ def run(args) -> int:
     task_data = load_task(get_task(args.task, root), root).split(args.split)
     limit = args.limit or None
     subset = task_data.select(limit, args.seed)  # the examples every candidate is graded on
-    metric = _metric(args, subset)
+    metric = _metric(args, subset, resumed)
 
     def check_lengths(tokenizer, max_length):
         cut = check_task_lengths(subset, tokenizer, max_length)
@@ -249,11 +248,11 @@ def run(args) -> int:
 
     accuracy = None
     graded = accuracy_fn(loaded, importance, task_data, limit, args.seed, args.eval_threads, metric)
-    guard, parent_metrics = _chance_guard(args, graded, space, subset, metric)
+    guard, parent_metrics = _chance_guard(args, graded, space, subset, metric, resumed)
+    # The guard measured the parent already: the search (local or on Ray workers) uses that, not a regrade.
+    known = {space.largest().key(): parent_metrics} if parent_metrics else None
     if executor is None:
-        parent_key = space.largest().key()
-        # The guard measured the parent already: the search reuses that result instead of grading it twice.
-        accuracy = (lambda cfg: parent_metrics if cfg.key() == parent_key else graded(cfg)) if parent_metrics else graded
+        accuracy = graded
     else:  # each worker loads the model once; the examples and the importance ordering travel with it
         executor.factory = AccuracyWorker(model_reference(args.model), loaded.model_hash, args.eval_dtype or profile.runtime.dtype,
                                           profile.runtime.device, importance, task_data, limit, args.seed,
@@ -280,7 +279,7 @@ def run(args) -> int:
                            info=f"gen {state['generation']}  front {state['front']}  best acc {state['best_accuracy']:.3f}")
 
             searcher = Searcher(space, settings, accuracy, predictor.predict, args.out, meta=meta, resume=args.resume,
-                                on_progress=on_progress, executor=executor)
+                                on_progress=on_progress, executor=executor, known=known)
             result = searcher.run()
     finally:
         if executor is not None:

@@ -367,10 +367,12 @@ class Searcher:
 
     def __init__(self, space: SearchSpace, settings: SearchSettings, accuracy_fn: AccuracyFn | None, predict_fn: PredictFn,
                  run_dir: str | Path, meta: Mapping[str, Any] | None = None, resume: bool = False,
-                 on_progress: Callable[[dict[str, Any]], None] | None = None, executor=None):
+                 on_progress: Callable[[dict[str, Any]], None] | None = None, executor=None,
+                 known: Mapping[str, Mapping[str, float]] | None = None):
         """``accuracy_fn`` runs in this process; or pass ``executor`` (:mod:`toolkit.executors`, e.g. a
         Ray pool whose workers build the accuracy function themselves) and ``accuracy_fn=None``.
-        The executor is not started or closed here: its owner does that."""
+        The executor is not started or closed here: its owner does that. ``known`` maps a config key to
+        accuracy metrics measured before the search (the chance guard's parent): used, not re-graded."""
         from toolkit.executors import LocalExecutor
 
         if (accuracy_fn is None) == (executor is None):
@@ -389,6 +391,7 @@ class Searcher:
         self.new_evaluations = 0
         self._visited: set[str] = set()  # keys reached in this (possibly replayed) trajectory
         self._parent_key = space.largest().key()
+        self._known = {k: dict(v) for k, v in (known or {}).items()}
 
     # -- run directory ----------------------------------------------------------------------------
     def _run_record(self) -> dict[str, Any]:
@@ -457,9 +460,13 @@ class Searcher:
             # so its accuracy is measured even when it is over the constraints.
             p.needs_accuracy = p.error is None and (p.violation == 0.0 or key == self._parent_key)
             p.predict_seconds = time.perf_counter() - t0
+            if p.needs_accuracy and key in self._known:
+                from toolkit.executors import Outcome
+
+                p.outcome = Outcome("ok", value=dict(self._known[key]), worker={"measured": "before the search"})
             pending[key] = p
             slots.append(p)
-        jobs = [p for p in pending.values() if p.needs_accuracy]
+        jobs = [p for p in pending.values() if p.needs_accuracy and p.outcome is None]
         if self.executor.parallel:  # longest first: a generation ends when its slowest job does
             jobs.sort(key=lambda p: -p.metrics.get("params", 0.0))
         order = [p for p in slots if isinstance(p, _Pending)]
