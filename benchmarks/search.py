@@ -116,12 +116,13 @@ def main() -> None:
     })
     # The plot: both searches' evaluations and fronts.
     from toolkit.report import plot_pareto
+    from toolkit.search import axis_labels
 
     ev_n = load_evaluations(work / "nsga2")
     ev_r = load_evaluations(work / "random")
     fr_r = pareto_front(ev_r, ["accuracy", "decode_tokens_per_s"])
     plot_pareto(_common.RESULTS / f"{args.name}.png", ev_n, pareto_front(ev_n, ["accuracy", "decode_tokens_per_s"]),
-                ["accuracy", "decode_tokens_per_s"],
+                ["accuracy", "decode_tokens_per_s"], labels=axis_labels(["accuracy", "decode_tokens_per_s"]),
                 parent=next((e for e in ev_n if e.key == space.largest().key()), None),
                 baselines={"random search front": [(e.metrics["decode_tokens_per_s"], e.metrics["accuracy"]) for e in
                                                    sorted(fr_r, key=lambda e: e.metrics["decode_tokens_per_s"])]},

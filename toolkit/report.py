@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 
 def plot_pareto(path: str | Path, evals: Sequence, front: Sequence, objectives: Sequence[str], parent=None,
-                baselines: dict[str, Sequence] | None = None, title: str | None = None) -> Path:
-    """Scatter of all evaluations, the front as a step line, the parent as a star; PNG written atomically."""
+                baselines: dict[str, Sequence] | None = None, title: str | None = None,
+                labels: Mapping[str, str] | None = None) -> Path:
+    """Scatter of all evaluations, the front as a step line, the parent as a star; PNG written atomically.
+
+    ``labels`` names each objective's axis (``toolkit.search.axis_labels``: the label and its direction);
+    by default the objective's own name. The plot reads what it is given and imports no stage."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from toolkit.search import OBJECTIVES
-
+    labels = dict(labels or {})
     x_name, y_name = objectives[1], objectives[0]  # speed/size on x, accuracy on y
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     feas = [e for e in evals if e.feasible]
@@ -36,8 +39,8 @@ def plot_pareto(path: str | Path, evals: Sequence, front: Sequence, objectives: 
     if parent is not None and x_name in parent.metrics and y_name in parent.metrics:
         ax.scatter([parent.metrics[x_name]], [parent.metrics[y_name]], marker="*", s=220, c="gold",
                    edgecolors="k", zorder=5, label="parent")
-    ax.set_xlabel(OBJECTIVES[x_name].label + (" (higher is better)" if OBJECTIVES[x_name].higher_is_better else " (lower is better)"))
-    ax.set_ylabel(OBJECTIVES[y_name].label)
+    ax.set_xlabel(labels.get(x_name, x_name))
+    ax.set_ylabel(labels.get(y_name, y_name))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "Search: accuracy vs. speed")

@@ -20,7 +20,7 @@ EXAMPLES = """examples:
 def register(sub) -> None:
     from toolkit.cli.common import non_negative_int, positive_int
 
-    p = sub.add_parser("export", help="stage 4: export a sub-network (hf, onnx, gptq) with a manifest", epilog=EXAMPLES,
+    p = sub.add_parser("export", help="stage 4: export a sub-network (hf, onnx, gptq, gguf) with a manifest", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", help="search run directory (reads its pareto.json)")
     p.add_argument("--pick", default="0",

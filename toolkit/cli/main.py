@@ -15,18 +15,19 @@ import importlib
 import shlex
 import sys
 
-# The data flow, in order: profile -> calibrate -> search -> export (+ the tools around it).
+# The data flow, in order: profile -> calibrate -> (finetune) -> search -> export, each stage followed by
+# the command that reads its file; then the tools around them.
 SUBCOMMANDS = (
-    "info",
     "profile",
     "calibrate",
     "predict",
-    "eval",
     "finetune",
     "search",
     "report",
     "export",
     "verify",
+    "info",
+    "eval",
 )
 
 
@@ -53,13 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"toolkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"toolkit.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"toolkit.cli.{name}":
-                continue  # not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"toolkit.cli.{name}").register(sub)
     return parser
 
 

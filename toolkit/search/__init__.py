@@ -73,6 +73,13 @@ OBJECTIVES = {
 }
 
 
+def axis_labels(objectives: Sequence[str]) -> dict[str, str]:
+    """Each objective's axis label for a plot: what it is and, for the speed/size axis, its direction."""
+    return {o: OBJECTIVES[o].label + ("" if i == 0 else (" (higher is better)" if OBJECTIVES[o].higher_is_better
+                                                        else " (lower is better)"))
+            for i, o in enumerate(objectives)}
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """Everything that determines a search's trajectory (checked on resume)."""
@@ -709,7 +716,7 @@ def write_outputs(run_dir: Path, evals: Sequence[Evaluation], front: Sequence[Ev
         from toolkit.report import plot_pareto
     except ImportError:  # pragma: no cover - report needs matplotlib
         return
-    plot_pareto(run_dir / "pareto.png", evals, front, objectives, parent)
+    plot_pareto(run_dir / "pareto.png", evals, front, objectives, parent, labels=axis_labels(objectives))
 
 
 def load_evaluations(run_dir: str | Path) -> list[Evaluation]:
