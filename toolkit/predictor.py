@@ -47,7 +47,8 @@ import numpy as np
 from toolkit.engines import ENGINES as _ENGINE_REGISTRY
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import atomic_write_json
-from toolkit.space import ParentShape, SearchSpace, SubnetConfig, parse_json, read_text_file
+from toolkit.schema import parse_json, read_text_file
+from toolkit.space import ParentShape, SearchSpace, SubnetConfig
 
 PREDICTOR_VERSION = 1
 TARGETS = ("prefill_ms", "decode_ms_per_token", "peak_mem_bytes")

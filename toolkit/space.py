@@ -33,41 +33,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from toolkit.errors import ConfigError
+from toolkit.schema import parse_json, read_text_file
 from toolkit.fileio import sha256_json
 
 SUBNET_VERSION = 1
 SPACE_VERSION = 1
-
-
-def read_text_file(path: str | os.PathLike) -> str:
-    """The UTF-8 text of a file the user named; a one-line :class:`ConfigError` if it cannot be read
-    or is not text (a binary file passed as a JSON config)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ConfigError("<file>", f"cannot read ({exc.strerror})", str(path)) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError("<file>", f"not a UTF-8 text file (byte {exc.start}: {exc.reason}); expected JSON", str(path)) from None
-
-
-def parse_json(text: str, file: str | None = None) -> Any:
-    """``json.loads`` with one-line errors; a key repeated within one object is an error, not last-wins."""
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise ConfigError(k, "appears twice in one object", file)
-            out[k] = v
-        return out
-
-    try:
-        return json.loads(text, object_pairs_hook=no_duplicates)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"line {exc.lineno}", f"invalid JSON ({exc.msg})", file) from None
-    except RecursionError:
-        raise ConfigError("<root>", "JSON nested too deeply", file) from None
 
 
 def _ints(name: str, value: Any, file: str | None) -> tuple[int, ...]:

@@ -31,7 +31,7 @@ TRUST_HINT = "pass --trust-remote-code to run the folder's own code anyway"
 
 def read_config(folder: Path) -> dict[str, Any]:
     """``config.json`` of an artifact folder, as a validated JSON object."""
-    from toolkit.space import parse_json, read_text_file
+    from toolkit.schema import parse_json, read_text_file
 
     path = Path(folder) / "config.json"
     if not path.is_file():

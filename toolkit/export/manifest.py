@@ -114,7 +114,7 @@ class Manifest:
 
     @classmethod
     def read(cls, folder: Path) -> "Manifest":
-        from toolkit.space import parse_json, read_text_file
+        from toolkit.schema import parse_json, read_text_file
 
         path = Path(folder) / MANIFEST
         if not path.is_file():

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from toolkit.errors import ConfigError, UserError
-from toolkit.space import SubnetConfig, parse_json, read_text_file
+from toolkit.schema import parse_json, read_text_file
+from toolkit.space import SubnetConfig
 
 PARETO_FILE = "pareto.json"
 PARETO_VERSION = 1
