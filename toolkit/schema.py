@@ -30,7 +30,7 @@ import yaml
 from toolkit.errors import ConfigError
 
 __all__ = ["Invalid", "show", "number", "positive", "positive_bytes", "nonnegative", "count", "optional", "text",
-           "free_text", "flag", "choice", "name", "date", "int_list", "checked", "Record", "read_text_file",
+           "free_text", "flag", "choice", "name", "date", "checked", "Record", "read_text_file",
            "parse_json", "parse_yaml", "check_duplicate_keys"]
 
 
@@ -196,16 +196,6 @@ class Record:
             v = getattr(self, f.name)
             out[f.name] = dict(v) if isinstance(v, dict) else v
         return out
-
-
-def int_list(v: Any) -> tuple[int, ...]:
-    """A list of integers (booleans refused); the failing index is the sub-field."""
-    if not isinstance(v, (list, tuple)):
-        raise Invalid(f"expected a list of integers, got {show(v)}")
-    for i, x in enumerate(v):
-        if isinstance(x, bool) or not isinstance(x, int):
-            raise Invalid(f"expected an integer, got {show(x)}", subfield=f"[{i}]")
-    return tuple(v)
 
 
 def read_text_file(path: str | os.PathLike, expected: str = "JSON") -> str:

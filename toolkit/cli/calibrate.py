@@ -9,7 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from toolkit.cli.common import add_data_dir_arg, add_model_arg, default_calibration_file
+from toolkit.cli.common import add_data_dir_arg, add_model_arg
+from toolkit.fileio import default_calibration_file
 
 EXAMPLES = """examples:
   toolkit calibrate --profile run/profile.yaml --model smollm2-135m --samples 16 --out run/predictor.json

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-from toolkit.fileio import DATA_DIR_ENV, data_dir, default_calibration_file, optional_data_dir  # noqa: F401 (re-exported for the subcommands)
+from toolkit.fileio import DATA_DIR_ENV
 
 
 def _number(kind, low: float | None, high: float | None, low_open: bool = False):

@@ -8,7 +8,8 @@ import argparse
 import json
 import sys
 
-from toolkit.cli.common import add_data_dir_arg, add_model_arg, default_calibration_file
+from toolkit.cli.common import add_data_dir_arg, add_model_arg
+from toolkit.fileio import default_calibration_file
 
 EXAMPLES = """examples:
   toolkit eval --model smollm2-135m --task arc_easy --limit 200          # seeded fixed subset (search)
@@ -219,7 +220,7 @@ def run(args) -> int:
         raise UserError("eval: pass --task NAME[,NAME...] or --text FILE (see --list)")
     _check_numbers(args)
     _check_engine(args)
-    from toolkit.cli.common import data_dir, optional_data_dir
+    from toolkit.fileio import data_dir, optional_data_dir
     from toolkit.tasks import FEWSHOT_SEED, labels_warning, load_task
 
     tasks = _tasks(args, optional_data_dir(args.data_dir))

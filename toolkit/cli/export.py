@@ -60,7 +60,7 @@ def run_profile_ref(pareto) -> str | None:
 
 
 def run(args) -> int:
-    from toolkit.cli.common import data_dir, default_calibration_file
+    from toolkit.fileio import data_dir, default_calibration_file
     from toolkit.errors import UserError
     from toolkit.export import ExportRequest, parse_formats, plan_formats
     from toolkit.space import SubnetConfig

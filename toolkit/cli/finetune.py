@@ -81,7 +81,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from toolkit.cli.common import data_dir, default_calibration_file
+    from toolkit.fileio import data_dir, default_calibration_file
     from toolkit.finetune import FinetuneConfig, auto_precision, finetune
     from toolkit.profiles import check_device, load_profile
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from toolkit.cli.common import add_data_dir_arg, default_calibration_file
+from toolkit.cli.common import add_data_dir_arg
+from toolkit.fileio import default_calibration_file
 
 EXAMPLES = """examples:
   toolkit info smollm2-135m

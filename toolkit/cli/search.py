@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from toolkit.cli.common import add_data_dir_arg, add_model_arg, default_calibration_file
+from toolkit.cli.common import add_data_dir_arg, add_model_arg
+from toolkit.fileio import default_calibration_file
 
 EXAMPLES = """examples:
   toolkit search --model smollm2-135m --profile run/profile.yaml --predictor run/predictor.json \\
@@ -199,7 +200,7 @@ def run(args) -> int:
     from toolkit.errors import UserError
     from toolkit.profiles import load_profile
     from toolkit.search import Searcher
-    from toolkit.cli.common import data_dir
+    from toolkit.fileio import data_dir
     from toolkit.tasks import get_task, load_task
 
     # Every argument is checked before the model loads and before anything is written.
