@@ -29,9 +29,11 @@ import yaml
 
 from toolkit.errors import ConfigError
 
-__all__ = ["Invalid", "show", "number", "positive", "positive_bytes", "nonnegative", "count", "optional", "text",
-           "free_text", "flag", "choice", "name", "date", "checked", "Record", "read_text_file",
-           "parse_json", "parse_yaml", "check_duplicate_keys"]
+__all__ = ["Invalid", "MISSING", "show", "number", "positive", "positive_bytes", "nonnegative", "count", "integer",
+           "integers", "optional", "text", "string", "strings", "free_text", "flag", "choice", "name", "date", "get",
+           "checked", "Record", "read_text_file", "parse_json", "parse_yaml", "check_duplicate_keys"]
+
+MISSING = "missing required field"  # the one wording for an absent required field
 
 
 class Invalid(ValueError):
@@ -39,6 +41,13 @@ class Invalid(ValueError):
         super().__init__(problem)
         self.problem = problem
         self.subfield = subfield
+
+
+def subpath(path: str, subfield: str | None) -> str:
+    """``path`` extended by a sub-field: ``mlp`` + ``[2]`` -> ``mlp[2]``, ``gpu`` + ``name`` -> ``gpu.name``."""
+    if not subfield:
+        return path
+    return f"{path}{subfield}" if subfield.startswith("[") else f"{path}.{subfield}"
 
 
 def show(v: Any) -> str:
@@ -94,6 +103,32 @@ def count(v: Any) -> int:
     return v
 
 
+def integer(v: Any) -> int:
+    """Any integer (numpy's too), not a boolean."""
+    if isinstance(v, bool) or not isinstance(v, (int, _np_integer())):
+        raise Invalid(f"expected an integer, got {v!r}")
+    return int(v)
+
+
+def integers(v: Any) -> tuple[int, ...]:
+    """A list of integers, as a tuple; the bad entry is named by its index."""
+    if not isinstance(v, (list, tuple)):
+        raise Invalid(f"expected a list of integers, got {type(v).__name__}")
+    out = []
+    for i, x in enumerate(v):
+        try:
+            out.append(integer(x))
+        except Invalid as bad:
+            raise Invalid(bad.problem, f"[{i}]") from None
+    return tuple(out)
+
+
+def _np_integer() -> type:
+    import numpy as np  # numpy is a core dependency; imported here so schema stays cheap to import
+
+    return np.integer
+
+
 def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def opt(v: Any) -> Any:
         return None if v is None else check(v)
@@ -107,6 +142,33 @@ def text(v: Any) -> str:
     v = " ".join(v.split())
     if not v:
         raise Invalid("must not be empty")
+    return v
+
+
+def string(allow_empty: bool = True) -> Callable[[Any], str]:
+    """A string kept exactly as written (task text: whitespace matters)."""
+
+    def check(v: Any) -> str:
+        if not isinstance(v, str):
+            raise Invalid(f"expected a string, got {type(v).__name__}")
+        if not allow_empty and not v:
+            raise Invalid("must not be empty")
+        return v
+
+    return check
+
+
+def strings(v: Any) -> list[str]:
+    """A non-empty list of non-empty strings, kept exactly as written."""
+    if not isinstance(v, list):
+        raise Invalid(f"expected a list of strings, got {type(v).__name__}")
+    if not v:
+        raise Invalid("must not be empty")
+    for i, s in enumerate(v):
+        if not isinstance(s, str):
+            raise Invalid(f"expected a string, got {type(s).__name__}", f"[{i}]")
+        if not s:
+            raise Invalid("must not be an empty string", f"[{i}]")
     return v
 
 
@@ -154,6 +216,20 @@ def date(v: Any) -> str:
     return v
 
 
+def get(obj: Any, key: str, check: Callable[[Any], Any], where: str | None = None,
+        default: Any = dataclasses.MISSING) -> Any:
+    """``check(obj[key])``, or ``default`` when the key is absent (required when there is no default); a
+    failed check is one :class:`ConfigError` naming ``key`` (and the bad sub-field) in ``where``."""
+    if key not in obj:
+        if default is dataclasses.MISSING:
+            raise ConfigError(key, MISSING, where)
+        return default
+    try:
+        return check(obj[key])
+    except Invalid as bad:
+        raise ConfigError(subpath(key, bad.subfield), bad.problem, where) from None
+
+
 def checked(fn: Callable[[Any], Any], default: Any = dataclasses.MISSING, **kw) -> Any:
     if default is dataclasses.MISSING and "default_factory" not in kw:
         return field(metadata={"check": fn})
@@ -174,7 +250,7 @@ class Record:
                 object.__setattr__(self, f.name, check(getattr(self, f.name)))
             except Invalid as bad:
                 path = f"{self._SECTION}.{f.name}" if self._SECTION else f.name
-                raise ConfigError(f"{path}.{bad.subfield}" if bad.subfield else path, bad.problem) from None
+                raise ConfigError(subpath(path, bad.subfield), bad.problem) from None
 
     @classmethod
     def from_mapping(cls, d: Any, path: str):
@@ -187,7 +263,7 @@ class Record:
         for f in dataclasses.fields(cls):
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if required and f.name not in d:
-                raise ConfigError(f"{path}.{f.name}", "required field is missing")
+                raise ConfigError(f"{path}.{f.name}", MISSING)
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from toolkit.errors import ConfigError
+from toolkit import schema
 from toolkit.schema import parse_json, read_text_file
 from toolkit.fileio import sha256_json
 
@@ -40,14 +41,7 @@ SPACE_VERSION = 1
 
 
 def _ints(name: str, value: Any, file: str | None) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)):
-        raise ConfigError(name, f"expected a list of integers, got {type(value).__name__}", file)
-    out = []
-    for i, v in enumerate(value):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ConfigError(f"{name}[{i}]", f"expected an integer, got {v!r}", file)
-        out.append(int(v))
-    return tuple(out)
+    return schema.get({name: value}, name, schema.integers, file)
 
 
 @dataclass(frozen=True)

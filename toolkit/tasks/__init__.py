@@ -62,6 +62,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from toolkit import schema
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import expand_user
 from toolkit.tasks.metrics import METRICS
@@ -361,30 +362,11 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
 
 
 def _string(obj: dict, key: str, where: str, allow_empty: bool = True) -> str:
-    if key not in obj:
-        raise ConfigError(key, "missing required field", where)
-    v = obj[key]
-    if not isinstance(v, str):
-        raise ConfigError(key, f"expected a string, got {type(v).__name__}", where)
-    if not allow_empty and not v:
-        raise ConfigError(key, "must not be empty", where)
-    return v
+    return schema.get(obj, key, schema.string(allow_empty), where)
 
 
 def _strings(obj: dict, key: str, where: str) -> list[str]:
-    if key not in obj:
-        raise ConfigError(key, "missing required field", where)
-    v = obj[key]
-    if not isinstance(v, list):
-        raise ConfigError(key, f"expected a list of strings, got {type(v).__name__}", where)
-    if not v:
-        raise ConfigError(key, "must not be empty", where)
-    for i, s in enumerate(v):
-        if not isinstance(s, str):
-            raise ConfigError(f"{key}[{i}]", f"expected a string, got {type(s).__name__}", where)
-        if not s:
-            raise ConfigError(f"{key}[{i}]", "must not be an empty string", where)
-    return v
+    return schema.get(obj, key, schema.strings, where)
 
 
 def _labels(obj: dict, num_choices: int, label: int, where: str) -> tuple[int, ...]:
@@ -409,13 +391,15 @@ def _labels(obj: dict, num_choices: int, label: int, where: str) -> tuple[int, .
 
 
 def _label(obj: dict, num_choices: int, where: str) -> int:
-    if "label" not in obj:
-        raise ConfigError("label", "missing required field", where)
-    v = obj["label"]
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError("label", f"expected an integer choice index, got {v!r}", where)
+    v = schema.get(obj, "label", _label_index, where)
     if not 0 <= v < num_choices:
         raise ConfigError("label", f"{v} is out of range for {num_choices} choices", where)
+    return v
+
+
+def _label_index(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise schema.Invalid(f"expected an integer choice index, got {v!r}")
     return v
 
 

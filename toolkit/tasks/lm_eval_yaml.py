@@ -50,6 +50,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from toolkit import schema
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import expand_user
 from toolkit.tasks.metrics import METRICS
@@ -182,9 +183,7 @@ def _check_keys(cfg: _Config) -> None:
 
 
 def _opt_str(cfg: _Config, key: str, default: str | None = None) -> str | None:
-    v = cfg.values.get(key, default)
-    if v is not None and not isinstance(v, str):
-        raise ConfigError(key, f"expected a string, got {type(v).__name__}", cfg.where.get(key, str(cfg.path)))
+    v = schema.get(cfg.values, key, schema.optional(schema.string()), cfg.where.get(key, str(cfg.path)), default)
     return v
 
 
