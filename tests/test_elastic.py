@@ -13,8 +13,13 @@ import torch
 from toolkit.elastic import default_space, extract, parent_shape, save_subnet
 from toolkit.errors import ConfigError, UserError
 from toolkit.importance import Importance
-from toolkit.models.compat import cache_kwargs, output_cache
+from toolkit.models.compat import cache_kwargs
 from toolkit.space import SubnetConfig
+
+
+def output_cache(output):
+    """The KV cache of a model output, under its new name (``cache``) or its old one (transformers < 5)."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 class _Identity(torch.nn.Module):

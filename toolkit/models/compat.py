@@ -2,7 +2,7 @@
 
 transformers 5.x renamed the forward argument and output field ``past_key_values`` to ``cache``; the old
 name still works but warns on every call (``FutureWarning``: removed in 5.40), which would reach users of
-``toolkit eval`` and ``toolkit search``. These two helpers pick whichever name the installed release uses,
+``toolkit eval`` and ``toolkit search``. These helpers pick whichever name the installed release uses,
 so the toolkit works, silently, on both sides of the rename.
 """
 
@@ -22,9 +22,3 @@ def cache_kwargs(module, cache) -> dict[str, Any]:
     """``{"cache": cache}`` or ``{"past_key_values": cache}``, as ``module.forward`` names it."""
     return {cache_arg_name(module): cache}
 
-
-def output_cache(output):
-    """The KV cache of a model output, under its new name (``cache``) or its old one."""
-    if "cache" in output:
-        return output["cache"]
-    return output["past_key_values"]

@@ -27,7 +27,7 @@ import math
 import os
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,6 @@ class LoadedModel:
     model_hash: str
     folder: Path  # the HF folder the weights were loaded from (the cache folder for GGUF)
     load_seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def config(self):
