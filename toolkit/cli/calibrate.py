@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--profile", help="device profile (name in profiles/ or a YAML file)")
     p.add_argument("--samples", type=int, default=16, help="sub-networks to measure (0: roofline prior only)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sub-networks chosen to time (default 0)")
     p.add_argument("--refit", default=None, help="refit an existing predictor JSON from its saved measurements")
     p.add_argument("--calibration", default=None, help="calibration text for importance")
     p.add_argument("--out", required=True, help="predictor JSON to write")

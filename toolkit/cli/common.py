@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-
+import json
+import logging
+import sys
+from typing import Any, Mapping
 
 from toolkit.fileio import DATA_DIR_ENV
 
@@ -42,3 +45,60 @@ def add_model_arg(parser: argparse.ArgumentParser, required: bool = True) -> Non
 
 def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help=f"benchmark data directory (default: ${DATA_DIR_ENV} or ../shared/data)")
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    """``--json``, ``-v`` and ``-q``, the same on every subcommand (added by ``cli.main`` to each one)."""
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", action="store_true",
+                     help="print the command's result as one JSON object on stdout (default: a table for people)")
+    out.add_argument("-v", "--verbose", action="count", default=0,
+                     help="more messages on stderr (-v: debug messages of the toolkit, -vv: also of its libraries)")
+    out.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr, no progress bars")
+
+
+def has_option(parser: argparse.ArgumentParser, option: str) -> bool:
+    return any(option in a.option_strings for a in parser._actions)
+
+
+def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Messages of the ``toolkit`` loggers go to stderr (stdout is the command's result): INFO by default,
+    WARNING with ``-q``, DEBUG with ``-v``; ``-vv`` also shows the libraries' DEBUG messages."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s" if level > logging.DEBUG else "%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("toolkit")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    if verbose >= 2:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, force=True)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a message is logged (not when the handler was made)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def emit(args: argparse.Namespace, result: Mapping[str, Any], title: str | None = None) -> None:
+    """A command's result on stdout: one JSON object with ``--json``, else a two-column table."""
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False)
+    for k, v in result.items():
+        t.add_row(str(k), json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+    Console().print(t)

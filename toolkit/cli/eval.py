@@ -69,7 +69,6 @@ def register(sub) -> None:
                         "when other jobs share the cores)")
     p.add_argument("--calibration", default=None, help="calibration text for importance (--subnet)")
     p.add_argument("--per-example", action="store_true", help="include per-example log-likelihoods in the JSON")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", default=None, help="also write the JSON record to this file (atomically)")
     p.add_argument("--list", action="store_true", help="list the registered tasks and exit")
     add_data_dir_arg(p)

@@ -20,7 +20,6 @@ def register(sub) -> None:
     p.add_argument("model", nargs="?", default="smollm2-135m", help="HF folder, .gguf file, or 'smollm2-135m'")
     p.add_argument("--calibration", default=None, help="calibration text for importance (default: <data-dir>/calibration/calibration.txt)")
     p.add_argument("--no-importance", action="store_true", help="skip importance (layer order falls back to position)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_data_dir_arg(p)
     p.set_defaults(func=run)
 

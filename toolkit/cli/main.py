@@ -53,9 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"toolkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from toolkit.cli.common import add_output_args, has_option
+
     for name in SUBCOMMANDS:
         importlib.import_module(f"toolkit.cli.{name}").register(sub)
+    for command in sub.choices.values():
+        _add_output_args_everywhere(command, add_output_args, has_option)
     return parser
+
+
+def _add_output_args_everywhere(parser: argparse.ArgumentParser, add, has_option) -> None:
+    """``--json``/``-v``/``-q`` on a subcommand and on its own subcommands (``profile ls``), once each."""
+    if not has_option(parser, "--verbose"):
+        add(parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_output_args_everywhere(child, add, has_option)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from toolkit.cli.common import configure_logging
+
+    configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    if getattr(args, "quiet", False):
+        import os
+
+        os.environ["TOOLKIT_PROGRESS"] = "0"  # read by toolkit.progress: -q turns the bars off too
     try:
         rc = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe (`toolkit predict ... | head -1`) surfaces here, not at exit

@@ -14,7 +14,7 @@ EXAMPLES = """examples:
 def register(sub) -> None:
     p = sub.add_parser("predict", help="predict a sub-network's speed and memory on the calibrated device",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--predictor", required=True)
+    p.add_argument("--predictor", required=True, help="the predictor JSON that toolkit calibrate wrote")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--config", help="sub-network JSON (SubnetConfig, or a pareto.json entry)")
     g.add_argument("--full", action="store_true", help="the parent model itself")

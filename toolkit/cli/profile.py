@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--description", default=None, metavar="TEXT", help="free-text description stored in the profile")
     actions = p.add_subparsers(dest="action", metavar="ACTION", title="actions (optional)")
     v = actions.add_parser("validate", help="validate profile files (or names); exit 2 naming file and field if wrong")
-    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("files", nargs="+", metavar="FILE", help="device profile YAML files to check")
     v.set_defaults(func=run_validate)
     ls = actions.add_parser("ls", help="list the profiles on the search path")
     ls.set_defaults(func=run_ls)

@@ -18,7 +18,6 @@ def register(sub) -> None:
     p = sub.add_parser("report", help="re-render a search run (front table, CSV, pareto.png)", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="search run directory")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
