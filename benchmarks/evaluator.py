@@ -270,7 +270,7 @@ def work_bound(data, tokenizer, model) -> dict:
     are a few per cent at these lengths and left out). Same tokenization as both evaluators.
     """
     from toolkit.elastic import parent_shape
-    from toolkit.evaluate import LmEvalTokenizer, _build_groups, _Segment
+    from toolkit.evaluate import LmEvalTokenizer, tree_token_count
 
     pairs, owners = [], []
     for e, ex in enumerate(data.examples):
@@ -278,8 +278,7 @@ def work_bound(data, tokenizer, model) -> dict:
         owners.extend([e] * ex.num_choices)
     enc = LmEvalTokenizer(tokenizer).encode_pairs(pairs)
     inputs = [(c + k)[:-1] for c, k in enc]
-    groups = _build_groups(inputs, owners)
-    tk_tokens = sum(len(_Segment.of(g, inputs).ids) for g in groups)  # the evaluator's tree segments
+    tk_tokens = tree_token_count(inputs, owners)  # the evaluator's tree segments
     lm_tokens = sum(len(x) for x in inputs)
     head_rows = sum(len(k) for _, k in enc)
     shape = parent_shape(model)
