@@ -12,7 +12,7 @@ as ``toolkit eval --limit`` picks it) is written to a local JSONL with a local l
   own default, which both ``lm_eval --batch_size`` and ``HFLM(batch_size=)`` use, and a tuned batch).
 
 Each task runs the toolkit, then lm-eval at each batch size, right after one another. The results file
-holds one comparison per batch size (``baselines``) and ``goal``: issue 5's target (same numbers, >= 3x
+holds one comparison per batch size (``baselines``) and ``goal``: the evaluator's target (same numbers, >= 3x
 faster) checked against the first batch size.
 
 It compares acc / acc_norm, every per-choice log-likelihood, and explains each example whose prediction
@@ -49,7 +49,7 @@ the published result regenerates from its recorded command alone::
     nice -n 5 python benchmarks/evaluator.py --lm-eval-venv /work/lmeval-venv --data-dir ../shared/data \\
         --limit 0 --shared-user-tasks 200
 
-Registered tasks (niced: it takes a while on two shared cores)::
+Registered tasks (niced: a long run)::
 
     nice -n 10 python benchmarks/evaluator.py --lm-eval-venv /work/lmeval-venv --data-dir ../shared/data --limit 200
 """
@@ -270,7 +270,7 @@ def work_bound(data, tokenizer, model) -> dict:
     are a few per cent at these lengths and left out). Same tokenization as both evaluators.
     """
     from toolkit.elastic import parent_shape
-    from toolkit.evaluate import LmEvalTokenizer, _build_groups, _Segment
+    from toolkit.evaluate import LmEvalTokenizer, tree_token_count
 
     pairs, owners = [], []
     for e, ex in enumerate(data.examples):
@@ -278,8 +278,7 @@ def work_bound(data, tokenizer, model) -> dict:
         owners.extend([e] * ex.num_choices)
     enc = LmEvalTokenizer(tokenizer).encode_pairs(pairs)
     inputs = [(c + k)[:-1] for c, k in enc]
-    groups = _build_groups(inputs, owners)
-    tk_tokens = sum(len(_Segment.of(g, inputs).ids) for g in groups)  # the evaluator's tree segments
+    tk_tokens = tree_token_count(inputs, owners)  # the evaluator's tree segments
     lm_tokens = sum(len(x) for x in inputs)
     head_rows = sum(len(k) for _, k in enc)
     shape = parent_shape(model)
@@ -314,7 +313,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lm-eval-batch-size", default="1,32",
                     help="comma-separated lm-eval batch sizes, each run side by side with the toolkit; the first is "
-                         "the baseline of issue 5's goal (default 1,32: lm-eval's default, and a tuned batch)")
+                         "the baseline of the goal (default 1,32: lm-eval's default, and a tuned batch)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out-name", default=None,

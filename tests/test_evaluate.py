@@ -15,11 +15,14 @@ from toolkit.evaluate import (
     LmEvalTokenizer,
     evaluate_task,
     mean_stderr,
+    model_max_length,
     naive_loglikelihoods,
     perplexity,
     score_examples,
     score_token_requests,
+    tree_token_count,
 )
+from toolkit.evaluate.tokenization import lm_eval_inputs
 from toolkit.models.tiny import byte_tokenizer, llama_tiny
 from toolkit.tasks import Example, get_task, load_task
 
@@ -71,6 +74,8 @@ def test_fast_path_equals_naive_full_sequence(model, budget):
     assert np.abs(fast - slow).max() <= 1e-4
     naive_tokens = sum(len(c) + len(x) - 1 for c, x in reqs)
     assert tokens < 0.7 * naive_tokens  # shared prefixes ran once
+    inputs = lm_eval_inputs(reqs, model_max_length(model))[0]
+    assert tree_token_count(inputs, owners) == tokens  # what the engine runs, counted without a model
 
 
 def test_fast_path_without_owners_scores_each_request_alone(model):
@@ -102,7 +107,7 @@ def test_fast_path_on_real_examples_sdpa(tok):
 
 
 def test_tree_layout_masks_other_choices_and_padding():
-    from toolkit.tree_attention import TreeLayout
+    from toolkit.evaluate.tree_attention import TreeLayout
 
     # segment 0: prefix (2 tokens), choice 0 (2 tokens), choice 1 (1 token); segment 1: a 2-token prefix only
     layout = TreeLayout.build([([0, 1, 2, 3, 2], [-1, -1, 0, 0, 1]), ([0, 1], [-1, -1])])
@@ -116,7 +121,7 @@ def test_tree_layout_masks_other_choices_and_padding():
 
 
 def test_scoring_puts_the_attention_implementation_back():
-    from toolkit.tree_attention import tree_attention
+    from toolkit.evaluate.tree_attention import tree_attention
 
     m = llama_tiny(seed=5)
     m.config._attn_implementation = "eager"
@@ -185,11 +190,11 @@ def test_mean_stderr_is_lm_eval_formula():
 
 
 def test_acc_and_acc_norm_from_loglikelihoods(model, tok, monkeypatch):
-    import toolkit.evaluate as ev
+    import toolkit.evaluate.scorers as scorers
 
     exs = [Example("a", (("c", " x"), ("c", " yyyy")), (1, 4), 1, 1),  # acc picks 0, acc_norm picks 1
            Example("b", (("c", " x"), ("c", " y")), (1, 1), 0, 2)]  # a tie goes to the first choice
-    monkeypatch.setattr(ev, "score_token_requests", lambda *a, **k: (np.array([-2.0, -4.0, -1.0, -1.0]), 7))
+    monkeypatch.setattr(scorers, "score_token_requests", lambda *a, **k: (np.array([-2.0, -4.0, -1.0, -1.0]), 7))
     per, tokens = score_examples(model, tok, exs)
     assert [(r.pred, r.pred_norm) for r in per] == [(0, 1), (0, 0)] and tokens == 7
 

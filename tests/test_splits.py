@@ -118,16 +118,16 @@ def test_evaluate_task_on_a_part(tmp_path):
 @pytest.fixture
 def scored_ids(monkeypatch):
     """Spy on the evaluator: the ids of every example scored (once per candidate)."""
-    import toolkit.evaluate as ev
+    import toolkit.evaluate.results as results
 
     seen: list[list[str]] = []
-    real = ev.score_examples
+    real = results.score_examples
 
     def spy(model, tokenizer, examples, *args, **kwargs):
         seen.append([e.id for e in examples])
         return real(model, tokenizer, examples, *args, **kwargs)
 
-    monkeypatch.setattr(ev, "score_examples", spy)
+    monkeypatch.setattr(results, "score_examples", spy)
     return seen
 
 
