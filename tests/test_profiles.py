@@ -402,9 +402,9 @@ def test_cuda_detection_and_fingerprint_with_a_fake_device(monkeypatch):
 
 def test_profile_measures_this_machine(tmp_path, capsys, monkeypatch):
     """`toolkit profile --quick --out` end to end, with small sizes so the test stays fast."""
-    import toolkit.profiles as P
+    import toolkit.profiles.microbench as M
 
-    monkeypatch.setattr(P, "_plan", lambda kind, cap, quick: P._Plan(256, 8 << 20, rounds=2, repeats=2, warmup=1,
+    monkeypatch.setattr(M, "_plan", lambda kind, cap, quick: M._Plan(256, 8 << 20, rounds=2, repeats=2, warmup=1,
                                                                       min_time_s=0.0, max_time_s=2.0))
     out = tmp_path / "here.yaml"
     rc, stdout, err = run_cli(["profile", "--quick", "--out", str(out)], capsys)
