@@ -239,9 +239,9 @@ def main(argv=None) -> int:
 
     args.data_dir = str(data_dir(args.data_dir))
     if args.dtype == "auto":
-        from toolkit.measure import bf16_is_fast
+        from toolkit.profiles import detect
 
-        args.dtype = "bfloat16" if bf16_is_fast() else "float32"
+        args.dtype = "bfloat16" if detect("cpu").features.bf16 else "float32"
     if not args.budget_cpu_minutes > 0:
         p.error("--budget-cpu-minutes: must be positive")
     methods = [m for m in args.methods.split(",") if m]

@@ -136,9 +136,9 @@ def test_engines_record_validates_and_round_trips(tmp_path):
 
 def test_toolkit_profile_records_the_installed_engines(tmp_path, capsys, monkeypatch):
     import toolkit.engines
-    import toolkit.profiles as P
+    import toolkit.profiles.microbench as M
 
-    monkeypatch.setattr(P, "_plan", lambda kind, cap, quick: P._Plan(128, 4 << 20, rounds=1, repeats=2, warmup=1,
+    monkeypatch.setattr(M, "_plan", lambda kind, cap, quick: M._Plan(128, 4 << 20, rounds=1, repeats=2, warmup=1,
                                                                       min_time_s=0.0, max_time_s=1.0))
     monkeypatch.setattr(toolkit.engines, "installed", lambda: {"torch": "2.13.0+cpu", "onnxruntime": "1.32.0"})
     out = tmp_path / "here.yaml"

@@ -306,21 +306,24 @@ def _fake_cuda(monkeypatch, major: int):
 
 
 def test_auto_precision_comes_from_the_device_profile(monkeypatch):
-    import toolkit.profiles as P
+    import importlib
+
     from toolkit.finetune import auto_precision
+
+    D = importlib.import_module("toolkit.profiles.detect")  # the module: the attribute is the function detect()
 
     def no_cpuinfo():
         raise AssertionError("read the CPU flags although a matching profile was given")
 
-    monkeypatch.setattr(P, "_cpu_flags", no_cpuinfo)
+    monkeypatch.setattr(D, "_cpu_flags", no_cpuinfo)
     assert auto_precision("cpu", _profile("cloud-vm-2core-x86", bf16=True)) == "bf16"
     assert auto_precision("cpu", _profile("cloud-vm-2core-x86", bf16=False)) == "fp32"
     assert auto_precision("cuda", _profile("h100-sxm")) == "bf16"  # sm_90
     assert auto_precision("cuda:0", _profile("h100-sxm", bf16=False)) == "fp32"
     # Without a profile (or with one of another kind of device): the same detector profiles are written by.
-    monkeypatch.setattr(P, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setattr(D, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
     assert auto_precision("cpu") == "bf16" and auto_precision("cpu", _profile("h100-sxm")) == "bf16"
-    monkeypatch.setattr(P, "_cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(D, "_cpu_flags", lambda: {"avx2"})
     assert auto_precision("cpu") == "fp32"
     _fake_cuda(monkeypatch, major=7)  # a V100/T4: no native bf16
     assert auto_precision("cuda", _profile("cloud-vm-2core-x86", bf16=True)) == "fp32"
@@ -344,9 +347,12 @@ def test_autocast_follows_the_device():
 def test_cli_device_and_precision_from_the_profile(tmp_path, tiny_folder, monkeypatch, capsys):
     """`--profile` gives the default device and the auto precision; `--device` overrides the device; an
     unavailable CUDA device is a one-line error before anything loads."""
+    import importlib
+
     import toolkit.finetune as F
-    import toolkit.profiles as P
     from toolkit.cli.main import main
+
+    D = importlib.import_module("toolkit.profiles.detect")  # the module: the attribute is the function detect()
 
     calls = []
     monkeypatch.setattr(F, "finetune", lambda *a, **kw: calls.append((kw["device"], a[3].precision)) or tmp_path)
@@ -355,7 +361,7 @@ def test_cli_device_and_precision_from_the_profile(tmp_path, tiny_folder, monkey
     rc = main(common + ["--device", "cuda"])  # real torch: no CUDA here
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "CUDA is not available" in err and not calls
-    monkeypatch.setattr(P, "_cpu_flags", lambda: {"avx2"})  # this machine: no native bf16
+    monkeypatch.setattr(D, "_cpu_flags", lambda: {"avx2"})  # this machine: no native bf16
     assert main(common + ["--profile", "cloud-vm-2core-x86"]) == 0  # that profile's CPU has avx512_bf16
     _fake_cuda(monkeypatch, major=9)
     assert main(common + ["--profile", "h100-sxm"]) == 0

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_shipped_profiles_are_package_data_and_the_checkout_folder_is_the_same():
     here = shipped_profiles_dir()
-    assert here.parent == Path(__import__("toolkit").__file__).parent  # inside the package
+    assert here.parent == Path(__import__("toolkit").__file__).parent / "profiles"  # inside the package
     names = sorted(p.stem for p in here.glob("*.yaml"))
     assert "cloud-vm-2core-x86" in names and "h100-sxm" in names
     assert {k: v for k, v in list_profiles().items() if v.parent == here}.keys() == set(names)
@@ -42,7 +42,7 @@ def test_wheel_ships_profiles_and_an_install_of_it_finds_them(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("llm_nas_toolkit-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     shipped = sorted(p.name for p in shipped_profiles_dir().glob("*.yaml"))
-    assert sorted(n.split("/")[-1] for n in names if n.startswith("toolkit/profiles_data/")) == shipped
+    assert sorted(n.split("/")[-1] for n in names if n.startswith("toolkit/profiles/shipped/")) == shipped
     assert "toolkit/py.typed" in names and "toolkit/models/modeling_elastic_llama.py" in names
     assert not [n for n in names if ".data/" in n]  # no data-files under <prefix>/share any more
 
@@ -58,4 +58,4 @@ def test_wheel_ships_profiles_and_an_install_of_it_finds_them(tmp_path):
     assert first.startswith(str(site))
     for p in shipped:
         assert p[: -len(".yaml")] in rest
-    assert f"searched: {site / 'toolkit' / 'profiles_data'}" in rest
+    assert f"searched: {site / 'toolkit' / 'profiles' / 'shipped'}" in rest

@@ -23,6 +23,7 @@ from toolkit.profiles import (
     Identity,
     Measured,
     Spec,
+    describe_current_machine,
     detect,
     fingerprint_current_machine,
     find_profile,
@@ -347,6 +348,7 @@ def _this_machine_profile(**over) -> DeviceProfile:
 def test_fingerprint_matches_this_machine_only():
     here = _this_machine_profile()
     assert here.fingerprint == fingerprint_current_machine() and here.matches_current_machine()
+    assert here.describe_machine() == describe_current_machine()  # one routine describes both
     assert not _this_machine_profile(model="Some Other CPU").matches_current_machine()
     # the same CPU model string with another ISA (e.g. a host without AVX-512) is another machine
     other = dataclasses.replace(here, features=dataclasses.replace(here.features, avx512=not here.features.avx512))
@@ -357,6 +359,22 @@ def test_fingerprint_matches_this_machine_only():
     b = DeviceProfile.from_dict(edit(("memory/capacity_bytes", 24 * 2**30), ("memory/usable_bytes", 1 << 30)))
     c = DeviceProfile.from_dict(edit(("memory/capacity_bytes", 32 * 2**30), ("memory/usable_bytes", 1 << 30)))
     assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+@pytest.mark.parametrize("flags,bf16", [
+    ({"avx2", "avx512f", "avx512_bf16"}, True),  # x86 AVX512-BF16
+    ({"avx2", "avx512f", "amx_tile", "amx_bf16"}, True),  # x86 AMX-BF16
+    ({"asimd", "bf16"}, True),  # Arm BF16 extension
+    ({"avx2", "avx512f", "avx_vnni"}, False),  # VNNI has integer dot products only
+    ({"avx2", "avx512f", "amx_tile", "amx_int8"}, False),  # AMX without its bf16 part
+    ({"avx2"}, False),
+])
+def test_native_bf16_from_the_cpu_flags(monkeypatch, flags, bf16):
+    import importlib
+
+    D = importlib.import_module("toolkit.profiles.detect")  # the module: the attribute is the function detect()
+    monkeypatch.setattr(D, "_cpu_flags", lambda: flags)
+    assert detect("cpu").features.bf16 is bf16
 
 
 def test_warn_if_foreign(capsys):
@@ -402,9 +420,9 @@ def test_cuda_detection_and_fingerprint_with_a_fake_device(monkeypatch):
 
 def test_profile_measures_this_machine(tmp_path, capsys, monkeypatch):
     """`toolkit profile --quick --out` end to end, with small sizes so the test stays fast."""
-    import toolkit.profiles as P
+    import toolkit.profiles.microbench as M
 
-    monkeypatch.setattr(P, "_plan", lambda kind, cap, quick: P._Plan(256, 8 << 20, rounds=2, repeats=2, warmup=1,
+    monkeypatch.setattr(M, "_plan", lambda kind, cap, quick: M._Plan(256, 8 << 20, rounds=2, repeats=2, warmup=1,
                                                                       min_time_s=0.0, max_time_s=2.0))
     out = tmp_path / "here.yaml"
     rc, stdout, err = run_cli(["profile", "--quick", "--out", str(out)], capsys)

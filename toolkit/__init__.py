@@ -2,7 +2,7 @@
 
 The data flow is the architecture::
 
-    profile (profiles.py)  ->  calibrate (predictor.py)  ->  search (search/)  ->  export (export/)
+    profile (profiles/)    ->  calibrate (predictor.py)  ->  search (search/)  ->  export (export/)
       device YAML                predictor JSON               journal + pareto.json     artifact + manifest
 
 Importing this package is cheap: it starts no CUDA and imports neither pymoo, onnx, gptqmodel nor ray.

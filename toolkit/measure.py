@@ -208,14 +208,3 @@ def torch_threads(threads: int | None) -> Iterator[int]:
     finally:
         torch.set_num_threads(previous)
 
-
-def bf16_is_fast() -> bool:
-    """True on CPUs with native bf16 matmuls (AVX512-BF16 or AMX), where bf16 compute pays off; on
-    others (AVX2 only) torch emulates bf16 and float32 is faster.
-
-    Measured on the team's AMD EPYC (avx512_bf16): SmolLM2-135M forward of 4x256 tokens 5.5 s in bf16
-    autocast vs 10.8 s in fp32. The one bf16 detector is the device profile's (``features.bf16``).
-    """
-    from toolkit.profiles import detect
-
-    return detect("cpu").features.bf16
