@@ -306,11 +306,8 @@ def _fake_cuda(monkeypatch, major: int):
 
 
 def test_auto_precision_comes_from_the_device_profile(monkeypatch):
-    import importlib
-
+    import toolkit.profiles.machine as D
     from toolkit.finetune import auto_precision
-
-    D = importlib.import_module("toolkit.profiles.detect")  # the module: the attribute is the function detect()
 
     def no_cpuinfo():
         raise AssertionError("read the CPU flags although a matching profile was given")
@@ -347,12 +344,9 @@ def test_autocast_follows_the_device():
 def test_cli_device_and_precision_from_the_profile(tmp_path, tiny_folder, monkeypatch, capsys):
     """`--profile` gives the default device and the auto precision; `--device` overrides the device; an
     unavailable CUDA device is a one-line error before anything loads."""
-    import importlib
-
     import toolkit.finetune as F
+    import toolkit.profiles.machine as D
     from toolkit.cli.main import main
-
-    D = importlib.import_module("toolkit.profiles.detect")  # the module: the attribute is the function detect()
 
     calls = []
     monkeypatch.setattr(F, "finetune", lambda *a, **kw: calls.append((kw["device"], a[3].precision)) or tmp_path)

@@ -370,9 +370,7 @@ def test_fingerprint_matches_this_machine_only():
     ({"avx2"}, False),
 ])
 def test_native_bf16_from_the_cpu_flags(monkeypatch, flags, bf16):
-    import importlib
-
-    D = importlib.import_module("toolkit.profiles.detect")  # the module: the attribute is the function detect()
+    import toolkit.profiles.machine as D
     monkeypatch.setattr(D, "_cpu_flags", lambda: flags)
     assert detect("cpu").features.bf16 is bf16
 

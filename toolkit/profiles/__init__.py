@@ -8,14 +8,14 @@ workload the model is deployed with, and the provenance of every figure. Calibra
   construction; YAML out (``to_yaml``, ``save``).
 * :mod:`~toolkit.profiles.files`: the search path (``$TOOLKIT_PROFILES_DIR``, then the shipped profiles in
   ``toolkit/profiles/shipped/``), reading YAML, ``extends:`` merging, :func:`load_profile`.
-* :mod:`~toolkit.profiles.detect`: what this machine is (CPU flags, counts, memory; CUDA device), its
+* :mod:`~toolkit.profiles.machine`: what this machine is (CPU flags, counts, memory; CUDA device), its
   fingerprint and description, :func:`warn_if_foreign`.
 * :mod:`~toolkit.profiles.microbench`: :func:`profile_machine`, the matmul and copy microbenchmarks.
 
 Loading a profile and fingerprinting the CPU import neither torch nor anything heavy.
 """
 
-from toolkit.profiles.detect import (
+from toolkit.profiles.machine import (
     ForeignProfileWarning,
     check_device,
     describe_current_machine,

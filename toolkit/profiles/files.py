@@ -23,7 +23,7 @@ from typing import Any
 
 from toolkit import schema
 from toolkit.errors import ConfigError, UserError
-from toolkit.profiles.detect import describe_current_machine
+from toolkit.profiles.machine import describe_current_machine
 from toolkit.profiles.schema import DeviceProfile
 from toolkit.schema import show
 

@@ -1,6 +1,6 @@
 """Measuring this machine into a :class:`~toolkit.profiles.schema.DeviceProfile`: :func:`profile_machine`.
 
-:func:`toolkit.profiles.detect.detect` reads what the machine is; this module adds matmul FLOP/s (float32,
+:func:`toolkit.profiles.machine.detect` reads what the machine is; this module adds matmul FLOP/s (float32,
 plus bfloat16 where ``features.bf16`` says it is native and float16 on a GPU) and copy bandwidth, every
 figure timed by :func:`toolkit.measure.time_callable` and recorded with its provenance (``measured``:
 date, repeats, spread, method and the CPU share the process got).
@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from toolkit.profiles.detect import detect
+from toolkit.profiles.machine import detect
 from toolkit.profiles.schema import (Compute, DeviceProfile, Identity, Measured, Memory, Provenance, Runtime,
                                      Workload)
 

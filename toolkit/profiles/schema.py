@@ -67,7 +67,7 @@ YAML 1.1 reads ``1e11`` (no dot, unsigned exponent) as a string; numeric fields 
 strings, and the toolkit writes ``1.0e+11``.
 
 :mod:`toolkit.profiles.files` reads and resolves the files; the fingerprint and the one-line machine
-description come from :class:`toolkit.profiles.detect.MachineInfo`, the same routine that describes the
+description come from :class:`toolkit.profiles.machine.MachineInfo`, the same routine that describes the
 running machine, so a profile and this machine are compared one way.
 """
 
@@ -87,7 +87,7 @@ from toolkit.errors import ConfigError
 from toolkit.schema import Invalid, Record, checked, show
 
 if TYPE_CHECKING:
-    from toolkit.profiles.detect import MachineInfo
+    from toolkit.profiles.machine import MachineInfo
 
 SCHEMA_VERSION = 1
 KINDS = ("cpu", "gpu")
@@ -377,8 +377,8 @@ class DeviceProfile:
 
     @property
     def machine(self) -> MachineInfo:
-        """The machine this profile describes, as :func:`toolkit.profiles.detect.detect` reports one."""
-        from toolkit.profiles.detect import MachineInfo
+        """The machine this profile describes, as :func:`toolkit.profiles.machine.detect` reports one."""
+        from toolkit.profiles.machine import MachineInfo
 
         return MachineInfo(kind=self.kind, device=self.runtime.device, vendor=self.identity.vendor,
                            model=self.identity.model, arch=self.identity.arch, cores=self.compute.cores,
@@ -396,7 +396,7 @@ class DeviceProfile:
 
     def matches_current_machine(self) -> bool:
         """True when this profile describes the machine (and, for gpu, the CUDA device) we run on."""
-        from toolkit.profiles.detect import fingerprint_current_machine
+        from toolkit.profiles.machine import fingerprint_current_machine
 
         return fingerprint_current_machine(self.kind, self.runtime.device) == self.fingerprint
 
