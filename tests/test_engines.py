@@ -16,7 +16,7 @@ import yaml
 from toolkit.cli.main import main
 from toolkit.errors import ConfigError, UserError
 from toolkit.models.tiny import tiny_profile_yaml
-from toolkit.predictor import Hardware, Measurement, Predictor, Workload, calibrate, features
+from toolkit.calibrate import Hardware, Measurement, Predictor, Workload, calibrate, features
 from toolkit.profiles import DeviceProfile, load_profile, shipped_profiles_dir
 from toolkit.space import ParentShape, SubnetConfig
 
@@ -332,7 +332,7 @@ def test_one_subnet_timed_in_onnxruntime(tmp_path, tiny, profiles):
     pytest.importorskip("onnxruntime")
     from types import SimpleNamespace
 
-    from toolkit import latency
+    from toolkit.calibrate import latency
 
     prof = load_profile(profiles["onnxruntime"])
     measure = latency.subnet_measure_fn(SimpleNamespace(model=tiny), None, prof, repeats=2, workdir=tmp_path / "w")

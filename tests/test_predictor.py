@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from toolkit.errors import ConfigError, UserError
-from toolkit.predictor import (TARGETS, Hardware, Measurement, Predictor, Workload, choose_calibration_configs,
+from toolkit.calibrate import (TARGETS, Hardware, Measurement, Predictor, Workload, choose_calibration_configs,
                                features)
 from toolkit.space import ParentShape, SearchSpace
 
@@ -277,7 +277,7 @@ def test_predictor_without_a_workload_field_is_refused(tmp_path):
     import json
 
     from toolkit.errors import ConfigError
-    from toolkit.predictor import Hardware, Predictor, Workload
+    from toolkit.calibrate import Hardware, Predictor, Workload
     from toolkit.space import ParentShape
 
     p = Predictor.prior("m", "x", "fp", ParentShape(4, 64, 256, 4, 2, 16, 256, True), Hardware(1e11, 1e10),
