@@ -9,7 +9,7 @@ timed on the device (``toolkit calibrate --samples N``), or the prior alone (``-
   engine (torch, onnxruntime, llama.cpp) through :mod:`toolkit.measure`. It imports torch, so it is not
   imported here: import it as ``toolkit.calibrate.latency``;
 * :mod:`~toolkit.calibrate.roofline`: the cost model, :class:`Hardware` and :class:`Workload` from the
-  profile, :func:`features` and the uncalibrated prior;
+  profile, :func:`roofline_features` and the uncalibrated prior;
 * :mod:`~toolkit.calibrate.predictor`: :class:`Measurement`, the fitted :class:`Predictor` (fit, predict,
   cross-validated error report, JSON load/save);
 * :mod:`~toolkit.calibrate.run`: the driver, :func:`calibrate` (measure here or on Ray workers, journal
@@ -18,9 +18,9 @@ timed on the device (``toolkit calibrate --samples N``), or the prior alone (``-
 
 from toolkit.calibrate.configs import choose_calibration_configs
 from toolkit.calibrate.predictor import Measurement, Predictor
-from toolkit.calibrate.roofline import TARGETS, Hardware, Workload, features
+from toolkit.calibrate.roofline import TARGETS, Hardware, Workload, roofline_features
 from toolkit.calibrate.run import CalibrationWorker, calibrate, foreign_node_error, machine_record, recording_where
 
 __all__ = ["TARGETS", "CalibrationWorker", "Hardware", "Measurement", "Predictor", "Workload", "calibrate",
            "choose_calibration_configs", "foreign_node_error", "machine_record", "recording_where",
-           "features"]
+           "roofline_features"]

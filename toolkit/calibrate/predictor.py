@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from toolkit.calibrate.roofline import (DTYPE_BYTES, ENGINES, FEATURE_NAMES, TARGETS, Hardware, Workload,
-                                        features, roofline_prior)
+                                        roofline_features, roofline_prior)
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import atomic_write_json
 from toolkit.schema import parse_json, read_text_file
@@ -143,7 +143,7 @@ class Predictor:
 
     # -- prediction -------------------------------------------------------------------------------
     def predict(self, cfg: SubnetConfig) -> dict[str, float]:
-        f = features(self.shape, cfg, self.hardware, self.workload)
+        f = roofline_features(self.shape, cfg, self.hardware, self.workload)
         out = {t: float(np.dot(self.coefficients[t], f[t])) for t in TARGETS}
         out["decode_tokens_per_s"] = 1e3 / out["decode_ms_per_token"] * self.workload.batch_size
         out["params"] = float(self.shape.num_params(cfg))
@@ -175,7 +175,7 @@ class Predictor:
         ms = clean if len(clean) >= 4 else list(measurements)
         if len(ms) < 4:
             raise UserError(f"calibration: need at least 4 measured sub-networks to fit, got {len(ms)}")
-        feats = [features(self.shape, m.config, self.hardware, self.workload) for m in ms]
+        feats = [roofline_features(self.shape, m.config, self.hardware, self.workload) for m in ms]
         coefs = {}
         for t in TARGETS:
             X = np.stack([f[t] for f in feats])
@@ -192,7 +192,7 @@ class Predictor:
         k = min(folds or n, n)
         idx = np.arange(n)
         preds = {t: np.zeros(n) for t in TARGETS}
-        feats = [features(self.shape, m.config, self.hardware, self.workload) for m in ms]
+        feats = [roofline_features(self.shape, m.config, self.hardware, self.workload) for m in ms]
         for fold in range(k):
             test = idx[idx % k == fold]
             train = idx[idx % k != fold]

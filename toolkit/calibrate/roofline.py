@@ -162,8 +162,10 @@ class Hardware:
                 "kv_bytes_per_element": self.kv_bytes_per_element}
 
 
-def features(shape: ParentShape, cfg: SubnetConfig, hw: Hardware, wl: Workload) -> dict[str, np.ndarray]:
-    """The per-target feature vectors (see the module docstring) of one sub-network."""
+def roofline_features(shape: ParentShape, cfg: SubnetConfig, hw: Hardware, wl: Workload) -> dict[str, np.ndarray]:
+    """The per-target feature vectors (see the module docstring) of one sub-network: ``{target: (4,)}`` in
+    the order of :data:`FEATURE_NAMES` (roofline times in ms, byte counts in bytes), plus ``"_head"``: the
+    LM head's prefill and decode roofline times in ms (what :func:`roofline_prior` puts in ``c0``)."""
     B, T, N = wl.batch_size, wl.prompt_tokens, wl.generate_tokens
     D, hd, V = shape.hidden_size, shape.head_dim, shape.vocab_size
     w, c, a = hw.weight_bytes_per_param, hw.kv_bytes_per_element, hw.activation_bytes_per_element  # bytes each
@@ -198,7 +200,7 @@ def features(shape: ParentShape, cfg: SubnetConfig, hw: Hardware, wl: Workload) 
 
 def roofline_prior(shape: ParentShape, hw: Hardware, wl: Workload) -> dict[str, list[float]]:
     """Coefficients of the uncalibrated predictor: pure roofline, no overheads."""
-    f = features(shape, shape.full_config(), hw, wl)
+    f = roofline_features(shape, shape.full_config(), hw, wl)
     head_prefill_ms, head_decode_ms = f["_head"]
     return {
         "prefill_ms": [float(head_prefill_ms), 0.0, 1.0, 1.0],
