@@ -6,7 +6,8 @@ model over its roofline features, the measurements they were fitted on and the c
 :meth:`Predictor.fit` fits the coefficients by non-negative least squares (scipy) on relative error;
 :meth:`Predictor.cross_validate` and :meth:`Predictor.evaluate` are the error report (MAPE, share within
 10 %, Kendall tau). A predictor is a versioned JSON file (:meth:`Predictor.save`, :meth:`Predictor.load`,
-validated field by field).
+validated field by field); it records its engine and GGUF type, a file without them reads as torch,
+and a search for a profile with another engine refuses it (:meth:`Predictor.check_engine`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Measurement:
     spread: Mapping[str, float] = field(default_factory=dict)  # relative spread per target
     flagged: bool = False  # too noisy even after re-measuring
     # Where it was measured: the machine's fingerprint (as a profile of it would have), host, Ray node id
-    # ("local" in this process). Empty in predictors written before it was recorded.
+    # ("local" in this process). Empty when not recorded.
     measured_on: Mapping[str, str] = field(default_factory=dict)
 
     def value(self, target: str) -> float:
@@ -143,6 +144,22 @@ class Predictor:
 
     # -- prediction -------------------------------------------------------------------------------
     def predict(self, cfg: SubnetConfig) -> dict[str, float]:
+        """Predicted speed and memory of the sub-network ``cfg`` on this predictor's device, engine and workload.
+
+        ``cfg`` must fit inside :attr:`shape` (check it with ``self.shape.check(cfg)``: ``predict`` does not).
+        The workload is the one calibrated for (:attr:`workload`: batch ``B``, prompt ``T``, ``N`` generated
+        tokens). Returns a dict of floats:
+
+        * ``prefill_ms``: milliseconds for one forward pass over the ``(B, T)`` prompt into a fresh KV cache,
+          logits for the last position only;
+        * ``decode_ms_per_token``: milliseconds per cached decode step (one new token per sequence),
+          averaged over the ``N`` steps;
+        * ``decode_tokens_per_s``: tokens per second over the batch, ``B * 1000 / decode_ms_per_token``;
+        * ``peak_mem_bytes``: bytes at peak during one prefill + decode (weights, KV cache, activations);
+        * ``params``: the sub-network's parameter count, embeddings and final norm included.
+
+        An uncalibrated predictor (:attr:`calibrated` false) returns the pure roofline estimate.
+        """
         f = roofline_features(self.shape, cfg, self.hardware, self.workload)
         out = {t: float(np.dot(self.coefficients[t], f[t])) for t in TARGETS}
         out["decode_tokens_per_s"] = 1e3 / out["decode_ms_per_token"] * self.workload.batch_size
@@ -270,7 +287,7 @@ class Predictor:
         dtype = hw.get("dtype", "float32")
         if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
             raise ConfigError("hardware.dtype", f"expected one of {', '.join(DTYPE_BYTES)}, got {dtype!r}", file)
-        # A predictor written before engines existed was calibrated in torch.
+        # A predictor without an engine field was calibrated in torch (the default engine).
         engine, gguf = hw.get("engine", "torch"), hw.get("gguf_type")
         if not isinstance(engine, str):
             raise ConfigError("hardware.engine", f"expected one of {', '.join(ENGINES)}, got {engine!r}", file)

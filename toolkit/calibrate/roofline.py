@@ -26,8 +26,7 @@ is why ~10-20 samples suffice (HELP-like sample counts), where one-hot regressor
 each weight at the engine's bytes per weight (torch: the runtime dtype; onnxruntime: fp32; llama.cpp:
 the GGUF type's, e.g. 34/32 bytes for q8_0) and the KV cache at the engine's cache type (llama.cpp: f16).
 The per-layer overhead ``c1`` is whatever the engine's calibration measures (large in PyTorch eager,
-small in llama.cpp). A predictor records its engine and GGUF type; one written before they existed
-reads as torch, and a search for a profile with another engine refuses it.
+small in llama.cpp).
 
 Why hand-written: nn-Meter / HELP predict CNN kernels or need meta-training; the transformer cost model
 here is a few lines of algebra and NNLS.

@@ -41,9 +41,10 @@ def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn=None
     resumes without re-timing what it already has. The journal's header records what the measurements
     depend on (model hash, profile fingerprint, workload, dtype, ``repeats``, ``runtime``: the device,
     threads, and the engine and GGUF type from ``prior.hardware``); a journal written with other settings
-    is a one-line error naming the differing fields (never silently discarded). ``check(measurement)`` sees every new measurement before it is journaled
-    (where it was measured: a mismatch with the profile raises there). A measurement that raises stops
-    the calibration (a UserError as itself, anything else as a RuntimeError naming the config).
+    is a one-line error naming the differing fields (never silently discarded). ``check(measurement)``
+    sees every new measurement before it is journaled (where it was measured: a mismatch with the
+    profile raises there). A measurement that raises stops the calibration (a UserError as itself,
+    anything else as a RuntimeError naming the config).
     """
     from toolkit.executors import LocalExecutor
     from toolkit.journal import Journal, line_error
