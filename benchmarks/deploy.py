@@ -11,7 +11,7 @@ One run, one machine, every engine with the profile's threads and workload (prom
    also given as a fraction of its bandwidth roofline: ``bandwidth / bytes read per generated token``
    (every weight tensor as stored, the tied embedding once as the LM head, plus the KV cache at the mean
    decode context) with the profile's measured bandwidth.
-2. **Predictor in llama.cpp.** ``<= 20`` calibration sub-networks (:func:`toolkit.predictor.choose_calibration_configs`)
+2. **Predictor in llama.cpp.** ``<= 20`` calibration sub-networks (:func:`toolkit.calibrate.choose_calibration_configs`)
    and ``>= 16`` other seeded random sub-networks, all measured in llama.cpp with the profile's
    ``runtime.gguf_type`` through the calibration's own measuring function; the predictor fitted on the
    first set is scored on the second (MAPE of decode and prefill, Kendall tau of decode).
@@ -69,7 +69,7 @@ def time_engines(args, loaded, profile, work: Path) -> dict[str, Any]:
     from toolkit.engines.llamacpp import LlamaCpp, quantize
     from toolkit.export.gguf import source_gguf_of, write_gguf
     from toolkit.export.onnx import OrtCausalLM, export_onnx
-    from toolkit.latency import measure_model, ort_measure
+    from toolkit.calibrate.latency import measure_model, ort_measure
     from toolkit.measure import torch_threads
     from toolkit.progress import progress_bar
 
@@ -168,8 +168,8 @@ class Cache:
 def predictor_part(args, loaded, profile, work: Path, cache: Cache) -> tuple[dict[str, Any], Any]:
     from toolkit.elastic import parent_shape, space_for
     from toolkit.importance import load_or_compute_importance
-    from toolkit.latency import subnet_measure_fn
-    from toolkit.predictor import Hardware, Measurement, Predictor, Workload, choose_calibration_configs
+    from toolkit.calibrate.latency import subnet_measure_fn
+    from toolkit.calibrate import Hardware, Measurement, Predictor, Workload, choose_calibration_configs
     from toolkit.progress import progress_bar
     from toolkit.fileio import default_calibration_file
 

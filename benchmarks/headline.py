@@ -284,7 +284,7 @@ def _main(argv: list[str]) -> int:
     from toolkit.errors import UserError
     from toolkit.evaluate import evaluate_task
     from toolkit.importance import load_or_compute_importance
-    from toolkit.latency import subnet_measure_fn
+    from toolkit.calibrate.latency import subnet_measure_fn
     from toolkit.measure import torch_threads
     from toolkit.models import load_model
     from toolkit.profiles import load_profile, warn_if_foreign

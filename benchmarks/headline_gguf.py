@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.evaluate import LlamaCppScorer, evaluate_task
     from toolkit.export.gguf import write_gguf
     from toolkit.importance import load_or_compute_importance
-    from toolkit.latency import measure_model
+    from toolkit.calibrate.latency import measure_model
     from toolkit.measure import torch_threads
     from toolkit.models import load_model
     from toolkit.errors import UserError

@@ -38,9 +38,9 @@ def main() -> None:
     from toolkit.fileio import default_calibration_file
     from toolkit.elastic import parent_shape, space_for
     from toolkit.importance import load_or_compute_importance
-    from toolkit.latency import subnet_measure_fn
+    from toolkit.calibrate.latency import subnet_measure_fn
     from toolkit.models import load_model
-    from toolkit.predictor import Hardware, Predictor, Workload, calibrate, choose_calibration_configs
+    from toolkit.calibrate import Hardware, Predictor, Workload, calibrate, choose_calibration_configs
     from toolkit.profiles import load_profile, warn_if_foreign
 
     profile = load_profile(args.profile)

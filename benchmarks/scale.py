@@ -66,7 +66,7 @@ def model_part(args, work: Path) -> dict:
     from toolkit.executors import ExecutorSpec, RayExecutor
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
-    from toolkit.predictor import Hardware, Predictor, Workload
+    from toolkit.calibrate import Hardware, Predictor, Workload
     from toolkit.profiles import load_profile
     from toolkit.search import Searcher, SearchSettings
     from toolkit.search.workers import AccuracyWorker
@@ -130,7 +130,7 @@ def model_part(args, work: Path) -> dict:
 def stub_part(args, work: Path) -> dict:
     """Part 2: the stub evaluator on 1, 8, 32 actors."""
     from toolkit.executors import ExecutorSpec, RayExecutor
-    from toolkit.predictor import Hardware, Predictor, Workload
+    from toolkit.calibrate import Hardware, Predictor, Workload
     from toolkit.search import Searcher, SearchSettings
     from toolkit.space import ParentShape, SearchSpace
 

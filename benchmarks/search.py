@@ -59,7 +59,7 @@ def main() -> None:
     from toolkit.fileio import default_calibration_file
     from toolkit.elastic import space_for
     from toolkit.importance import load_or_compute_importance
-    from toolkit.latency import subnet_measure_fn
+    from toolkit.calibrate.latency import subnet_measure_fn
     from toolkit.models import load_model
     from toolkit.profiles import load_profile
     from toolkit.space import SubnetConfig

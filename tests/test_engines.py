@@ -16,7 +16,7 @@ import yaml
 from toolkit.cli.main import main
 from toolkit.errors import ConfigError, UserError
 from toolkit.models.tiny import tiny_profile_yaml
-from toolkit.predictor import Hardware, Measurement, Predictor, Workload, calibrate, features
+from toolkit.calibrate import Hardware, Measurement, Predictor, Workload, calibrate, roofline_features
 from toolkit.profiles import DeviceProfile, load_profile, shipped_profiles_dir
 from toolkit.space import ParentShape, SubnetConfig
 
@@ -170,9 +170,9 @@ def hw(**kw) -> Hardware:
 
 
 def test_features_read_weights_at_the_engines_bytes_per_weight():
-    f32 = features(SHAPE, CFG, hw(), WL)
-    q8 = features(SHAPE, CFG, hw(engine="llama.cpp", gguf_type="q8_0"), WL)
-    q4 = features(SHAPE, CFG, hw(engine="llama.cpp", gguf_type="q4_0"), WL)
+    f32 = roofline_features(SHAPE, CFG, hw(), WL)
+    q8 = roofline_features(SHAPE, CFG, hw(engine="llama.cpp", gguf_type="q8_0"), WL)
+    q4 = roofline_features(SHAPE, CFG, hw(engine="llama.cpp", gguf_type="q4_0"), WL)
     # decode: [const, depth, attn (weights + KV cache), mlp (weights only)]; memory: [const, weights, kv, act]
     assert q8["decode_ms_per_token"][3] == pytest.approx(f32["decode_ms_per_token"][3] * 1.0625 / 4, rel=1e-12)
     assert q4["decode_ms_per_token"][3] == pytest.approx(f32["decode_ms_per_token"][3] * (18 / 32) / 4, rel=1e-12)
@@ -183,8 +183,8 @@ def test_features_read_weights_at_the_engines_bytes_per_weight():
     assert 1.0625 / 4 < ratio < 0.5
     # prefill is FLOPs at the runtime dtype's peak: the same work in every engine
     assert np.array_equal(q8["prefill_ms"], f32["prefill_ms"])
-    assert features(SHAPE, CFG, hw(engine="onnxruntime"), WL)["decode_ms_per_token"][3] == f32["decode_ms_per_token"][3]
-    bf16 = features(SHAPE, CFG, hw(dtype="bfloat16"), WL)
+    assert roofline_features(SHAPE, CFG, hw(engine="onnxruntime"), WL)["decode_ms_per_token"][3] == f32["decode_ms_per_token"][3]
+    bf16 = roofline_features(SHAPE, CFG, hw(dtype="bfloat16"), WL)
     assert bf16["decode_ms_per_token"][3] == pytest.approx(f32["decode_ms_per_token"][3] / 2, rel=1e-12)
 
 
@@ -332,7 +332,7 @@ def test_one_subnet_timed_in_onnxruntime(tmp_path, tiny, profiles):
     pytest.importorskip("onnxruntime")
     from types import SimpleNamespace
 
-    from toolkit import latency
+    from toolkit.calibrate import latency
 
     prof = load_profile(profiles["onnxruntime"])
     measure = latency.subnet_measure_fn(SimpleNamespace(model=tiny), None, prof, repeats=2, workdir=tmp_path / "w")

@@ -38,7 +38,7 @@ def workspace(tmp_path_factory, tiny_folder):
     from toolkit.importance import compute_importance
     from toolkit.models import load_model
     from toolkit.models.tiny import byte_tokenizer, llama_tiny
-    from toolkit.predictor import Hardware, Predictor, Workload
+    from toolkit.calibrate import Hardware, Predictor, Workload
     from toolkit.profiles import load_profile
     from toolkit.space import ParentShape
 

@@ -17,7 +17,7 @@ import pytest
 from toolkit.errors import ConfigError, UserError
 from toolkit.journal import Journal
 from toolkit.models.tiny import tiny_profile_yaml
-from toolkit.predictor import Hardware, Measurement, Predictor, Workload, calibrate
+from toolkit.calibrate import Hardware, Measurement, Predictor, Workload, calibrate
 from toolkit.search import Evaluation, Journal as SearchJournal, load_evaluations
 from toolkit.space import ParentShape, SearchSpace, SubnetConfig
 
@@ -276,7 +276,7 @@ def _complete_lines(path):
 
 
 def test_calibrate_survives_kill_minus_9_mid_write_twice(tmp_path, tiny_folder, monkeypatch):
-    from toolkit import latency
+    from toolkit.calibrate import latency
     from toolkit.cli.main import main
 
     profile, calib, out = tmp_path / "profile.yaml", tmp_path / "calib.txt", tmp_path / "predictor.json"

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from toolkit import latency
-from toolkit.latency import measure_model, peak_mem_bytes, weight_bytes
+from toolkit.calibrate import latency
+from toolkit.calibrate.latency import measure_model, peak_mem_bytes, weight_bytes
 
 
 def test_weight_bytes_counts_shared_memory_once(tiny):

@@ -68,7 +68,7 @@ def test_calibrate_predict_search_report(tmp_path, tiny_folder, task_file, calib
 
 
 def test_predictor_for_another_model_is_refused(tmp_path, tiny_folder, task_file, calib_text, capsys):
-    from toolkit.predictor import Hardware, Predictor, Workload
+    from toolkit.calibrate import Hardware, Predictor, Workload
     from toolkit.space import ParentShape
 
     from toolkit.profiles import load_profile
@@ -102,7 +102,7 @@ def tiny_hash(tiny_folder):
 
 def _prior_setup(tmp_path, tiny_hash, profile_text=PROFILE):
     """A profile and a roofline-prior predictor for the tiny parent (no calibration run needed)."""
-    from toolkit.predictor import Hardware, Predictor, Workload
+    from toolkit.calibrate import Hardware, Predictor, Workload
     from toolkit.profiles import load_profile
     from toolkit.space import ParentShape
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from toolkit.errors import ConfigError, UserError
-from toolkit.predictor import (TARGETS, Hardware, Measurement, Predictor, Workload, choose_calibration_configs,
-                               features)
+from toolkit.calibrate import (TARGETS, Hardware, Measurement, Predictor, Workload, choose_calibration_configs,
+                               roofline_features)
 from toolkit.space import ParentShape, SearchSpace
 
 SMOL = ParentShape(num_layers=30, hidden_size=576, intermediate_size=1536, num_heads=9, num_kv_heads=3,
@@ -25,7 +25,7 @@ def synthetic(configs, noise=0.0, seed=0):
     rng = np.random.default_rng(seed)
     out = []
     for c in configs:
-        f = features(SMOL, c, HW, WL)
+        f = roofline_features(SMOL, c, HW, WL)
         v = {t: float(np.dot(TRUE[t], f[t])) * (1 + noise * rng.standard_normal()) for t in TARGETS}
         out.append(Measurement(c, v["prefill_ms"], v["decode_ms_per_token"], v["peak_mem_bytes"]))
     return out
@@ -100,7 +100,7 @@ def test_malformed_predictor_file(tmp_path):
         Predictor.load(p)
 
 
-# -- features() against torch's own FLOP counter -------------------------------------------------------------
+# -- roofline_features() against torch's own FLOP counter -------------------------------------------------------------
 def _flops_by_part(model, B, T):
     import re
 
@@ -124,7 +124,7 @@ def _flops_by_part(model, B, T):
 
 
 def test_features_match_torch_flop_counter_and_real_weights(tiny):
-    """features() is checked against what torch counts and holds, not against data made by features()."""
+    """roofline_features() is checked against what torch counts and holds, not against data made by it."""
     from toolkit.elastic import extract, parent_shape
     from toolkit.space import SubnetConfig
 
@@ -133,7 +133,7 @@ def test_features_match_torch_flop_counter_and_real_weights(tiny):
     B, T = 2, 16
     for cfg in (shape.full_config(), SubnetConfig((0, 2, 3), (128, 256, 64), (2, 4, 2))):
         child = extract(tiny, cfg)  # which channels are kept does not change the counts
-        f = features(shape, cfg, hw, Workload(T, 4, B))
+        f = roofline_features(shape, cfg, hw, Workload(T, 4, B))
         counted = _flops_by_part(child, B, T)
         _, depth, attn, mlp = f["prefill_ms"]
         assert depth == cfg.depth and mlp == pytest.approx(counted["mlp"], rel=1e-9)
@@ -277,7 +277,7 @@ def test_predictor_without_a_workload_field_is_refused(tmp_path):
     import json
 
     from toolkit.errors import ConfigError
-    from toolkit.predictor import Hardware, Predictor, Workload
+    from toolkit.calibrate import Hardware, Predictor, Workload
     from toolkit.space import ParentShape
 
     p = Predictor.prior("m", "x", "fp", ParentShape(4, 64, 256, 4, 2, 16, 256, True), Hardware(1e11, 1e10),

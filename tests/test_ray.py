@@ -54,7 +54,7 @@ def cluster(_module_cluster):
 def prior(tmp_path_factory, tiny_folder):
     """A profile and a roofline-prior predictor for the tiny parent."""
     from toolkit.models import load_model
-    from toolkit.predictor import Hardware, Predictor, Workload
+    from toolkit.calibrate import Hardware, Predictor, Workload
     from toolkit.profiles import load_profile
     from toolkit.space import ParentShape
 
@@ -112,7 +112,7 @@ def _tiny_searcher(tiny_folder, calib_text, task_file, prior, run_dir, executor=
     from toolkit.elastic import space_for
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
-    from toolkit.predictor import Predictor
+    from toolkit.calibrate import Predictor
     from toolkit.search import Searcher, SearchSettings
     from toolkit.search.workers import AccuracyWorker
     from toolkit.tasks import get_task, load_task

@@ -1,7 +1,7 @@
 """The project's one timing primitive: warm-up, synchronise, repeat, report the median and the spread.
 
 Every number the toolkit reports as "measured" (a device's FLOP/s and memory bandwidth in
-:mod:`toolkit.profiles`, a model's prefill latency and decode speed in :mod:`toolkit.latency`) goes
+:mod:`toolkit.profiles`, a model's prefill latency and decode speed in :mod:`toolkit.calibrate.latency`) goes
 through :func:`time_callable`, so that all of them mean the same thing:
 
 * ``warmup`` untimed calls first (lazy initialisation, allocator growth, cuBLAS heuristics, caches);
@@ -23,7 +23,7 @@ no per-sample record or spread we control, and it imports torch; this module imp
 :func:`sync_for` and :func:`torch_threads`, so timing pure-Python callables stays cheap.
 
 Model measurements (prefill latency, decode tokens/s with a KV cache, peak memory) are built on top of
-this primitive in :mod:`toolkit.latency`.
+this primitive in :mod:`toolkit.calibrate.latency`.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def run(args) -> int:
     import sys
 
     from toolkit.errors import UserError
-    from toolkit.predictor import Predictor, calibrate, choose_calibration_configs
+    from toolkit.calibrate import Predictor, calibrate, choose_calibration_configs
 
     check_args(args)
     if args.refit:
@@ -86,8 +86,8 @@ def run(args) -> int:
         return 0
     from toolkit.elastic import parent_shape, space_for
     from toolkit.importance import load_or_compute_importance
-    from toolkit.latency import CalibrationWorker, foreign_node_error, machine_record, recording_where, subnet_measure_fn
-    from toolkit.predictor import Hardware, Workload
+    from toolkit.calibrate import CalibrationWorker, Hardware, Workload, foreign_node_error, machine_record, recording_where
+    from toolkit.calibrate.latency import subnet_measure_fn
     from toolkit.models import load_model
     from toolkit.profiles import load_profile, warn_if_foreign
 

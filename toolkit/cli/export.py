@@ -109,7 +109,7 @@ def run(args) -> int:
         profile = load_profile(profile_ref)
     pred = None
     if args.predictor and predicted is None:
-        from toolkit.predictor import Predictor
+        from toolkit.calibrate import Predictor
 
         pred = Predictor.load(args.predictor)
         if profile is not None:

@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from toolkit.predictor import Predictor
+    from toolkit.calibrate import Predictor
     from toolkit.space import SubnetConfig
 
     pred = Predictor.load(args.predictor)

@@ -196,7 +196,7 @@ def run(args) -> int:
     from toolkit.evaluate import check_task_lengths, model_max_length, peek_tokenizer, truncation_warning
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
-    from toolkit.predictor import Predictor
+    from toolkit.calibrate import Predictor
     from toolkit.errors import UserError
     from toolkit.profiles import load_profile
     from toolkit.search import Searcher

@@ -10,7 +10,7 @@ GGUF is tensors and metadata, and llama.cpp reads its chat template as a string,
   longest common prefix with the previous call is kept, so scoring several continuations of one context
   evaluates the context once. :meth:`LlamaCpp.measure` times a profile's workload (prefill of a fresh
   cache, then single-token decode steps) through :func:`toolkit.measure.time_callable`, the project's one
-  timing primitive, the same way :mod:`toolkit.latency` times PyTorch.
+  timing primitive, the same way :mod:`toolkit.calibrate.latency` times PyTorch.
 * The KV cache is llama.cpp's default (f16) for timing, as deployed; parity checks ask for an f32 cache
   (``kv_f32``), because the f16 cache alone moves logits by ~3e-2 on SmolLM2 (f32: 5e-5).
 * :data:`GGUF_TYPES`: the llama.cpp file types the export can write, with llama.cpp's ``llama_ftype`` ids
@@ -143,7 +143,7 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, type_name: str, thr
 
 @dataclass(frozen=True)
 class EngineMeasurement:
-    """Prefill latency and decode speed of one model in llama.cpp (fields as :class:`toolkit.latency.ModelMeasurement`)."""
+    """Prefill latency and decode speed of one model in llama.cpp (fields as :class:`toolkit.calibrate.latency.ModelMeasurement`)."""
 
     prefill_ms: float
     decode_ms_per_token: float

@@ -182,7 +182,7 @@ def clean_stale(out: Path) -> list[Path]:
 
 # -- export ---------------------------------------------------------------------------------------
 def _pytorch_decode(model, req: ExportRequest):
-    from toolkit.latency import measure_model
+    from toolkit.calibrate.latency import measure_model
     from toolkit.measure import torch_threads
 
     with torch_threads(req.threads):

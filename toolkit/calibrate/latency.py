@@ -29,8 +29,8 @@ resident-set growth while the artifact is opened and runs one prefill + decode (
 cache, compute buffers: what the engine holds), never less than the artifact's size on disk (every
 weight is touched by a prefill; a page already mapped would otherwise hide). The first artifact of a
 process is opened once before that, so the engine's one-time set-up is not the first sub-network's
-memory. The artifact lives in a
-temporary folder (next to the predictor file when the CLI calibrates) removed after each measurement.
+memory. The artifact lives in a temporary folder (next to the predictor file when the CLI calibrates),
+removed after each measurement.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from toolkit.calibrate.predictor import Measurement
 from toolkit.measure import time_prefill_decode
 
 M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
@@ -197,7 +198,7 @@ def _measure_model(model, prompt_tokens: int, generate_tokens: int, batch_size: 
                    max_spread: float, seed: int) -> ModelMeasurement:
     from transformers import DynamicCache
 
-    from toolkit.measure import sync_for, time_callable
+    from toolkit.measure import sync_for
     from toolkit.models.compat import cache_arg_name
 
     device = next(model.parameters()).device
@@ -235,7 +236,7 @@ def _measure_model(model, prompt_tokens: int, generate_tokens: int, batch_size: 
 
 
 def subnet_measure_fn(loaded, importance, profile, repeats: int = 5, workdir: str | os.PathLike | None = None):
-    """``cfg -> predictor.Measurement``: extract the sub-network and time it in the profile's engine
+    """``cfg -> Measurement``: extract the sub-network and time it in the profile's engine
     (``runtime.engine``: torch, onnxruntime or llama.cpp), runtime (device, dtype, threads, GGUF type)
     and workload. ``workdir``: where the temporary artifacts of the exporting engines go (default: the
     system's temporary folder). A missing engine is a one-line error before anything is measured."""
@@ -247,71 +248,9 @@ def subnet_measure_fn(loaded, importance, profile, repeats: int = 5, workdir: st
     return _ENGINE_MEASURE_FNS[engine](loaded, importance, profile, repeats, workdir)
 
 
-def machine_record(kind: str = "cpu", device: str | None = None, node_id: str = "local") -> dict[str, str]:
-    """Where a measurement is taken: this machine's fingerprint (what a profile of it would have), a
-    description, the host name and the Ray node id (``"local"``: in the calibrating process)."""
-    import socket
-
-    from toolkit.profiles import describe_current_machine, fingerprint_current_machine
-
-    return {"fingerprint": fingerprint_current_machine(kind, device), "machine": describe_current_machine(kind, device),
-            "host": socket.gethostname(), "node_id": node_id}
-
-
-def recording_where(measure, where: dict[str, str]):
-    """``measure`` whose every :class:`~toolkit.predictor.Measurement` carries ``measured_on=where``."""
-    import dataclasses
-
-    def measure_here(cfg):
-        return dataclasses.replace(measure(cfg), measured_on=dict(where))
-
-    return measure_here
-
-
-def foreign_node_error(profile, where: dict[str, str], resource: str | None) -> str:
-    """The one line of a calibration sent to a node the profile does not describe."""
-    via = f"--ray-resource {resource}: " if resource else ""
-    return (f"{via}node {where['host']} (Ray node {where['node_id'][:12]}) is {where['machine']}, fingerprint "
-            f"{where['fingerprint']}; the profile '{profile.name}' describes {profile.describe_machine()} (fingerprint "
-            f"{profile.fingerprint}): profile that device (`toolkit profile --out FILE` on it) or send the work to one it describes")
-
-
-@dataclass(frozen=True)
-class CalibrationWorker:
-    """Factory of a calibration measure function in a Ray worker (:mod:`toolkit.executors`): loads the
-    parent on that node (checked against the driver's hash) and times sub-networks there, in the profile's
-    engine. ``strict``: the node must be the machine the profile describes (its fingerprint), checked
-    before anything is timed; every measurement records the node either way (``measured_on``)."""
-
-    model: str
-    model_hash: str
-    dtype: str
-    device: str
-    importance: object
-    profile: object  # toolkit.profiles.DeviceProfile
-    repeats: int
-    strict: bool = False
-    resource: str | None = None
-    worker_gpus: float = 0.0
-
-    def __call__(self):
-        import ray
-
-        from toolkit.errors import UserError
-        from toolkit.executors import cuda_device_for_worker, load_model_on_worker
-
-        device = cuda_device_for_worker(self.device, self.worker_gpus)
-        where = machine_record(self.profile.kind, device, ray.get_runtime_context().get_node_id())
-        if self.strict and where["fingerprint"] != self.profile.fingerprint:
-            raise UserError(foreign_node_error(self.profile, where, self.resource))
-        loaded = load_model_on_worker(self.model, self.model_hash, self.dtype, self.device, self.worker_gpus)
-        return recording_where(subnet_measure_fn(loaded, self.importance, self.profile, self.repeats), where)
-
-
 def _torch_measure_fn(loaded, importance, profile, repeats: int, workdir=None):
     from toolkit.elastic import extract
     from toolkit.measure import torch_threads
-    from toolkit.predictor import Measurement
 
     wl = profile.workload
     device, dtype = torch.device(profile.runtime.device), getattr(torch, profile.runtime.dtype)
@@ -355,7 +294,6 @@ def _llamacpp_measure_fn(loaded, importance, profile, repeats: int, workdir=None
 
     from toolkit.engines.llamacpp import LlamaCpp
     from toolkit.export.gguf import source_gguf_of, write_gguf
-    from toolkit.predictor import Measurement
 
     rt, wl = profile.runtime, profile.workload
     if wl.batch_size != 1:
@@ -418,7 +356,6 @@ def _onnx_measure_fn(loaded, importance, profile, repeats: int, workdir=None):
     import onnxruntime  # noqa: F401 - imported here, so that its libraries are not counted as a sub-network's memory
 
     from toolkit.export.onnx import OrtCausalLM, export_onnx
-    from toolkit.predictor import Measurement
 
     rt, wl = profile.runtime, profile.workload
     first = [True]
