@@ -169,7 +169,7 @@ def predictor_part(args, loaded, profile, work: Path, cache: Cache) -> tuple[dic
     from toolkit.elastic import parent_shape, space_for
     from toolkit.importance import load_or_compute_importance
     from toolkit.calibrate.latency import subnet_measure_fn
-    from toolkit.calibrate import Hardware, Measurement, Predictor, Workload, choose_calibration_configs
+    from toolkit.calibrate import Hardware, Measurement, Predictor, choose_calibration_configs
     from toolkit.progress import progress_bar
     from toolkit.fileio import default_calibration_file
 
@@ -196,7 +196,7 @@ def predictor_part(args, loaded, profile, work: Path, cache: Cache) -> tuple[dic
                 ms[part].append(Measurement.from_dict(d, str(cache.path), "", shape))
                 bar.update(task, advance=1, info=f"{part}: {ms[part][-1].decode_ms_per_token:.1f} ms/token")
     prior = Predictor.prior(loaded.model_hash, profile.name, profile.fingerprint, shape, Hardware.from_profile(profile),
-                            Workload.from_profile(profile))
+                            profile.workload)
     fitted = prior.fit(ms["calibration"])
     fitted.save(work / "predictor.json")
     ev = fitted.evaluate(ms["held_out"])

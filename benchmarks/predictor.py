@@ -40,7 +40,7 @@ def main() -> None:
     from toolkit.importance import load_or_compute_importance
     from toolkit.calibrate.latency import subnet_measure_fn
     from toolkit.models import load_model
-    from toolkit.calibrate import Hardware, Predictor, Workload, calibrate, choose_calibration_configs
+    from toolkit.calibrate import Hardware, Predictor, calibrate, choose_calibration_configs
     from toolkit.profiles import load_profile, warn_if_foreign
 
     profile = load_profile(args.profile)
@@ -49,7 +49,7 @@ def main() -> None:
     imp = load_or_compute_importance(loaded, default_calibration_file(None, args.data_dir))
     space = space_for(loaded, imp)
     prior = Predictor.prior(loaded.model_hash, profile.name, profile.fingerprint, parent_shape(loaded.model),
-                            Hardware.from_profile(profile), Workload.from_profile(profile))
+                            Hardware.from_profile(profile), profile.workload)
     measure = subnet_measure_fn(loaded, imp, profile, args.repeats)
     train = choose_calibration_configs(space, args.samples, seed=args.seed)
     t0 = time.perf_counter()

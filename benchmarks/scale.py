@@ -66,7 +66,7 @@ def model_part(args, work: Path) -> dict:
     from toolkit.executors import ExecutorSpec, RayExecutor
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
-    from toolkit.calibrate import Hardware, Predictor, Workload
+    from toolkit.calibrate import Hardware, Predictor
     from toolkit.profiles import load_profile
     from toolkit.search import Searcher, SearchSettings
     from toolkit.search.workers import AccuracyWorker
@@ -80,7 +80,7 @@ def model_part(args, work: Path) -> dict:
     root = data_dir(args.data_dir)
     task = load_task(get_task(args.task, root), root).split("search")
     predictor = Predictor.prior(loaded.model_hash, profile.name, profile.fingerprint, parent_shape(loaded.model),
-                                Hardware.from_profile(profile), Workload.from_profile(profile))
+                                Hardware.from_profile(profile), profile.workload)
     factory = AccuracyWorker(args.model, loaded.model_hash, dtype, "cpu", importance, task, args.limit, args.seed, 1)
     settings = SearchSettings(evals=args.evals, population=args.population, seed=args.seed)
     del loaded

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from toolkit.calibrate.roofline import (DTYPE_BYTES, ENGINES, FEATURE_NAMES, TARGETS, Hardware, Workload,
+from toolkit.calibrate.roofline import (FEATURE_NAMES, TARGETS, Hardware, Workload,
                                         roofline_features, roofline_prior)
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import atomic_write_json
@@ -284,19 +284,9 @@ class Predictor:
         hw = fields_of("hardware", d["hardware"], ("peak_flops", "bandwidth_bytes_per_s", "dtype", "engine",
                                                    "gguf_type", "weight_bytes_per_param", "kv_bytes_per_element"),
                        ("peak_flops", "bandwidth_bytes_per_s"))
-        dtype = hw.get("dtype", "float32")
-        if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
-            raise ConfigError("hardware.dtype", f"expected one of {', '.join(DTYPE_BYTES)}, got {dtype!r}", file)
         # A predictor without an engine field was calibrated in torch (the default engine).
-        engine, gguf = hw.get("engine", "torch"), hw.get("gguf_type")
-        if not isinstance(engine, str):
-            raise ConfigError("hardware.engine", f"expected one of {', '.join(ENGINES)}, got {engine!r}", file)
-        if gguf is not None and not isinstance(gguf, str):
-            raise ConfigError("hardware.gguf_type", f"expected a GGUF type name or null, got {gguf!r}", file)
         try:
-            hardware = Hardware(_number("hardware.peak_flops", hw["peak_flops"], file, positive=True),
-                                _number("hardware.bandwidth_bytes_per_s", hw["bandwidth_bytes_per_s"], file, positive=True),
-                                dtype, engine, gguf)
+            hardware = Hardware(**{k: v for k, v in hw.items() if k not in ("weight_bytes_per_param", "kv_bytes_per_element")})
         except ConfigError as exc:
             raise exc.with_file(file) from None
         for name, derived in (("weight_bytes_per_param", hardware.weight_bytes_per_param),

@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from toolkit import schema
 from toolkit.engines import ENGINES as _ENGINE_REGISTRY
 from toolkit.errors import ConfigError
+from toolkit.profiles.schema import Workload  # the deployment workload: the profile's record, the one definition
+from toolkit.schema import Invalid, Record, checked
 from toolkit.space import ParentShape, SubnetConfig
 
 TARGETS = ("prefill_ms", "decode_ms_per_token", "peak_mem_bytes")
@@ -51,26 +54,6 @@ FEATURE_NAMES = {
     "peak_mem_bytes": ("const", "weight_bytes", "kv_cache_bytes", "activation_bytes"),
 }
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-@dataclass(frozen=True)
-class Workload:
-    """What one deployment call does: prompt tokens in, generated tokens out, batch size."""
-
-    prompt_tokens: int = 128
-    generate_tokens: int = 32
-    batch_size: int = 1
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ConfigError(f"workload.{f.name}", f"must be a positive integer, got {v!r}")
-
-    @classmethod
-    def from_profile(cls, profile) -> "Workload":
-        wl = profile.workload
-        return cls(wl.prompt_tokens, wl.generate_tokens, wl.batch_size)
 
 
 ENGINES = tuple(_ENGINE_REGISTRY)  # torch, onnxruntime, llama.cpp
@@ -89,8 +72,22 @@ def _gguf_type_names() -> tuple[str, ...]:
     return tuple(GGUF_TYPES)
 
 
+def _positive_number(v: Any) -> float:
+    """A finite number > 0, written as a number (a JSON string "2e11" is refused: this file is written by
+    the toolkit, so a string there means it was edited by hand)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Invalid(f"expected a number, got {schema.show(v)}")
+    return schema.positive(v)
+
+
+def _gguf_type(v: Any) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise Invalid(f"expected a GGUF type name or null, got {v!r}")
+    return v
+
+
 @dataclass(frozen=True)
-class Hardware:
+class Hardware(Record):
     """The device figures the roofline needs (taken from a DeviceProfile), and how the engine stores data.
 
     The bytes the decode roofline reads follow the engine: torch reads its weights, KV cache and
@@ -99,19 +96,15 @@ class Hardware:
     (:data:`toolkit.engines.llamacpp.GGUF_TYPES`), keeps an f16 KV cache and f32 activations.
     """
 
-    peak_flops: float  # FLOP/s at the runtime dtype
-    bandwidth_bytes_per_s: float
-    dtype: str = "float32"
-    engine: str = "torch"
-    gguf_type: str | None = None  # llama.cpp only
+    _SECTION: ClassVar[str] = "hardware"
+    peak_flops: float = checked(_positive_number)  # FLOP/s at the runtime dtype
+    bandwidth_bytes_per_s: float = checked(_positive_number)
+    dtype: str = checked(schema.choice(*DTYPE_BYTES), "float32")
+    engine: str = checked(schema.choice(*ENGINES), "torch")
+    gguf_type: str | None = checked(_gguf_type, None)  # llama.cpp only
 
     def __post_init__(self) -> None:
-        if not (self.peak_flops > 0 and self.bandwidth_bytes_per_s > 0):
-            raise ConfigError("hardware", "peak FLOP/s and bandwidth must be positive")
-        if self.dtype not in DTYPE_BYTES:
-            raise ConfigError("runtime.dtype", f"unsupported dtype {self.dtype!r}")
-        if self.engine not in ENGINES:
-            raise ConfigError("hardware.engine", f"expected one of {', '.join(ENGINES)}, got {self.engine!r}")
+        super().__post_init__()
         if self.engine == "llama.cpp":
             if self.gguf_type not in _gguf_type_names():
                 raise ConfigError("hardware.gguf_type", f"expected a llama.cpp GGUF type "

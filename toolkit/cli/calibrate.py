@@ -86,7 +86,7 @@ def run(args) -> int:
         return 0
     from toolkit.elastic import parent_shape, space_for
     from toolkit.importance import load_or_compute_importance
-    from toolkit.calibrate import CalibrationWorker, Hardware, Workload, foreign_node_error, machine_record, recording_where
+    from toolkit.calibrate import CalibrationWorker, Hardware, foreign_node_error, machine_record, recording_where
     from toolkit.calibrate.latency import subnet_measure_fn
     from toolkit.models import load_model
     from toolkit.profiles import load_profile, warn_if_foreign
@@ -113,7 +113,7 @@ def run(args) -> int:
     device = profile.runtime.device if timing_here else "cpu"
     loaded = load_model(args.model, dtype=profile.runtime.dtype if args.samples else "float32", device=device)
     prior = Predictor.prior(loaded.model_hash, profile.name, profile.fingerprint, parent_shape(loaded.model),
-                            Hardware.from_profile(profile), Workload.from_profile(profile))
+                            Hardware.from_profile(profile), profile.workload)
     if args.samples == 0:
         prior.save(args.out)
         print(json.dumps({"out": args.out, "calibrated": False}))
