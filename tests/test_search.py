@@ -251,7 +251,7 @@ def test_progress_mid_generation_reports_only_what_is_journaled(tmp_path, monkey
 
 @pytest.mark.parametrize("parallel", [False, True])
 def test_an_accuracy_measured_before_the_search_is_used_not_regraded(tmp_path, parallel):
-    from toolkit.executors import LocalExecutor
+    from toolkit.search.executors import LocalExecutor
 
     graded = []
 

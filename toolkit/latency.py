@@ -278,7 +278,7 @@ def foreign_node_error(profile, where: dict[str, str], resource: str | None) -> 
 
 @dataclass(frozen=True)
 class CalibrationWorker:
-    """Factory of a calibration measure function in a Ray worker (:mod:`toolkit.executors`): loads the
+    """Factory of a calibration measure function in a Ray worker (:mod:`toolkit.search.executors`): loads the
     parent on that node (checked against the driver's hash) and times sub-networks there, in the profile's
     engine. ``strict``: the node must be the machine the profile describes (its fingerprint), checked
     before anything is timed; every measurement records the node either way (``measured_on``)."""
@@ -298,7 +298,7 @@ class CalibrationWorker:
         import ray
 
         from toolkit.errors import UserError
-        from toolkit.executors import cuda_device_for_worker, load_model_on_worker
+        from toolkit.search.executors import cuda_device_for_worker, load_model_on_worker
 
         device = cuda_device_for_worker(self.device, self.worker_gpus)
         where = machine_record(self.profile.kind, device, ray.get_runtime_context().get_node_id())

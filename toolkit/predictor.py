@@ -572,10 +572,10 @@ def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn=None
               progress=None, *, repeats: int | None = None, runtime: Mapping[str, Any] | None = None,
               executor=None, check=None) -> Predictor:
     """Measure ``configs`` with ``measure_fn(cfg) -> Measurement`` (in this process) or on ``executor``
-    (:mod:`toolkit.executors`: e.g. Ray workers on the target device, each built by a
+    (:mod:`toolkit.search.executors`: e.g. Ray workers on the target device, each built by a
     :class:`toolkit.latency.CalibrationWorker`), and fit ``prior``'s coefficients.
 
-    Measurements are appended to ``journal_path`` (a :class:`toolkit.journal.Journal`: JSONL, each line
+    Measurements are appended to ``journal_path`` (a :class:`toolkit.search.journal.JournalFile`: JSONL, each line
     fsynced, a line torn by a kill dropped on resume) as they are taken, so a killed calibration
     resumes without re-timing what it already has. The journal's header records what the measurements
     depend on (model hash, profile fingerprint, workload, dtype, ``repeats``, ``runtime``: the device,
@@ -584,15 +584,15 @@ def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn=None
     (where it was measured: a mismatch with the profile raises there). A measurement that raises stops
     the calibration (a UserError as itself, anything else as a RuntimeError naming the config).
     """
-    from toolkit.executors import LocalExecutor
-    from toolkit.journal import Journal, line_error
+    from toolkit.search.executors import LocalExecutor
+    from toolkit.search.journal import JournalFile, line_error
 
     if (measure_fn is None) == (executor is None):
         raise TypeError("calibrate needs exactly one of measure_fn and executor")
     done: dict[str, Measurement] = {}
     journal = None
     if journal_path is not None:
-        journal = Journal(journal_path, calibration_header(prior, repeats, runtime), what="calibration journal")
+        journal = JournalFile(journal_path, calibration_header(prior, repeats, runtime), what="calibration journal")
         lines: dict[str, int] = {}
         for rec in journal:
             try:

@@ -75,7 +75,7 @@ def register(sub) -> None:
                         "evaluates ~2x faster on CPUs with AVX512-BF16/AMX; speeds still come from the predictor")
     p.add_argument("--resume", action="store_true", help="continue the search journaled in --out")
     add_data_dir_arg(p)
-    from toolkit.executors import add_executor_args
+    from toolkit.search.executors import add_executor_args
 
     add_executor_args(p, default_threads_help="--eval-threads")
     p.set_defaults(func=run)
@@ -208,7 +208,7 @@ def run(args) -> int:
         raise UserError(f"--limit: must be 0 (all examples) or positive, got {args.limit}")
     if args.eval_threads < 1:
         raise UserError(f"--eval-threads: must be at least 1, got {args.eval_threads}")
-    from toolkit.executors import RayExecutor, model_reference, spec_from_args
+    from toolkit.search.executors import RayExecutor, model_reference, spec_from_args
 
     spec = spec_from_args(args, default_threads=args.eval_threads)
     profile = load_profile(args.profile)  # search times nothing itself: speeds come from the predictor

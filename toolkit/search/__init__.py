@@ -11,7 +11,7 @@ objective values, so the resumed run follows the uninterrupted run's trajectory 
 only what the journal does not have yet. A line cut off by a kill is dropped (it never counted).
 
 **Executors.** A generation is evaluated as one batch (:meth:`Searcher.evaluate_many`): predictions
-and constraints on the driver, accuracy jobs on an executor (:mod:`toolkit.executors`: in this process,
+and constraints on the driver, accuracy jobs on an executor (:mod:`toolkit.search.executors`: in this process,
 or Ray workers that each load the model once, see :mod:`toolkit.search.workers`), records journaled in
 the batch's order by the driver alone. Journal, trajectory and front are therefore the same whatever the
 executor and however many workers; a worker lost mid-evaluation has its candidate re-queued
@@ -202,7 +202,7 @@ class Evaluation:
 
 
 class Journal:
-    """The run's evaluations, on :class:`toolkit.journal.Journal` (fsynced lines, a torn last line dropped
+    """The run's evaluations, on :class:`toolkit.search.journal.JournalFile` (fsynced lines, a torn last line dropped
     and truncated). No header line: ``run.json`` holds the settings. Each line is validated as an
     :class:`Evaluation`, its config against ``space`` (by default the space in ``run.json`` beside the
     journal, when there is one); a bad line or a key journaled twice is a one-line error naming the line.
@@ -211,7 +211,7 @@ class Journal:
     """
 
     def __init__(self, path: Path, space: SearchSpace | None = None, readonly: bool = False):
-        from toolkit.journal import Journal as JournalFile, line_error
+        from toolkit.search.journal import JournalFile, line_error
 
         self.path = Path(path)
         self._file = JournalFile(self.path, header=None, what="search journal", readonly=readonly)
@@ -317,7 +317,7 @@ class _Pending:
     error: str | None = None
     needs_accuracy: bool = False
     predict_seconds: float = 0.0
-    outcome: Any = None  # toolkit.executors.Outcome of the accuracy job, once it is done
+    outcome: Any = None  # toolkit.search.executors.Outcome of the accuracy job, once it is done
     evaluation: Evaluation | None = None
 
     @property
@@ -376,11 +376,11 @@ class Searcher:
                  run_dir: str | Path, meta: Mapping[str, Any] | None = None, resume: bool = False,
                  on_progress: Callable[[dict[str, Any]], None] | None = None, executor=None,
                  known: Mapping[str, Mapping[str, float]] | None = None):
-        """``accuracy_fn`` runs in this process; or pass ``executor`` (:mod:`toolkit.executors`, e.g. a
+        """``accuracy_fn`` runs in this process; or pass ``executor`` (:mod:`toolkit.search.executors`, e.g. a
         Ray pool whose workers build the accuracy function themselves) and ``accuracy_fn=None``.
         The executor is not started or closed here: its owner does that. ``known`` maps a config key to
         accuracy metrics measured before the search (the chance guard's parent): used, not re-graded."""
-        from toolkit.executors import LocalExecutor
+        from toolkit.search.executors import LocalExecutor
 
         if (accuracy_fn is None) == (executor is None):
             raise TypeError("Searcher needs exactly one of accuracy_fn and executor")
@@ -468,7 +468,7 @@ class Searcher:
             p.needs_accuracy = p.error is None and (p.violation == 0.0 or key == self._parent_key)
             p.predict_seconds = time.perf_counter() - t0
             if p.needs_accuracy and key in self._known:
-                from toolkit.executors import Outcome
+                from toolkit.search.executors import Outcome
 
                 p.outcome = Outcome("ok", value=dict(self._known[key]), worker={"measured": "before the search"})
             pending[key] = p
