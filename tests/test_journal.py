@@ -18,7 +18,7 @@ from toolkit.errors import ConfigError, UserError
 from toolkit.search.journal import JournalFile
 from toolkit.models.tiny import tiny_profile_yaml
 from toolkit.predictor import Hardware, Measurement, Predictor, Workload, calibrate
-from toolkit.search import Evaluation, Journal as SearchJournal, load_evaluations
+from toolkit.search import Evaluation, EvaluationJournal, load_evaluations
 from toolkit.space import ParentShape, SearchSpace, SubnetConfig
 
 TINY = ParentShape(num_layers=6, hidden_size=64, intermediate_size=256, num_heads=4, num_kv_heads=2,
@@ -178,20 +178,20 @@ def test_search_journal_refuses_a_duplicated_key_in_a_line_and_a_repeated_evalua
     line = json.dumps(evaluation(0, SPACE.largest()))
     path.write_text(line.replace('"feasible": true', '"feasible": true, "feasible": false') + "\n")
     with pytest.raises(ConfigError, match=r"line 1: feasible: appears twice"):
-        SearchJournal(path, SPACE)
+        EvaluationJournal(path, SPACE)
     path.write_text(line + "\n" + json.dumps(evaluation(1, SPACE.largest())) + "\n")
     with pytest.raises(ConfigError, match=r"line 2: key: .* already journaled on line 1"):
-        SearchJournal(path, SPACE)
+        EvaluationJournal(path, SPACE)
 
 
 def test_search_journal_keeps_its_headerless_format(tmp_path):
     path = tmp_path / "evaluations.jsonl"
-    j = SearchJournal(path, SPACE)
+    j = EvaluationJournal(path, SPACE)
     assert not path.exists()  # nothing written before the first evaluation
     ev = Evaluation.from_dict(evaluation(0, SPACE.largest()))
     j.append(ev)
     assert [json.loads(l) for l in path.read_text().splitlines()] == [ev.to_dict()]
-    assert SearchJournal(path, SPACE).get(ev.key) == ev
+    assert EvaluationJournal(path, SPACE).get(ev.key) == ev
 
 
 # -- calibrate's measurements journal ------------------------------------------------------------------------

@@ -67,8 +67,9 @@ def register(sub) -> None:
     p.add_argument("--max-params", type=float, default=None)
     p.add_argument("--calibration", default=None, help="calibration text for importance")
     p.add_argument("--eval-threads", type=int, default=1,
-                   help="torch threads for the accuracy evaluations (not timing; default 1: on a shared 2-core "
-                        "machine one thread measured 5x faster than two)")
+                   help="torch threads for the accuracy evaluations (not timing; default 1: a tiny-batch forward "
+                        "pass of a small model gains little from more threads, and on a machine with few cores "
+                        "extra threads compete with each other)")
     p.add_argument("--out", required=True, help="run directory (journal, pareto.json, pareto.png)")
     p.add_argument("--eval-dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="weights dtype for the accuracy evaluations (default: the profile's dtype). bfloat16 "
@@ -199,7 +200,7 @@ def run(args) -> int:
     from toolkit.predictor import Predictor
     from toolkit.errors import UserError
     from toolkit.profiles import load_profile
-    from toolkit.search import Searcher
+    from toolkit.search import Searcher, axis_labels
     from toolkit.fileio import data_dir
     from toolkit.tasks import get_task, load_task
 
@@ -277,7 +278,7 @@ def run(args) -> int:
 
             def on_progress(state):
                 bar.update(t, completed=min(state["evaluations"], args.evals),
-                           info=f"gen {state['generation']}  front {state['front']}  best acc {state['best_accuracy']:.3f}")
+                           info=f"generation {state['generation']}  front {state['front']}  best acc {state['best_accuracy']:.3f}")
 
             searcher = Searcher(space, settings, accuracy, predictor.predict, args.out, meta=meta, resume=args.resume,
                                 on_progress=on_progress, executor=executor, known=known)
@@ -285,6 +286,10 @@ def run(args) -> int:
     finally:
         if executor is not None:
             executor.close()
+    from toolkit.report import write_run_report
+
+    write_run_report(args.out, result.evaluations, result.front, settings.objectives, result.parent,
+                     labels=axis_labels(settings.objectives))
     feasible = sum(e.feasible for e in result.evaluations)
     summary = {"run": args.out, "evaluations": len(result.evaluations), "new_evaluations": searcher.new_evaluations,
                "feasible": feasible, "front": len(result.front), "hypervolume": round(result.hypervolume, 6),
@@ -298,7 +303,7 @@ def run(args) -> int:
         return EXIT_NOTHING_FEASIBLE
     if not enabled():
         return 0
-    from toolkit.cli.report import print_front
+    from toolkit.cli.report import print_run_front
 
-    print_front(Path(args.out))
+    print_run_front(Path(args.out))
     return 0
