@@ -277,3 +277,22 @@ def test_an_accuracy_measured_before_the_search_is_used_not_regraded(tmp_path, p
     got = next(e for e in result.evaluations if e.key == parent.key())
     assert got.metrics["accuracy"] == 0.123
 
+
+@pytest.mark.parametrize("missing", ["pymoo", "matplotlib"])
+def test_a_missing_search_extra_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, missing):
+    """Without pymoo or matplotlib, `toolkit search` and `toolkit report` stop at once with one line naming the
+    [search] extra (exit 2), before any file is read or written, not after every evaluation."""
+    import importlib.util
+
+    from toolkit.cli.main import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == missing else real(name, *a, **k))
+    out = tmp_path / "run"
+    rc = main(["search", "--model", str(tmp_path / "no-model"), "--profile", str(tmp_path / "no-profile.yaml"),
+               "--predictor", str(tmp_path / "no.json"), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and f"{missing} is not installed" in err, err
+    assert "pip install 'llm-nas-toolkit[search]'" in err and not out.exists()
+    assert main(["report", str(tmp_path)]) == 2
+    assert "[search] extra" in capsys.readouterr().err

@@ -52,6 +52,9 @@ def print_run_front(run_dir: Path) -> None:
 
 
 def run(args) -> int:
+    from toolkit.search import require_search_extra
+
+    require_search_extra("report")
     run_dir = Path(args.run)
     pareto = rerender(run_dir)
     if args.json:

@@ -193,6 +193,9 @@ def _chance_guard(args, graded, space, subset, metric, resumed: dict | None):
 def run(args) -> int:
     import sys
 
+    from toolkit.search import require_search_extra
+
+    require_search_extra()  # pymoo and matplotlib: a missing extra is found before any work, not after it
     from toolkit.elastic import space_for
     from toolkit.evaluate import check_task_lengths, model_max_length, peek_tokenizer, truncation_warning
     from toolkit.importance import load_or_compute_importance

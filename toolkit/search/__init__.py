@@ -46,6 +46,7 @@ refused, and ``pareto.json`` says which part its accuracies are on (``split``, `
 """
 
 from toolkit.search.evaluations import Evaluation, EvaluationJournal, accuracy_measured, load_evaluations
+from toolkit.search.extra import require_search_extra
 from toolkit.search.pareto import SearchResult, hypervolume, pareto_front, summarise, to_minimisation, write_pareto
 from toolkit.search.searcher import AccuracyFn, PredictFn, Searcher
 from toolkit.search.settings import (OBJECTIVES, SEARCH_VERSION, Objective, SearchSettings, axis_labels,
@@ -53,5 +54,5 @@ from toolkit.search.settings import (OBJECTIVES, SEARCH_VERSION, Objective, Sear
 
 __all__ = ["AccuracyFn", "Evaluation", "EvaluationJournal", "OBJECTIVES", "Objective", "PredictFn", "SEARCH_VERSION",
            "SearchResult", "SearchSettings", "Searcher", "accuracy_measured", "axis_labels", "check_same_split",
-           "hypervolume", "load_evaluations", "pareto_front", "read_run_record", "run_split",
+           "hypervolume", "load_evaluations", "pareto_front", "read_run_record", "require_search_extra", "run_split",
            "summarise", "to_minimisation", "write_pareto"]
