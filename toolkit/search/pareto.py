@@ -4,11 +4,14 @@ Objectives declare their direction (:data:`toolkit.search.settings.OBJECTIVES`);
 is the one place that turns them into pymoo's minimisation. pymoo is imported inside the functions
 that need it, never at import.
 
-``pareto.json`` (:func:`write_pareto`) is the search's output for the next stage (export).
+``pareto.json`` (:func:`write_pareto`) is the search's output for the next stage (export). Its paths
+(``model`` when the model is a folder or file, ``profile_file``) are relative to the folder that holds
+it, so a run folder can be moved or copied whole.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -78,6 +81,19 @@ def summarise(evals: Sequence[Evaluation], space: SearchSpace, objectives: Seque
     return SearchResult(list(evals), front, hypervolume(evals, objectives, reference), parent)
 
 
+def relative_path(path: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """``path`` as written relative to ``folder`` (both resolved first)."""
+    return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
+
+
+def model_entry(model: str | None, folder: str | os.PathLike) -> str | None:
+    """``meta.model`` as ``pareto.json`` in ``folder`` writes it: a folder or file relative to ``folder``;
+    an embedded model's name (not a path here) as it is."""
+    if model and Path(model).exists():
+        return relative_path(model, folder)
+    return model
+
+
 def write_pareto(run_dir: str | Path, result: SearchResult, objectives: Sequence[str],
                  record: Mapping[str, Any]) -> Path:
     """Write ``run_dir/pareto.json``: ``result``'s front and parent, with ``record`` (``run.json``)'s
@@ -85,12 +101,14 @@ def write_pareto(run_dir: str | Path, result: SearchResult, objectives: Sequence
     run_dir = Path(run_dir)
     evals, front, parent = result.evaluations, result.front, result.parent
     meta = record.get("meta", {})
+    profile_file = meta.get("profile_file")
     pareto = {
         "version": SEARCH_VERSION,
-        "model": meta.get("model"),
+        # Paths relative to this file's folder (a run folder moves whole); an embedded model is a name.
+        "model": model_entry(meta.get("model"), run_dir),
         "model_hash": meta.get("model_hash"),
         "profile": meta.get("profile"),
-        "profile_file": meta.get("profile_file"),
+        "profile_file": relative_path(profile_file, run_dir) if profile_file else profile_file,
         "task": meta.get("task"),
         # Which examples the accuracies are on: the search part, selected on (optimistic for the front's
         # winners; re-measure them with `toolkit eval --split report`), or all of them in older runs.
