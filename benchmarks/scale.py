@@ -63,7 +63,7 @@ def model_part(args, work: Path) -> dict:
     """Part 1: the SmolLM2 search with 1 and 2 workers."""
     from toolkit.fileio import data_dir, default_calibration_file
     from toolkit.elastic import parent_shape, space_for
-    from toolkit.executors import ExecutorSpec, RayExecutor
+    from toolkit.search.executors import ExecutorSpec, RayExecutor
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
     from toolkit.calibrate import Hardware, Predictor
@@ -129,7 +129,7 @@ def model_part(args, work: Path) -> dict:
 
 def stub_part(args, work: Path) -> dict:
     """Part 2: the stub evaluator on 1, 8, 32 actors."""
-    from toolkit.executors import ExecutorSpec, RayExecutor
+    from toolkit.search.executors import ExecutorSpec, RayExecutor
     from toolkit.calibrate import Hardware, Predictor, Workload
     from toolkit.search import Searcher, SearchSettings
     from toolkit.space import ParentShape, SearchSpace
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     import pymoo.algorithms.moo.nsga2  # noqa: F401
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[SleepWorker.__module__])  # the stub travels by value
-    from toolkit.executors import PRIVATE_CLUSTER_CONFIG
+    from toolkit.search.executors import PRIVATE_CLUSTER_CONFIG
 
     # the cluster `toolkit search --executor ray` starts on one machine (no --ray-address)
     ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,

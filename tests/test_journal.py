@@ -1,4 +1,4 @@
-"""The one journal (toolkit.journal) and its two users: search's evaluations and calibrate's measurements.
+"""The one journal (toolkit.search.journal) and its two users: search's evaluations and calibrate's measurements.
 
 Torn lines and headers are truncated/rewritten, a different header is refused naming the fields, corrupt
 lines are one-line errors naming the file and line; calibrate survives kill -9 twice (torn line, resume,
@@ -15,10 +15,10 @@ import time
 import pytest
 
 from toolkit.errors import ConfigError, UserError
-from toolkit.journal import Journal
+from toolkit.search.journal import JournalFile
 from toolkit.models.tiny import tiny_profile_yaml
 from toolkit.calibrate import Hardware, Measurement, Predictor, Workload, calibrate
-from toolkit.search import Evaluation, Journal as SearchJournal, load_evaluations
+from toolkit.search import Evaluation, EvaluationJournal, load_evaluations
 from toolkit.space import ParentShape, SearchSpace, SubnetConfig
 
 TINY = ParentShape(num_layers=6, hidden_size=64, intermediate_size=256, num_heads=4, num_kv_heads=2,
@@ -30,34 +30,34 @@ HEADER = {"journal": "test", "version": 1, "repeats": 5}
 # -- the journal itself -----------------------------------------------------------------------------------
 def test_append_reopen_and_torn_last_line_is_truncated(tmp_path):
     path = tmp_path / "j.jsonl"
-    j = Journal(path, HEADER)
+    j = JournalFile(path, HEADER)
     j.append({"a": 1})
     j.append({"a": 2})
     complete = path.read_bytes()
     with open(path, "ab") as fh:
         fh.write(b'{"a": 3, "b"')  # killed mid-write
-    again = Journal(path, HEADER)
+    again = JournalFile(path, HEADER)
     assert [dict(r) for r in again] == [{"a": 1}, {"a": 2}] and [r.line for r in again] == [2, 3]
     assert path.read_bytes() == complete  # the fragment is gone from the file, not just skipped
     again.append({"a": 3})  # so the next record starts on its own line...
-    assert [dict(r) for r in Journal(path, HEADER)] == [{"a": 1}, {"a": 2}, {"a": 3}]  # ...and the next resume reads it
+    assert [dict(r) for r in JournalFile(path, HEADER)] == [{"a": 1}, {"a": 2}, {"a": 3}]  # ...and the next resume reads it
 
 
 def test_torn_header_is_an_empty_journal(tmp_path):
     path = tmp_path / "j.jsonl"
     path.write_bytes(b'{"journal": "te')  # killed while the journal was created
-    j = Journal(path, HEADER)
+    j = JournalFile(path, HEADER)
     assert len(j) == 0 and json.loads(path.read_text()) == HEADER
     j.append({"a": 1})
-    assert [dict(r) for r in Journal(path, HEADER)] == [{"a": 1}]
+    assert [dict(r) for r in JournalFile(path, HEADER)] == [{"a": 1}]
 
 
 def test_other_header_is_refused_naming_the_fields_and_keeps_the_file(tmp_path):
     path = tmp_path / "j.jsonl"
-    Journal(path, HEADER).append({"a": 1})
+    JournalFile(path, HEADER).append({"a": 1})
     before = path.read_bytes()
     with pytest.raises(UserError) as exc:
-        Journal(path, {**HEADER, "repeats": 3, "extra": True})
+        JournalFile(path, {**HEADER, "repeats": 3, "extra": True})
     msg = str(exc.value)
     assert msg.startswith(f"{path}: line 1: header") and "repeats was 5, now 3" in msg and "extra was None" in msg
     assert "\n" not in msg and path.read_bytes() == before  # earlier measurements are never deleted
@@ -71,31 +71,31 @@ def test_other_header_is_refused_naming_the_fields_and_keeps_the_file(tmp_path):
 ])
 def test_corrupt_complete_line_names_file_and_line(tmp_path, line, where):
     path = tmp_path / "j.jsonl"
-    Journal(path, HEADER).append({"a": 1})
+    JournalFile(path, HEADER).append({"a": 1})
     with open(path, "ab") as fh:
         fh.write(line)
         fh.write(b'{"a": 4}\n')
     with pytest.raises(ConfigError) as exc:
-        Journal(path, HEADER)
+        JournalFile(path, HEADER)
     assert str(exc.value).startswith(f"{path}: {where}") and "\n" not in str(exc.value)
 
 
 def test_readonly_journal_skips_a_torn_tail_and_writes_nothing(tmp_path):
     path = tmp_path / "j.jsonl"
-    j = Journal(path, HEADER)
+    j = JournalFile(path, HEADER)
     j.append({"a": 1})
     with open(path, "ab") as fh:
         fh.write(b'{"a": 2, "b"')  # the line a live writer is in the middle of
     before = path.read_bytes()
-    ro = Journal(path, HEADER, readonly=True)
+    ro = JournalFile(path, HEADER, readonly=True)
     assert [dict(r) for r in ro] == [{"a": 1}] and path.read_bytes() == before
     with pytest.raises(RuntimeError, match="read-only"):
         ro.append({"a": 3})
     assert path.read_bytes() == before
     torn_header = tmp_path / "h.jsonl"
     torn_header.write_bytes(b'{"journal": "te')  # a journal being created right now
-    assert len(Journal(torn_header, HEADER, readonly=True)) == 0 and torn_header.read_bytes() == b'{"journal": "te'
-    assert len(Journal(tmp_path / "none.jsonl", HEADER, readonly=True)) == 0 and not (tmp_path / "none.jsonl").exists()
+    assert len(JournalFile(torn_header, HEADER, readonly=True)) == 0 and torn_header.read_bytes() == b'{"journal": "te'
+    assert len(JournalFile(tmp_path / "none.jsonl", HEADER, readonly=True)) == 0 and not (tmp_path / "none.jsonl").exists()
 
 
 # -- search's evaluations journal ---------------------------------------------------------------------------
@@ -178,20 +178,20 @@ def test_search_journal_refuses_a_duplicated_key_in_a_line_and_a_repeated_evalua
     line = json.dumps(evaluation(0, SPACE.largest()))
     path.write_text(line.replace('"feasible": true', '"feasible": true, "feasible": false') + "\n")
     with pytest.raises(ConfigError, match=r"line 1: feasible: appears twice"):
-        SearchJournal(path, SPACE)
+        EvaluationJournal(path, SPACE)
     path.write_text(line + "\n" + json.dumps(evaluation(1, SPACE.largest())) + "\n")
     with pytest.raises(ConfigError, match=r"line 2: key: .* already journaled on line 1"):
-        SearchJournal(path, SPACE)
+        EvaluationJournal(path, SPACE)
 
 
 def test_search_journal_keeps_its_headerless_format(tmp_path):
     path = tmp_path / "evaluations.jsonl"
-    j = SearchJournal(path, SPACE)
+    j = EvaluationJournal(path, SPACE)
     assert not path.exists()  # nothing written before the first evaluation
     ev = Evaluation.from_dict(evaluation(0, SPACE.largest()))
     j.append(ev)
     assert [json.loads(l) for l in path.read_text().splitlines()] == [ev.to_dict()]
-    assert SearchJournal(path, SPACE).get(ev.key) == ev
+    assert EvaluationJournal(path, SPACE).get(ev.key) == ev
 
 
 # -- calibrate's measurements journal ------------------------------------------------------------------------

@@ -51,7 +51,8 @@ def test_calibrate_predict_search_report(tmp_path, tiny_folder, task_file, calib
     # a measured profile written next to the run is not on the profile search path: export finds it by file
     from toolkit.cli.export import run_profile_ref
 
-    assert pareto["profile_file"] == str(profile.resolve()) and run_profile_ref(pareto) == str(profile.resolve())
+    assert pareto["profile_file"] == "../profile.yaml"  # relative to the run folder, so the folder can move
+    assert run_profile_ref({**pareto, "profile_file": str(profile.resolve())}) == str(profile.resolve())
     assert run_profile_ref({**pareto, "profile_file": str(tmp_path / "gone.yaml")}) == "tiny-test-cpu"
     assert all(0 <= f["metrics"]["accuracy"] <= 1 for f in pareto["front"])
     assert (run / "pareto.png").exists() and (run / "evaluations.csv").exists()

@@ -130,7 +130,7 @@ def _tiny_searcher(tiny_folder, calib_text, task_file, prior, run_dir, executor=
 
 def test_a_killed_worker_loses_nothing_and_journals_nothing_twice(cluster, tmp_path, tiny_folder, prior, task_file,
                                                                    calib_text):
-    from toolkit.executors import ExecutorSpec, RayExecutor
+    from toolkit.search.executors import ExecutorSpec, RayExecutor
 
     reference, factory = _tiny_searcher(tiny_folder, calib_text, task_file, prior, tmp_path / "serial")
     expected = reference.run()
@@ -283,7 +283,7 @@ class RaisingWorker:
 def test_a_raising_candidate_is_recorded_once_not_retried(cluster, tmp_path):
     import ray.cloudpickle
 
-    from toolkit.executors import ExecutorSpec, RayExecutor
+    from toolkit.search.executors import ExecutorSpec, RayExecutor
     from toolkit.search import Searcher, SearchSettings
     from toolkit.space import ParentShape, SearchSpace
 
@@ -309,7 +309,7 @@ def test_a_raising_candidate_is_recorded_once_not_retried(cluster, tmp_path):
 
 def test_executor_flags_and_gpu_workers(cluster, tmp_path, tiny_folder, prior, task_file, calib_text, capsys,
                                         model_must_not_load):
-    from toolkit.executors import ExecutorSpec, RayExecutor, cuda_device_for_worker
+    from toolkit.search.executors import ExecutorSpec, RayExecutor, cuda_device_for_worker
 
     # Ray shows a worker that reserved a GPU only that GPU: the driver's cuda:N is cuda there
     assert cuda_device_for_worker("cuda:3", 1) == "cuda" and cuda_device_for_worker("cuda:3", 0) == "cuda:3"
@@ -329,7 +329,7 @@ def test_executor_flags_and_gpu_workers(cluster, tmp_path, tiny_folder, prior, t
 
 def test_a_private_cluster_is_started_for_the_run_and_stopped(tmp_path):
     """No --ray-address and no cluster: the executor starts one for the run and shuts it down after."""
-    from toolkit.executors import ExecutorSpec, RayExecutor
+    from toolkit.search.executors import ExecutorSpec, RayExecutor
     from toolkit.space import SubnetConfig
 
     from ray import cloudpickle
@@ -376,7 +376,7 @@ def test_a_worker_that_dies_while_starting_is_one_line(cluster):
     from ray import cloudpickle
 
     from toolkit.errors import UserError
-    from toolkit.executors import ExecutorSpec, RayExecutor
+    from toolkit.search.executors import ExecutorSpec, RayExecutor
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     pool = RayExecutor(DyingWorker(), ExecutorSpec(kind="ray", workers=1), num_cpus=0)

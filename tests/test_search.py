@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from toolkit.errors import ConfigError, UserError
-from toolkit.search import Journal, Searcher, SearchSettings, load_evaluations
+from toolkit.search import EvaluationJournal, Searcher, SearchSettings, load_evaluations
 from toolkit.space import ParentShape, SearchSpace
 
 TINY = ParentShape(num_layers=6, hidden_size=64, intermediate_size=256, num_heads=4, num_kv_heads=2,
@@ -52,6 +52,13 @@ def test_same_seed_same_front(tmp_path):
     assert len(a.evaluations) >= 60 and len({e.key for e in a.evaluations}) == len(a.evaluations)
     pareto = json.loads((tmp_path / "a" / "pareto.json").read_text())
     assert [f["key"] for f in pareto["front"]] == front_keys(a)
+    # the search writes its journal and pareto.json; the report files are the report's, from what it is given
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["evaluations.jsonl", "pareto.json", "run.json"]
+    from toolkit.report import write_run_report
+    from toolkit.search import axis_labels
+
+    write_run_report(tmp_path / "a", a.evaluations, a.front, ("accuracy", "decode_tokens_per_s"), a.parent,
+                     labels=axis_labels(("accuracy", "decode_tokens_per_s")))
     assert (tmp_path / "a" / "evaluations.csv").read_text().count("\n") == len(a.evaluations) + 1
     assert (tmp_path / "a" / "pareto.png").stat().st_size > 1000
 
@@ -102,10 +109,10 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path):
 def test_torn_journal_line_is_dropped(tmp_path):
     res, _ = run(tmp_path, "t", evals=20)
     path = tmp_path / "t" / "evaluations.jsonl"
-    n = len(Journal(path))
+    n = len(EvaluationJournal(path))
     with open(path, "a") as fh:
         fh.write('{"index": 99, "key": "abc", "con')  # killed mid-write
-    assert len(Journal(path)) == n and path.read_text().endswith("\n")
+    assert len(EvaluationJournal(path)) == n and path.read_text().endswith("\n")
 
 
 DRIVER = r"""
@@ -209,7 +216,7 @@ def test_legacy_unmeasured_parent_accuracy_is_not_a_result():
 def test_report_front_of_an_old_pareto_json_does_not_print_an_unmeasured_parent_accuracy(tmp_path, capsys):
     """An old run's pareto.json: the infeasible parent's accuracy 0.0 was never measured and there is no
     accuracy_measured flag; report decides with the search's own rule, not its own default."""
-    from toolkit.cli.report import print_front
+    from toolkit.cli.report import print_run_front
     from toolkit.search import Evaluation
 
     cfg = SPACE.largest()
@@ -218,7 +225,7 @@ def test_report_front_of_an_old_pareto_json_does_not_print_an_unmeasured_parent_
     assert "accuracy_measured" not in parent
     (tmp_path / "pareto.json").write_text(json.dumps({"evaluations": 1, "hypervolume": 0.0, "feasible_count": 0,
                                                       "front": [], "parent": parent}))
-    print_front(tmp_path)
+    print_run_front(tmp_path)
     out = capsys.readouterr().out
     assert "accuracy not measured" in out and "accuracy 0.000" not in out
 
@@ -236,10 +243,10 @@ def test_a_broken_run_json_is_one_line_on_resume(tmp_path, text):
 def test_progress_mid_generation_reports_only_what_is_journaled(tmp_path, monkeypatch):
     """Progress is reported between the evaluations of a generation (at most twice a second): the keys of
     the batch still waiting must not be read as journaled (a real clock: every evaluation > 0.5 s)."""
-    import toolkit.search as search
+    import toolkit.search.searcher as searcher
 
     clock = iter(range(10**6))
-    monkeypatch.setattr(search.time, "monotonic", lambda: float(next(clock)))  # each call: one second later
+    monkeypatch.setattr(searcher.time, "monotonic", lambda: float(next(clock)))  # each call: one second later
     states = []
     settings = SearchSettings(evals=16, population=8, seed=7)
     s = Searcher(SPACE, settings, accuracy, predict, tmp_path / "p", on_progress=states.append)
@@ -251,7 +258,7 @@ def test_progress_mid_generation_reports_only_what_is_journaled(tmp_path, monkey
 
 @pytest.mark.parametrize("parallel", [False, True])
 def test_an_accuracy_measured_before_the_search_is_used_not_regraded(tmp_path, parallel):
-    from toolkit.executors import LocalExecutor
+    from toolkit.search.executors import LocalExecutor
 
     graded = []
 
@@ -269,3 +276,23 @@ def test_an_accuracy_measured_before_the_search_is_used_not_regraded(tmp_path, p
     assert parent.key() not in graded and len(graded) >= 20
     got = next(e for e in result.evaluations if e.key == parent.key())
     assert got.metrics["accuracy"] == 0.123
+
+
+@pytest.mark.parametrize("missing", ["pymoo", "matplotlib"])
+def test_a_missing_search_extra_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, missing):
+    """Without pymoo or matplotlib, `toolkit search` and `toolkit report` stop at once with one line naming the
+    [search] extra (exit 2), before any file is read or written, not after every evaluation."""
+    import importlib.util
+
+    from toolkit.cli.main import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == missing else real(name, *a, **k))
+    out = tmp_path / "run"
+    rc = main(["search", "--model", str(tmp_path / "no-model"), "--profile", str(tmp_path / "no-profile.yaml"),
+               "--predictor", str(tmp_path / "no.json"), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and f"{missing} is not installed" in err, err
+    assert "pip install 'llm-nas-toolkit[search]'" in err and not out.exists()
+    assert main(["report", str(tmp_path)]) == 2
+    assert "[search] extra" in capsys.readouterr().err

@@ -156,7 +156,7 @@ def test_search_grades_only_on_the_search_part(tmp_path, tiny_folder, tiny_hash,
     capsys.readouterr()
     assert main(["report", str(tmp_path / "run3")]) == 0
     assert "a seeded subset of 6 from the search part" in capsys.readouterr().out
-    from toolkit.cli.report import accuracy_source  # an old pareto.json (no split): every example, none held out
+    from toolkit.report import accuracy_source  # an old pareto.json (no split): every example, none held out
 
     assert "all examples" in accuracy_source({"task": "arc_easy", "limit": 200}) and "--split search" in accuracy_source({"task": "t"})
     # --limit 0: the whole search part, and nothing else

@@ -438,7 +438,7 @@ def layer_specs(model, space, cache: Path, config, threads: int | None = None) -
 
 
 def layer_worker() -> Callable[[Mapping[str, Any]], dict[str, Any]]:
-    """The executor factory of the layer jobs (:mod:`toolkit.executors`): a job is a pure function of its
+    """The executor factory of the layer jobs (:mod:`toolkit.search.executors`): a job is a pure function of its
     spec and the cache files, so a worker needs nothing loaded."""
     return train_layer
 
@@ -446,7 +446,7 @@ def layer_worker() -> Callable[[Mapping[str, Any]], dict[str, Any]]:
 def run_jobs(specs: Sequence[Mapping[str, Any]], workers: int = 1, on_done: Callable[[dict], None] | None = None,
              should_stop: Callable[[], bool] | None = None, executor=None) -> list[dict[str, Any]]:
     """Run the layer jobs: in this process (``workers=1``), in ``workers`` spawned processes, or on a Ray
-    pool (``executor``: a :class:`toolkit.executors.ExecutorSpec` of kind ray; every node must see the
+    pool (``executor``: a :class:`toolkit.search.executors.ExecutorSpec` of kind ray; every node must see the
     cache folder at the same absolute path, e.g. a shared file system, since jobs read and write it).
 
     A job already done is not rerun (see :func:`train_layer`), so a killed run resumes layer by layer;
@@ -455,7 +455,7 @@ def run_jobs(specs: Sequence[Mapping[str, Any]], workers: int = 1, on_done: Call
     """
     results: list[dict[str, Any]] = []
     if executor is not None and executor.parallel:
-        from toolkit.executors import RayExecutor
+        from toolkit.search.executors import RayExecutor
 
         with RayExecutor(layer_worker, executor) as pool:
             for i, out in pool.imap_unordered([dict(s) for s in specs], should_stop=should_stop):

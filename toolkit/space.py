@@ -369,10 +369,6 @@ class SearchSpace:
             g[1 + L + layer] = self.head_choices.index(h)
         return g
 
-    def canonical_genome(self, genome: Sequence[int]) -> np.ndarray:
-        """The genome with the genes of dropped layers reset, so equal sub-networks have equal genomes."""
-        return self.encode(self.decode(genome))
-
     def validate(self, cfg: SubnetConfig, file: str | None = None) -> SubnetConfig:
         """Raise a one-line :class:`ConfigError` naming the field if ``cfg`` is not in this space (it must
         fit the parent, :meth:`ParentShape.check`, and use the space's depths, layers and widths)."""

@@ -33,10 +33,10 @@ def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn=None
               progress=None, *, repeats: int | None = None, runtime: Mapping[str, Any] | None = None,
               executor=None, check=None) -> Predictor:
     """Measure ``configs`` with ``measure_fn(cfg) -> Measurement`` (in this process) or on ``executor``
-    (:mod:`toolkit.executors`: e.g. Ray workers on the target device, each built by a
+    (:mod:`toolkit.search.executors`: e.g. Ray workers on the target device, each built by a
     :class:`CalibrationWorker`), and fit ``prior``'s coefficients.
 
-    Measurements are appended to ``journal_path`` (a :class:`toolkit.journal.Journal`: JSONL, each line
+    Measurements are appended to ``journal_path`` (a :class:`toolkit.search.journal.JournalFile`: JSONL, each line
     fsynced, a line torn by a kill dropped on resume) as they are taken, so a killed calibration
     resumes without re-timing what it already has. The journal's header records what the measurements
     depend on (model hash, profile fingerprint, workload, dtype, ``repeats``, ``runtime``: the device,
@@ -46,15 +46,15 @@ def calibrate(prior: Predictor, configs: Sequence[SubnetConfig], measure_fn=None
     profile raises there). A measurement that raises stops the calibration (a UserError as itself,
     anything else as a RuntimeError naming the config).
     """
-    from toolkit.executors import LocalExecutor
-    from toolkit.journal import Journal, line_error
+    from toolkit.search.executors import LocalExecutor
+    from toolkit.search.journal import JournalFile, line_error
 
     if (measure_fn is None) == (executor is None):
         raise TypeError("calibrate needs exactly one of measure_fn and executor")
     done: dict[str, Measurement] = {}
     journal = None
     if journal_path is not None:
-        journal = Journal(journal_path, calibration_header(prior, repeats, runtime), what="calibration journal")
+        journal = JournalFile(journal_path, calibration_header(prior, repeats, runtime), what="calibration journal")
         lines: dict[str, int] = {}
         for rec in journal:
             try:
@@ -118,7 +118,7 @@ def foreign_node_error(profile, where: dict[str, str], resource: str | None) -> 
 
 @dataclass(frozen=True)
 class CalibrationWorker:
-    """Factory of a calibration measure function in a Ray worker (:mod:`toolkit.executors`): loads the
+    """Factory of a calibration measure function in a Ray worker (:mod:`toolkit.search.executors`): loads the
     parent on that node (checked against the driver's hash) and times sub-networks there, in the profile's
     engine. ``strict``: the node must be the machine the profile describes (its fingerprint), checked
     before anything is timed; every measurement records the node either way (``measured_on``)."""
@@ -138,7 +138,7 @@ class CalibrationWorker:
         import ray
 
         from toolkit.calibrate.latency import subnet_measure_fn  # imports torch: on the worker only
-        from toolkit.executors import cuda_device_for_worker, load_model_on_worker
+        from toolkit.search.executors import cuda_device_for_worker, load_model_on_worker
 
         device = cuda_device_for_worker(self.device, self.worker_gpus)
         where = machine_record(self.profile.kind, device, ray.get_runtime_context().get_node_id())

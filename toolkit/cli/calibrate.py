@@ -36,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--calibration", default=None, help="calibration text for importance")
     p.add_argument("--out", required=True, help="predictor JSON to write")
     add_data_dir_arg(p)
-    from toolkit.executors import add_executor_args
+    from toolkit.search.executors import add_executor_args
 
     add_executor_args(p, resource=True, default_threads_help="the profile's runtime.threads")
     p.set_defaults(func=run)
@@ -91,7 +91,7 @@ def run(args) -> int:
     from toolkit.models import load_model
     from toolkit.profiles import load_profile, warn_if_foreign
 
-    from toolkit.executors import RayExecutor, model_reference, spec_from_args
+    from toolkit.search.executors import RayExecutor, model_reference, spec_from_args
 
     profile = load_profile(args.profile)
     spec = spec_from_args(args, default_threads=profile.runtime.threads or 1)

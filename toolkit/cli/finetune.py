@@ -74,7 +74,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--calibration", default=None, help="calibration text for the importance ordering (default: <data-dir>/calibration/calibration.txt)")
     add_data_dir_arg(p)
-    from toolkit.executors import add_executor_args
+    from toolkit.search.executors import add_executor_args
 
     add_executor_args(p, workers=False, default_threads_help="this process's threads / --workers")
     p.set_defaults(func=run)
@@ -87,7 +87,7 @@ def run(args) -> int:
 
     executor = None
     if args.executor == "ray":  # the local phase's layer jobs on Ray workers (--workers of them)
-        from toolkit.executors import RayExecutor, spec_from_args
+        from toolkit.search.executors import RayExecutor, spec_from_args
 
         executor = spec_from_args(args)
         RayExecutor(None, executor).connect()  # Ray missing or the cluster unreachable: one line, before loading

@@ -67,15 +67,16 @@ def register(sub) -> None:
     p.add_argument("--max-params", type=float, default=None)
     p.add_argument("--calibration", default=None, help="calibration text for importance")
     p.add_argument("--eval-threads", type=int, default=1,
-                   help="torch threads for the accuracy evaluations (not timing; default 1: on a shared 2-core "
-                        "machine one thread measured 5x faster than two)")
+                   help="torch threads for the accuracy evaluations (not timing; default 1: a tiny-batch forward "
+                        "pass of a small model gains little from more threads, and on a machine with few cores "
+                        "extra threads compete with each other)")
     p.add_argument("--out", required=True, help="run directory (journal, pareto.json, pareto.png)")
     p.add_argument("--eval-dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="weights dtype for the accuracy evaluations (default: the profile's dtype). bfloat16 "
                         "evaluates ~2x faster on CPUs with AVX512-BF16/AMX; speeds still come from the predictor")
     p.add_argument("--resume", action="store_true", help="continue the search journaled in --out")
     add_data_dir_arg(p)
-    from toolkit.executors import add_executor_args
+    from toolkit.search.executors import add_executor_args
 
     add_executor_args(p, default_threads_help="--eval-threads")
     p.set_defaults(func=run)
@@ -192,6 +193,9 @@ def _chance_guard(args, graded, space, subset, metric, resumed: dict | None):
 def run(args) -> int:
     import sys
 
+    from toolkit.search import require_search_extra
+
+    require_search_extra()  # pymoo and matplotlib: a missing extra is found before any work, not after it
     from toolkit.elastic import space_for
     from toolkit.evaluate import check_task_lengths, model_max_length, peek_tokenizer, truncation_warning
     from toolkit.importance import load_or_compute_importance
@@ -199,7 +203,7 @@ def run(args) -> int:
     from toolkit.calibrate import Predictor
     from toolkit.errors import UserError
     from toolkit.profiles import load_profile
-    from toolkit.search import Searcher
+    from toolkit.search import Searcher, axis_labels
     from toolkit.fileio import data_dir
     from toolkit.tasks import get_task, load_task
 
@@ -208,7 +212,7 @@ def run(args) -> int:
         raise UserError(f"--limit: must be 0 (all examples) or positive, got {args.limit}")
     if args.eval_threads < 1:
         raise UserError(f"--eval-threads: must be at least 1, got {args.eval_threads}")
-    from toolkit.executors import RayExecutor, model_reference, spec_from_args
+    from toolkit.search.executors import RayExecutor, model_reference, spec_from_args
 
     spec = spec_from_args(args, default_threads=args.eval_threads)
     profile = load_profile(args.profile)  # search times nothing itself: speeds come from the predictor
@@ -277,7 +281,7 @@ def run(args) -> int:
 
             def on_progress(state):
                 bar.update(t, completed=min(state["evaluations"], args.evals),
-                           info=f"gen {state['generation']}  front {state['front']}  best acc {state['best_accuracy']:.3f}")
+                           info=f"generation {state['generation']}  front {state['front']}  best acc {state['best_accuracy']:.3f}")
 
             searcher = Searcher(space, settings, accuracy, predictor.predict, args.out, meta=meta, resume=args.resume,
                                 on_progress=on_progress, executor=executor, known=known)
@@ -285,6 +289,10 @@ def run(args) -> int:
     finally:
         if executor is not None:
             executor.close()
+    from toolkit.report import write_run_report
+
+    write_run_report(args.out, result.evaluations, result.front, settings.objectives, result.parent,
+                     labels=axis_labels(settings.objectives))
     feasible = sum(e.feasible for e in result.evaluations)
     summary = {"run": args.out, "evaluations": len(result.evaluations), "new_evaluations": searcher.new_evaluations,
                "feasible": feasible, "front": len(result.front), "hypervolume": round(result.hypervolume, 6),
@@ -298,7 +306,7 @@ def run(args) -> int:
         return EXIT_NOTHING_FEASIBLE
     if not enabled():
         return 0
-    from toolkit.cli.report import print_front
+    from toolkit.cli.report import print_run_front
 
-    print_front(Path(args.out))
+    print_run_front(Path(args.out))
     return 0

@@ -1,6 +1,6 @@
 """Reading a search run's ``pareto.json`` for export: a typed, validated record and the ``--pick`` rule.
 
-The file is written by :func:`toolkit.search.write_outputs`; this reader takes what export needs from it
+The file is written by :func:`toolkit.search.write_pareto`; this reader takes what export needs from it
 (the front, the parent, the model and profile it was searched for) and checks every field it uses, so a
 truncated, hand-edited or foreign file is a one-line :class:`~toolkit.errors.ConfigError` with a dotted
 field path (``front[2].config.heads``) before any model is loaded. Fields export does not use are left

@@ -2,7 +2,7 @@
 
 :func:`accuracy_fn` is the one grading function (extract the sub-network by config from the loaded
 parent, score the task's fixed subset). :class:`AccuracyWorker` is its picklable factory for
-:mod:`toolkit.executors`: a worker calls it once, loads the parent there (checking it is the driver's
+:mod:`toolkit.search.executors`: a worker calls it once, loads the parent there (checking it is the driver's
 model, by hash), and then grades any number of candidates without reloading. The task's examples and
 the importance ordering travel with the factory, so a worker needs only the model on its node (the
 embedded default comes with the package; a folder or GGUF must be at the same absolute path).
@@ -48,7 +48,7 @@ class AccuracyWorker:
     metric: str = "acc"
 
     def __call__(self) -> Callable[[Any], Mapping[str, float]]:
-        from toolkit.executors import load_model_on_worker
+        from toolkit.search.executors import load_model_on_worker
 
         loaded = load_model_on_worker(self.model, self.model_hash, self.dtype, self.device, self.worker_gpus)
         return accuracy_fn(loaded, self.importance, self.task_data, self.limit, self.seed, self.threads, self.metric)

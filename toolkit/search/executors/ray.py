@@ -1,26 +1,13 @@
-"""Executors: where independent jobs run, in this process (``local``) or on a Ray cluster (``ray``).
+"""The Ray executor: jobs on a pool of Ray actors, each built once by a factory (see the package doc).
 
-One seam for the toolkit's three fan-outs: the search's candidate evaluations, calibration's timing jobs
-on a target device, and local distillation's per-layer jobs. The data flow:
-
-* a **factory** (a picklable callable, built on the driver) is called *once per worker*, in the worker's
-  process, and returns the worker's function: that is where a worker loads its model and task data, so
-  a worker serves many jobs without reloading anything;
-* :meth:`Executor.imap_unordered` hands every item to some worker's function and yields
-  ``(index, Outcome)`` exactly once per item, in completion order;
-* an :class:`Outcome` carries the value, or the error as the serial run would record it
-  (``"TypeName: message"``), or a :class:`~toolkit.errors.UserError`'s message (bad input, the same for
-  every job: the caller stops), plus where the job ran.
-
-The driver alone writes files (journals): workers return values and never touch the run's files.
-
-**Faults** (Ray). A worker that dies while it holds a job (a killed process, a lost node) is replaced and
-its job is re-queued on another worker; :attr:`Executor.retries` counts these. A job that kills its worker
+**Faults.** A worker that dies while it holds a job (a killed process, a lost node) is replaced and its
+job is re-queued on another worker; :attr:`RayExecutor.retries` counts these. A job that kills its worker
 ``max_retries + 1`` times is given up with an error outcome rather than retried forever. A job that
 *raises* is not retried: the exception is its (deterministic) result.
 
-**Ray** is the optional ``[ray]`` extra: this module imports it only inside :class:`RayExecutor` and
-:func:`connect`, and imports nothing heavy itself (stub workers start in milliseconds).
+Ray is the optional ``[ray]`` extra: this module imports it only inside functions, and imports nothing
+heavy itself (stub workers start in milliseconds). Also here: how a worker elsewhere names and loads the
+driver's model (:func:`model_reference`, :func:`load_model_on_worker`, :func:`cuda_device_for_worker`).
 """
 
 from __future__ import annotations
@@ -30,110 +17,13 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from toolkit.errors import ConfigError, UserError
+from toolkit.search.executors.base import ExecutorSpec, Factory, Outcome, parse_address, run_job
 
 RAY_EXTRA = "ray"
 RAY_INSTALL_HINT = "pip install 'llm-nas-toolkit[ray]' (or: pip install ray==2.60.0)"
-
-# A worker's function: item -> value. A factory builds one in the worker's process.
-WorkerFn = Callable[[Any], Any]
-Factory = Callable[[], WorkerFn]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one job gave: ``status`` ok (``value``), error (``error``: ``"TypeName: message"``, as the
-    serial run records a failed evaluation) or user_error (``error``: the UserError's one line)."""
-
-    status: str
-    value: Any = None
-    error: str | None = None
-    seconds: float = 0.0
-    worker: Mapping[str, Any] = field(default_factory=dict)  # where it ran: pid, node id, host
-    # The exception itself, when the job ran in this process (a caller may re-raise it as it was);
-    # never sent between processes (a ConfigError, for one, does not survive pickling).
-    exception: BaseException | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-def run_job(fn: WorkerFn, item: Any, worker: Mapping[str, Any] | None = None, keep_exception: bool = False) -> Outcome:
-    """Call ``fn(item)`` the way every executor does (in the worker): exceptions become outcomes."""
-    t0 = time.perf_counter()
-    try:
-        value = fn(item)
-    except UserError as exc:
-        return Outcome("user_error", error=str(exc), seconds=time.perf_counter() - t0, worker=dict(worker or {}),
-                       exception=exc if keep_exception else None)
-    except Exception as exc:  # one bad job is its own result, never the worker's end
-        return Outcome("error", error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0,
-                       worker=dict(worker or {}), exception=exc if keep_exception else None)
-    return Outcome("ok", value, seconds=time.perf_counter() - t0, worker=dict(worker or {}))
-
-
-@dataclass(frozen=True)
-class ExecutorSpec:
-    """Where jobs run, as the CLI flags say it (``--executor --ray-address --workers --worker-gpus
-    --worker-threads``; calibrate adds ``--ray-resource``). Checked on construction; a bad field is a
-    :class:`ConfigError` naming it (the CLI names the flag)."""
-
-    kind: str = "local"  # local | ray
-    address: str | None = None  # None: start a private local cluster; "auto" or HOST:PORT: join one
-    workers: int = 1
-    worker_threads: int = 1  # torch threads per worker (and the CPUs each worker reserves)
-    worker_gpus: float = 0.0  # GPUs each worker reserves (Ray sets CUDA_VISIBLE_DEVICES for it)
-    resource: str | None = None  # a custom resource every worker needs (a target device's label)
-    max_retries: int = 3  # re-queues of one job whose worker died, before it is given up
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("local", "ray"):
-            raise ConfigError("executor", f"unknown executor {self.kind!r} (local or ray)")
-        for name in ("workers", "worker_threads", "max_retries"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "max_retries" else 1):
-                raise ConfigError(name, f"expected a positive integer, got {v!r}")
-        if isinstance(self.worker_gpus, bool) or not isinstance(self.worker_gpus, (int, float)) or not self.worker_gpus >= 0:
-            raise ConfigError("worker_gpus", f"expected a non-negative number, got {self.worker_gpus!r}")
-        if self.kind == "local":
-            for name, default in (("address", None), ("resource", None), ("worker_gpus", 0.0)):
-                if getattr(self, name) != default:
-                    raise ConfigError(name, "needs the ray executor (--executor ray)")
-            if self.workers != 1:
-                raise ConfigError("workers", "the local executor runs one worker, in this process; use --executor ray")
-        if self.address is not None:
-            parse_address(self.address)
-        if self.resource is not None and (not isinstance(self.resource, str) or not self.resource.strip()):
-            raise ConfigError("resource", f"expected a resource name, got {self.resource!r}")
-
-    @property
-    def parallel(self) -> bool:
-        return self.kind == "ray"
-
-    def describe(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"executor": self.kind}
-        if self.kind == "ray":
-            d.update(address=self.address or "local", workers=self.workers, worker_threads=self.worker_threads,
-                     worker_gpus=self.worker_gpus)
-            if self.resource:
-                d["resource"] = self.resource
-        return d
-
-
-def parse_address(address: str) -> tuple[str, int] | None:
-    """``auto`` -> None; ``HOST:PORT`` -> (host, port); anything else a ConfigError on ``address``."""
-    if address == "auto":
-        return None
-    text = address.removeprefix("ray://")
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError("address", f"{address!r} is not auto or HOST:PORT")
-    return host.strip("[]"), int(port)
-
 
 def require_ray(flag: str = "--executor ray"):
     """The ray module, or a one-line UserError naming the extra that brings it."""
@@ -185,49 +75,10 @@ def connect(spec: ExecutorSpec, num_cpus: int | None = None) -> bool:
 
 
 # A private cluster (no --ray-address) runs beside the workers on the same cores: no idle worker processes
-# started ahead (they poll, and each pool starts its own actors anyway) and no metrics export. Measured on
-# a 2-core VM: Ray's background use of the CPU went from 7.6 % to 5.2 % of one core.
+# started ahead (they poll, and each pool starts its own actors anyway) and no metrics export: both take
+# CPU time from the workers on a machine with few cores.
 PRIVATE_CLUSTER_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False,
                           "enable_metrics_collection": False, "metrics_report_interval_ms": 60000}
-
-
-class LocalExecutor:
-    """Jobs in this process, one after another, in the order given (today's serial path)."""
-
-    parallel = False
-
-    def __init__(self, factory: Factory | None = None, fn: WorkerFn | None = None):
-        if (factory is None) == (fn is None):
-            raise TypeError("LocalExecutor needs exactly one of factory and fn")
-        self._factory, self._fn = factory, fn
-        self.retries = 0
-        self.spec = ExecutorSpec()
-
-    def start(self) -> "LocalExecutor":
-        if self._fn is None:
-            self._fn = self._factory()
-        return self
-
-    def workers(self) -> list[dict[str, Any]]:
-        return [{"pid": os.getpid(), "node_id": "local", "host": socket.gethostname()}]
-
-    def imap_unordered(self, items: Sequence[Any], should_stop: Callable[[], bool] | None = None
-                       ) -> Iterator[tuple[int, Outcome]]:
-        self.start()
-        where = self.workers()[0]
-        for i, item in enumerate(items):
-            if should_stop is not None and should_stop():
-                return
-            yield i, run_job(self._fn, item, where, keep_exception=True)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class _RayWorker:
@@ -466,10 +317,8 @@ class RayExecutor:
         if not self._actors and not self._owns_cluster:
             self._connected = False
             return
-        try:
-            ray = require_ray()
-        except UserError:  # pragma: no cover
-            return
+        import ray  # imported already: there are actors, or connect() started a cluster
+
         for a in self._actors:
             try:
                 ray.kill(a)
@@ -486,45 +335,6 @@ class RayExecutor:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def flag_error(exc: ConfigError, flags: Mapping[str, str] | None = None) -> UserError:
-    """An :class:`ExecutorSpec` error as the CLI flag the user typed."""
-    names = {"executor": "--executor", "address": "--ray-address", "workers": "--workers",
-             "worker_threads": "--worker-threads", "worker_gpus": "--worker-gpus", "resource": "--ray-resource",
-             **(flags or {})}
-    return UserError(f"{names.get(exc.field, exc.field)}: {exc.problem}")
-
-
-def add_executor_args(parser, *, resource: bool = False, default_threads_help: str = "1", workers: bool = True) -> None:
-    """The executor flags (one definition for every subcommand that fans out; ``workers=False`` where the
-    subcommand already has its own ``--workers``)."""
-    g = parser.add_argument_group("executor (where the jobs run)")
-    g.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="local: in this process (default); ray: on a pool of Ray workers (the [ray] extra)")
-    g.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
-                   help="join a running Ray cluster (auto: the one started on this machine with `ray start`); "
-                        "default: start a private one on this machine")
-    if workers:
-        g.add_argument("--workers", type=int, default=1, help="Ray workers (each loads the model once)")
-    g.add_argument("--worker-threads", type=int, default=None,
-                   help=f"torch threads (and CPUs reserved) per Ray worker (default {default_threads_help})")
-    g.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs reserved per Ray worker (default 0)")
-    if resource:
-        g.add_argument("--ray-resource", default=None, metavar="NAME",
-                       help="send every job to nodes that advertise this Ray custom resource (a target device: "
-                            "ray start --address HEAD:6379 --resources '{\"NAME\": 1}'); the measuring node "
-                            "must match the profile's fingerprint")
-
-
-def spec_from_args(args, default_threads: int = 1) -> ExecutorSpec:
-    """The :class:`ExecutorSpec` of the executor flags (a bad flag: one-line UserError naming it)."""
-    threads = args.worker_threads if args.worker_threads is not None else default_threads
-    try:
-        return ExecutorSpec(kind=args.executor, address=args.ray_address, workers=args.workers, worker_threads=threads,
-                            worker_gpus=args.worker_gpus, resource=getattr(args, "ray_resource", None))
-    except ConfigError as exc:
-        raise flag_error(exc) from None
 
 
 def model_reference(model: str) -> str:
@@ -553,4 +363,3 @@ def cuda_device_for_worker(device: str, worker_gpus: float) -> str:
     if worker_gpus > 0 and device.startswith("cuda"):
         return "cuda"
     return device
-

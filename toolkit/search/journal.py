@@ -1,21 +1,22 @@
 """The one append-only journal: JSONL records, each fsynced before it counts, that survive ``kill -9``.
 
-Used by ``search`` (``run/evaluations.jsonl``, one evaluation per line) and by ``calibrate``
-(``predictor.measurements.jsonl``, one measurement per line), so that a killed run resumes without
-redoing what it already has.
+:class:`JournalFile` is the file: it knows lines, not what is in them. Used by ``search``
+(``run/evaluations.jsonl``, one evaluation per line, read and validated by
+:class:`toolkit.search.evaluations.EvaluationJournal`) and by ``calibrate`` (``predictor.measurements.jsonl``,
+one measurement per line), so that a killed run resumes without redoing what it already has.
 
 **Format.** One JSON object per line, ``\\n``-terminated, UTF-8. A journal may start with a *header*
 line: the settings that make its records valid (model hash, device, workload, repeats, ...). On open,
 the header is compared with the current run's; any difference is an error naming the differing fields,
 never a silent deletion of earlier measurements. (The search journal has no header line: its
-``run.json`` plays that part, and the file format predates this module.)
+``run.json`` plays that part.)
 
-**Crash safety.** :meth:`Journal.append` writes one line, flushes and fsyncs before returning, so a
+**Crash safety.** :meth:`JournalFile.append` writes one line, flushes and fsyncs before returning, so a
 record that was appended survives a kill. A kill *during* a write leaves a last line without its
 ``\\n`` (a torn line). On open, a torn last line is dropped and the file itself is truncated to the end
 of the last complete line, so the next append starts on a fresh line instead of being glued onto the
 fragment. A torn header (the process died while creating the journal) counts as an empty journal and
-the header is rewritten. A *read-only* journal (``Journal(..., readonly=True)``, what ``toolkit report``
+the header is rewritten. A *read-only* journal (``JournalFile(..., readonly=True)``, what ``toolkit report``
 and ``toolkit export`` use) skips a torn tail without truncating it and never writes anything: beside a
 live search, the "torn" last line may be the one the search is writing at that moment. Any *complete* line that is not a JSON object, or repeats a key within the
 object, is corruption (a kill never produces it): a one-line error naming the file and line number.
@@ -35,7 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import atomic_write_text
 
-__all__ = ["Journal", "JournalLine", "line_error"]
+__all__ = ["JournalFile", "JournalLine", "line_error"]
 
 # Test hook (like TOOLKIT_EXPORT_TEST_SLEEP): sleep this many seconds between the two halves of every
 # appended line, so a test can kill the process in the middle of a write and get a real torn line.
@@ -82,7 +83,7 @@ class JournalLine(dict):
     line: int
 
 
-class Journal:
+class JournalFile:
     """An append-only JSONL file; see the module docstring for the format and crash behaviour.
 
     ``header``: the settings this run writes as the first line, or ``None`` for a journal without a
