@@ -49,10 +49,13 @@ def test_calibrate_predict_search_report(tmp_path, tiny_folder, task_file, calib
     pareto = json.loads((run / "pareto.json").read_text())
     assert pareto["evaluations"] >= 10 and pareto["front"] and pareto["parent"]["metrics"]["accuracy"] >= 0
     # a measured profile written next to the run is not on the profile search path: export finds it by file
-    from toolkit.cli.export import run_profile_ref
+    import dataclasses
 
-    assert pareto["profile_file"] == str(profile.resolve()) and run_profile_ref(pareto) == str(profile.resolve())
-    assert run_profile_ref({**pareto, "profile_file": str(tmp_path / "gone.yaml")}) == "tiny-test-cpu"
+    from toolkit.export.pareto import ParetoFront
+
+    front = ParetoFront.read(run)
+    assert front.profile_file == str(profile.resolve()) and front.profile_ref() == str(profile.resolve())
+    assert dataclasses.replace(front, profile_file=str(tmp_path / "gone.yaml")).profile_ref() == "tiny-test-cpu"
     assert all(0 <= f["metrics"]["accuracy"] <= 1 for f in pareto["front"])
     assert (run / "pareto.png").exists() and (run / "evaluations.csv").exists()
     # a second invocation without --resume refuses; with --resume it evaluates nothing new
