@@ -22,7 +22,6 @@ from toolkit.fileio import atomic_write_json, sha256_file
 MANIFEST_VERSION = 2  # 2: the reference is teacher-forced (toolkit.export.parity); 1 compared free-running greedy
 MANIFEST = "manifest.json"
 FORMATS = ("hf", "onnx", "gptq", "gguf")
-REFERENCE_PROMPT = "The capital of France is"
 
 
 def file_table(folder: Path) -> dict[str, dict[str, Any]]:
