@@ -478,11 +478,14 @@ def _paired(d) -> dict:
 
 def summarise(rows: list[dict], tasks: list[str]) -> tuple[dict, dict, list[dict]]:
     """(best_within_1pt per task or None, the reason where None, the goals with what was measured)."""
+    from toolkit.export.pareto import best_within
+
     nas = [r for r in rows if r["kind"] == "nas"]
     best, reasons, per_task_goal = {}, {}, []
     for t in tasks:
-        within = [r for r in nas if r["tasks"][t]["delta_pt"] >= WITHIN_PT]
-        b = max(within, key=lambda r: r["params_ratio"], default=None)
+        # the most size reduction among rows within 1 pt (delta_pt is already the difference to the parent)
+        b = best_within(nas, -WITHIN_PT, 0.0, accuracy=lambda r: r["tasks"][t]["delta_pt"],
+                        rank=lambda r: r["params_ratio"])
         if b is None:
             best[t] = None
             reasons[t] = (f"no compared front member is within {-WITHIN_PT:g} pt of the parent on the report part"

@@ -87,8 +87,11 @@ def main() -> None:
         print(f"front: acc {row['accuracy']:.3f}  measured {row['measured_decode_tokens_per_s']:.1f} tok/s "
               f"({row['measured_decode_speedup']:.2f}x)", flush=True)
     parent_acc = parent_eval["metrics"]["accuracy"] if parent_eval else None
-    within = [r for r in front if parent_acc is not None and r["accuracy"] >= parent_acc - 0.01]
-    best = max(within, key=lambda r: r["measured_decode_tokens_per_s"]) if within else None
+    from toolkit.export.pareto import best_within
+
+    # the fastest member within 1 point, by measured (not predicted) decode speed
+    best = (best_within(front, 0.01, parent_acc, accuracy=lambda r: r["accuracy"],
+                        rank=lambda r: r["measured_decode_tokens_per_s"]) if parent_acc is not None else None)
     hv = {a: runs[a]["hypervolume"] for a in runs}
     # NSGA-II stops at a generation boundary (it may overshoot the budget by < one population); compare
     # both at the same number of evaluations too: each run's first n evaluations, in journal order.

@@ -49,11 +49,14 @@ def test_calibrate_predict_search_report(tmp_path, tiny_folder, task_file, calib
     pareto = json.loads((run / "pareto.json").read_text())
     assert pareto["evaluations"] >= 10 and pareto["front"] and pareto["parent"]["metrics"]["accuracy"] >= 0
     # a measured profile written next to the run is not on the profile search path: export finds it by file
-    from toolkit.cli.export import run_profile_ref
+    import dataclasses
+
+    from toolkit.export.pareto import ParetoFront
 
     assert pareto["profile_file"] == "../profile.yaml"  # relative to the run folder, so the folder can move
-    assert run_profile_ref({**pareto, "profile_file": str(profile.resolve())}) == str(profile.resolve())
-    assert run_profile_ref({**pareto, "profile_file": str(tmp_path / "gone.yaml")}) == "tiny-test-cpu"
+    front = ParetoFront.read(run)
+    assert front.profile_file == str(profile.resolve()) and front.profile_ref() == str(profile.resolve())
+    assert dataclasses.replace(front, profile_file=str(tmp_path / "gone.yaml")).profile_ref() == "tiny-test-cpu"
     assert all(0 <= f["metrics"]["accuracy"] <= 1 for f in pareto["front"])
     assert (run / "pareto.png").exists() and (run / "evaluations.csv").exists()
     # a second invocation without --resume refuses; with --resume it evaluates nothing new

@@ -49,16 +49,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run_profile_ref(pareto) -> str | None:
-    """The profile a search ran for: its file when it still exists (a measured profile written next to the
-    run is not on the profile search path), else its name. ``pareto``: a ParetoFront or the raw dict."""
-    get = pareto.get if isinstance(pareto, dict) else lambda k: getattr(pareto, k)
-    file = get("profile_file")
-    if file and Path(file).is_file():
-        return file
-    return get("profile")
-
-
 def run(args) -> int:
     from toolkit.fileio import data_dir, default_calibration_file
     from toolkit.errors import UserError
@@ -87,7 +77,7 @@ def run(args) -> int:
         entry = pareto.pick(pick, str(Path(args.run) / PARETO_FILE))
         cfg, predicted = entry.config, dict(entry.metrics)
         model = model or pareto.model
-        profile_ref = profile_ref or run_profile_ref(pareto)
+        profile_ref = profile_ref or pareto.profile_ref()
         expected_hash = pareto.model_hash
     elif args.config:
         cfg = SubnetConfig.load(args.config)

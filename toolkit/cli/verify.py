@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from toolkit.errors import UserError
-    from toolkit.export import verify
+    from toolkit.export.verify import verify
 
     root = Path(args.dir)
     if not root.is_dir():

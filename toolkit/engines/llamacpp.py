@@ -194,6 +194,10 @@ class LlamaCpp:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def tokenize(self, text: str) -> list[int]:
+        """llama.cpp's token ids for ``text`` from the file's own tokenizer (no BOS, special tokens as text)."""
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
     def _check_len(self, n: int) -> None:
         if n > self.n_ctx:
             raise UserError(f"{self.path}: a {n}-token sequence exceeds the context of {self.n_ctx} tokens")

@@ -43,6 +43,17 @@ import numpy as np
 from toolkit.errors import UserError
 
 GGUF_FILE = "model.gguf"
+GGUF_F16_TOLERANCE = 2e-2  # max |logit diff| of an f16 GGUF vs PyTorch with f16-rounded weights
+GGUF_QUANT_TOLERANCE = 5e-3  # a quantized GGUF vs its own reference (llama.cpp's SIMD paths differ by host)
+
+
+def gguf_tolerance(gguf_type: str) -> float:
+    """The parity tolerance of a GGUF of this type (:mod:`toolkit.export.parity`): f32 as every format,
+    f16 / bf16 :data:`GGUF_F16_TOLERANCE` (llama.cpp also rounds activations inside f16 matmuls), a quantized
+    type :data:`GGUF_QUANT_TOLERANCE` against its own reference."""
+    from toolkit.export.parity import TOLERANCE
+
+    return TOLERANCE if gguf_type == "f32" else GGUF_F16_TOLERANCE if gguf_type in ("f16", "bf16") else GGUF_QUANT_TOLERANCE
 
 
 def layer_shapes(model) -> list[dict[str, int]]:

@@ -1,63 +1,41 @@
 """GPTQ 4-bit export with GPTQModel, written in the standard GPTQ layout, and loading it back.
 
-``export_gptq(hf_folder, out_dir, ...)`` quantizes an exported HF folder (fp32/fp16 Llama) with
-GPTQModel (``gptqmodel==7.3.6``) on the CPU and writes what GPTQ checkpoints on the Hub look like:
-``config.json`` with ``quantization_config`` (``quant_method: "gptq"``, ``bits``, ``group_size``,
-``desc_act: false``, ``sym: true``, ``checkpoint_format: "gptq"``), ``quantize_config.json``,
-``model.safetensors`` holding ``qweight``/``qzeros``/``scales``/``g_idx`` for every linear layer of the
-decoder (embeddings, norms and the tied LM head stay in bfloat16), the tokenizer files, and GPTQModel's
-per-layer ``quant_log.csv`` (GPTQ loss of each module). ``load_gptq(folder)`` loads such a folder with stock
-``transformers.AutoModelForCausalLM.from_pretrained``: transformers' GPTQ quantizer goes through
-``optimum.gptq`` to GPTQModel's CPU kernel (``TorchAtenLinear``). Where optimum is not installed it falls
-back to ``GPTQModel.load(folder).model``, GPTQModel's own loader (which picks its ``TorchFusedLinear``
-kernel here; the tiny model's logits came out identical). In a fresh
-process stock ``from_pretrained`` works as soon as gptqmodel has been imported once, which on this stack
-needs the torchvision workaround below: call :func:`is_gptq_available` first (``load_gptq`` does). Without
-it, transformers' own ``import gptqmodel`` stops at ``ModuleNotFoundError: No module named 'torchvision'``.
+:func:`export_gptq` quantizes an exported HF folder (fp32/fp16 Llama) with GPTQModel on the CPU and writes
+what GPTQ checkpoints on the Hub look like: ``config.json`` with ``quantization_config`` (``quant_method:
+"gptq"``, ``bits``, ``group_size``, ``desc_act: false``, ``sym: true``), ``quantize_config.json``,
+``model.safetensors`` with ``qweight``/``qzeros``/``scales``/``g_idx`` for every decoder linear layer
+(embeddings, norms and the tied LM head stay bfloat16), the tokenizer files, and GPTQModel's per-layer
+``quant_log.csv``. Calibration: ``num_samples`` windows of ``seq_len`` tokens at seeded random offsets of
+the calibration text (a ``.txt`` file, or ``.jsonl`` with a ``"text"`` field per line). :func:`load_gptq`
+loads such a folder with the folder's class (``from_pretrained``, transformers' GPTQ quantizer through
+optimum to GPTQModel's CPU kernel), or with ``GPTQModel.load`` where optimum is not installed.
 
-Calibration: ``num_samples`` windows of ``seq_len`` tokens starting at random offsets (a seeded numpy
-``Generator``) of the tokenized calibration text: a ``.txt`` file, or a ``.jsonl`` file with one JSON
-object with a ``"text"`` field per line (documents joined with blank lines).
+Uniform sub-networks are plain Llama folders; heterogeneous ones are ``elastic_llama`` folders, which
+GPTQModel quantizes layer by layer at each layer's own shape. The quantized folder keeps
+``modeling_elastic_llama.py`` for stock transformers users (``trust_remote_code=True``); the toolkit itself
+never runs it: both functions check it is byte-for-byte the toolkit's own and build the toolkit's class
+(:mod:`toolkit.export.hf`), unless the caller passes ``trust_remote_code=True``.
 
-Both kinds of sub-network work. A uniform one is a plain Llama folder (GPTQModel's Llama definition). A
-heterogeneous one is an ``elastic_llama`` folder: GPTQModel does not know the model type, so it detects the
-decoder's module tree itself (``model.layers.#`` with the seven projections) and quantizes each layer at its
-own shape; the quantized folder keeps ``modeling_elastic_llama.py`` so that stock transformers users can
-load it with ``trust_remote_code=True``. Neither function does: both check that the shipped modeling file is
-byte-for-byte the toolkit's own and build the toolkit's ``ElasticLlamaForCausalLM`` (registered for
-``elastic_llama`` in transformers' Auto classes, which is how GPTQModel finds it), unless the caller passes
-``trust_remote_code=True`` (see :mod:`toolkit.export.hf`).
+**Pins.** ``gptqmodel==7.3.6`` is the last release that does not pull a CUDA torch; it is installed with
+``--no-deps`` (its declared dependencies would replace the CPU torch) plus the few packages it imports
+(:data:`INSTALL_HINT`), and ``optimum==2.3.0`` for stock transformers loading. On this stack gptqmodel
+needs these workarounds, applied only while this module calls it:
 
-Group size: every decoder linear layer's input width must be a multiple of ``group_size``. GPTQModel
-would write a partial last group, but the CPU kernel that runs it (``aten._weight_int4pack_mm_for_cpu``)
-rejects that at inference, so it is refused up front with a size that fits. SmolLM2's hidden size is 576,
-so 128 does not fit; 64 divides every SmolLM2 sub-network (widths are multiples of 64).
+* ``import gptqmodel`` imports ``torchvision.transforms`` unconditionally (its InternVL definition), and no
+  torchvision wheel works with the pinned CPU torch: while gptqmodel is imported, and only then, a minimal
+  stub sits in ``sys.modules`` (transformers' ``is_torchvision_available()`` is cached as ``False`` first).
+  So call :func:`is_gptq_available` before stock ``from_pretrained`` of a GPTQ folder (``load_gptq`` does).
+* ``GPTQMODEL_CPU_WORKERS`` defaults to ``max(2, cpu_count // 2)``: its thread pool needs at least 2.
+* ``GPTQMODEL_DISABLE_PACK_EXT`` defaults to ``1``: the pure-PyTorch packing path instead of a C++
+  extension compiled with ninja on first use (which needs a compiler).
+* Its console output (banner, per-module lines, progress bars) is held back, and shown if the call fails.
 
-Cost on the CPU: each calibration window goes through every decoder layer about five times (one pass per
-sequential subset of projections, plus one replay with the quantized layer). Measured for the full
-SmolLM2-135M on a shared 2-core machine, in CPU time: 16 windows of 512 tokens 135 s, 32 windows about
-230 s (the default, 32 windows), 128 windows about 15 min, i.e. roughly 7 s per window.
-
-Workarounds kept in this module, each needed for gptqmodel 7.3.6 on this CPU-only torch 2.13 stack:
-
-* **torchvision stub.** ``import gptqmodel`` imports every model definition, and the InternVL one imports
-  ``torchvision.transforms`` unconditionally. PyPI's torchvision wheels do not work with this torch (and
-  the toolkit has no use for them), so while gptqmodel is imported, and only then, a minimal stub package
-  (``torchvision.transforms(.functional.InterpolationMode)``) sits in ``sys.modules``; it is removed again
-  right after, so no other code ever sees a fake torchvision. transformers' cached
-  ``is_torchvision_available()`` is evaluated before the stub goes in, so it keeps its honest ``False``.
-  A torchvision that imports is used as is.
-* **CPU workers.** GPTQModel's CPU thread pool needs at least 2 workers (its model-loader pool asks for 2);
-  its default on a 2-core machine is 1, which raises. ``GPTQMODEL_CPU_WORKERS`` defaults here to
-  ``max(2, cpu_count // 2)`` unless it is already set.
-* **No JIT pack extension.** By default gptqmodel compiles a C++ packing extension with ninja on first use
-  (about 60 s on a busy 2-core machine, and it needs a compiler); its pure-PyTorch packing path measured
-  no slower on SmolLM2-135M (packing is a few seconds of the total), so ``GPTQMODEL_DISABLE_PACK_EXT``
-  defaults to ``1`` unless already set.
-* **Quiet.** GPTQModel prints a banner, one INFO line per module and live progress bars; its output is
-  held back while this module calls it (and shown if the call fails): see ``_quiet``.
-
-Importing this module imports neither gptqmodel nor torch; :func:`is_gptq_available` does (once).
+**Limits.** Every decoder linear layer's input width must be a multiple of ``group_size`` (and of the
+int32 packing factor): GPTQModel would write a partial last group, but the CPU kernel
+(``aten._weight_int4pack_mm_for_cpu``) rejects it at inference, so it is refused up front with a size that
+fits (SmolLM2's hidden size 576 rules out 128; 64 divides every SmolLM2 sub-network). Quantization runs
+on the CPU in bfloat16 and takes minutes (each calibration window passes every layer about five times;
+benchmarks/README.md has the timings). Importing this module imports neither gptqmodel nor torch.
 """
 
 from __future__ import annotations
@@ -314,8 +292,8 @@ def export_gptq(hf_folder: Path, out_dir: Path, *, bits: int = 4, group_size: in
     qcfg = gptqmodel.QuantizeConfig(bits=bits, group_size=group_size, desc_act=False, sym=True,
                                     offload_to_disk=False)
     with _quiet(), _logs_in_temp_dir():
-        # bfloat16: GPTQModel's own CPU choice (an fp16 matmul measured 60x slower than bf16 on this
-        # AVX-512 CPU, and 3x for fp32); the Hessians are accumulated in float32 regardless.
+        # bfloat16: GPTQModel's own CPU choice (fp16 and fp32 matmuls are slower on the CPU; see
+        # benchmarks/README.md); the Hessians are accumulated in float32 regardless.
         model = gptqmodel.GPTQModel.load(str(hf_folder), qcfg, device="cpu", dtype=torch.bfloat16,
                                          trust_remote_code=False)
         model.quantize(calibration, batch_size=1)

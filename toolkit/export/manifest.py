@@ -22,7 +22,6 @@ from toolkit.fileio import atomic_write_json, sha256_file
 MANIFEST_VERSION = 2  # 2: the reference is teacher-forced (toolkit.export.parity); 1 compared free-running greedy
 MANIFEST = "manifest.json"
 FORMATS = ("hf", "onnx", "gptq", "gguf")
-REFERENCE_PROMPT = "The capital of France is"
 
 
 def file_table(folder: Path) -> dict[str, dict[str, Any]]:
@@ -36,6 +35,54 @@ def file_table(folder: Path) -> dict[str, dict[str, Any]]:
 
 @dataclass
 class Manifest:
+    """The contract of ``manifest.json``: what an artifact folder holds and what it was checked against.
+
+    :meth:`from_dict` validates the fields ``verify`` relies on (``version``, ``format``, ``source``,
+    ``reference``, ``files``; the others must be objects or null); the rest is a record of the export.
+
+    * ``version``: :data:`MANIFEST_VERSION` (2: the reference is teacher-forced); other versions are refused.
+    * ``format``: one of :data:`FORMATS` (``hf``, ``onnx``, ``gptq``, ``gguf``).
+    * ``created``: when the manifest was written, ISO 8601 in UTC, to the second.
+    * ``source``: the parent model the sub-network was cut from: ``model`` (as given: an embedded model's name
+      or a path), ``model_hash`` (the toolkit's hash of its weights), ``source_kind`` (``embedded``, ``gguf``
+      or ``hf``).
+    * ``subnet``: the sub-network, :meth:`toolkit.space.SubnetConfig.to_dict` (kept layer indices, per-layer
+      MLP width and query heads); null when the artifact is not a sub-network.
+    * ``profile``: the device profile the export ran with, ``{"name", "fingerprint"}``; null without one.
+    * ``reference``: :meth:`toolkit.export.parity.Reference.to_dict`: the prompt, its token ids, the greedy
+      continuation's ids and, at every position of that sequence, the ``top_k`` highest ids and their logits
+      (raw, unnormalised). ``verify`` feeds the sequence to the artifact and compares.
+    * ``parity``: how the artifact matched its reference at export time: :func:`toolkit.export.parity.merge`
+      over the parity prompts (``prompts``, ``positions`` compared, ``tolerance`` and ``max_abs_logit_diff``
+      in logits, ``near_ties``, ``greedy_mismatches`` and ``off_topk`` position counts, ``ok``), plus
+      ``runtime`` and ``reference_from`` where the reference is not PyTorch's fp32 model (GPTQ and quantized
+      GGUF: the artifact's own output), ``greedy_equal`` and (GGUF) ``tokenizer_equal``.
+    * ``accuracy``: GPTQ and quantized GGUF only (else empty): ``before`` (the fp32 sub-network in PyTorch)
+      and ``after`` (the artifact), each with ``perplexity`` ``{"file", "tokens", "value"}`` (windows of 512
+      tokens) and, with a task, ``task`` ``{"name", "n", "acc", "acc_stderr", "acc_norm"}`` (fractions in
+      [0, 1]).
+    * ``throughput``: on the profile's workload (prompt and generated tokens, threads):
+      ``measured_decode_tokens_per_s`` in ``runtime`` (``pytorch eager``, ``onnxruntime``, ``gptqmodel (CPU)``,
+      ``llama.cpp <type>``); ``predicted_decode_tokens_per_s``, ``predicted_prefill_ms`` and
+      ``predicted_peak_mem_bytes`` from the search's predictor (null without one); where measured,
+      ``measured_prefill_ms``, ``spread`` (relative interquartile range of the timing samples: a number, or
+      per quantity for llama.cpp), ``pytorch_eager_decode_tokens_per_s`` and ``speedup_vs_pytorch_eager``
+      (a ratio).
+    * ``details``: facts of the format. ``hf``: ``heterogeneous``, whether stock transformers needs
+      ``trust_remote_code``. ``onnx``: ``file``, ``kv_heads`` (per layer), ``head_dim`` (the cache layout
+      ``verify`` needs), ``export_seconds``, ``exporter``. ``gptq``: ``bits``, ``group_size``, ``desc_act``,
+      ``sym``, ``dtype``, ``device``, ``quantizer``, ``calibration`` ``{"file", "num_samples", "seq_len",
+      "seed"}``, ``seconds``, ``size_bytes`` (the folder), ``weights_bytes`` / ``fp32_weights_bytes`` (the
+      safetensors files) and their ratios ``size_ratio_vs_fp32`` / ``size_ratio_vs_fp16``. ``gguf``: what
+      :func:`toolkit.export.gguf.write_gguf` returns (``architecture`` ``llama`` or ``deci``,
+      ``heterogeneous``, ``block_count``, ``head_dim``, ``layers`` ``[{"heads", "kv_heads", "ff"}]`` per kept
+      layer, ``tied_embeddings``, ``tokenizer`` (where its metadata came from), ``gguf_type``,
+      ``quantized_by``, ``bytes`` of the file), ``fp32_bytes`` (4 bytes per parameter) and
+      ``size_ratio_vs_fp32``.
+    * ``files``: every file of the folder but the manifest, by POSIX path relative to the folder:
+      ``{"sha256": 64 hex digits, "bytes": size}``. ``verify`` refuses a missing, changed or extra file.
+    """
+
     format: str
     source: Mapping[str, Any]  # model, model_hash
     subnet: Mapping[str, Any] | None  # SubnetConfig dict

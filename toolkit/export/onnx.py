@@ -1,8 +1,12 @@
 """ONNX export with a KV cache, run and verified in onnxruntime's CPU provider.
 
-optimum's exporter is not used: optimum-onnx 0.1.0 pins transformers < 4.58 and this project needs
-transformers 5 (see pyproject.toml). Instead a thin wrapper exposes the cache as flat tensors and the
-model is exported with ``torch.onnx.export(..., dynamo=True)`` (onnxscript), in optimum's naming::
+Why not optimum's exporter: it is in optimum-onnx (optimum 2.3.0 has no ``optimum.exporters``), and
+optimum-onnx 0.1.0, the latest release, requires ``transformers>=4.36,<4.58`` and ``optimum~=2.1.0``. This
+project pins ``transformers>=5.14,<5.40`` (4.57 mis-reads the SmolLM2 GGUF tokenizer; gptqmodel 7.3.6 needs
+>= 5.14; see pyproject.toml) and optimum 2.3.0 (GPTQ loading, :mod:`toolkit.export.gptq`), so optimum-onnx
+cannot be installed beside them. Until a release of it accepts transformers 5, a thin wrapper exposes the
+cache as flat tensors and the model is exported with ``torch.onnx.export(..., dynamo=True)`` (onnxscript),
+in optimum's naming::
 
     inputs : input_ids (B, S), attention_mask (B, P+S), position_ids (B, S),
              past_key_values.{i}.key / .value (B, kv_i, P, head_dim)     for each layer i
@@ -127,7 +131,7 @@ def export_onnx(model, out_dir: Path) -> dict:
     finally:
         model.config._attn_implementation = attn
         caller.train(was_training)
-    return {"file": ONNX_FILE, "opset": None, "export_seconds": round(time.perf_counter() - t0, 2),
+    return {"file": ONNX_FILE, "export_seconds": round(time.perf_counter() - t0, 2),
             "kv_heads": _kv_heads(model), "head_dim": model.model.layers[0].self_attn.head_dim,
             "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}"}
 

@@ -42,6 +42,9 @@ TOLERANCE = 1e-3  # max |logit difference| at any compared position and id
 CONTINUATION_TOKENS = 32
 TOP_K = 8
 REFERENCE_VERSION = 2  # 1 was the free-running (logits_last + greedy_ids) reference
+REFERENCE_PROMPT = "The capital of France is"  # the prompt of the reference a manifest records
+PARITY_PROMPTS = (REFERENCE_PROMPT, "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"",
+                  "Question: Which gas do plants absorb from the air?\nAnswer:")  # checked at export time
 
 
 class ParityError(UserError):
@@ -223,6 +226,14 @@ def make_reference(model, tokenizer, prompt: str, tokens: int = CONTINUATION_TOK
     return Reference(prompt=prompt, prompt_ids=tuple(prompt_ids), continuation_ids=tuple(cont),
                      topk_ids=tuple(tuple(r) for r in top.tolist()),
                      topk_logits=tuple(tuple(round(float(x), 6) for x in r) for r in vals.tolist()))
+
+
+def check_tokenizer(tokenizer, ref: Reference, what: str) -> None:
+    """The artifact's tokenizer must turn the reference prompt into the reference's ids."""
+    ids = list(tokenizer(ref.prompt)["input_ids"])
+    if ids != list(ref.prompt_ids):
+        raise UserError(f"{what}: tokenizer: encodes the reference prompt {ref.prompt!r} differently from the "
+                        "reference")
 
 
 def check(ref: Reference, logits: np.ndarray, what: str, tolerance: float = TOLERANCE) -> ParityResult:
