@@ -41,6 +41,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from toolkit.errors import UserError
+from toolkit.models import geometry
 
 GGUF_FILE = "model.gguf"
 
@@ -57,8 +58,7 @@ def layer_shapes(model) -> list[dict[str, int]]:
 
 
 def head_dim(model) -> int:
-    c = model.config
-    return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+    return geometry.head_dim(model.config)
 
 
 def _rope_theta(config) -> float:
