@@ -22,7 +22,7 @@ last --val-docs documents are held out for the perplexity monitor); never train 
 
 
 def register(sub) -> None:
-    from toolkit.finetune_config import METHODS, FinetuneConfig
+    from toolkit.finetune.config import METHODS, FinetuneConfig
 
     d = FinetuneConfig()
     p = sub.add_parser("finetune", help="fine-tune a parent once as a super-network (sandwich rule + distillation)",
