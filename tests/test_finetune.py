@@ -194,6 +194,26 @@ def test_kd_loss_is_the_mean_per_token_kl_of_teacher_to_student(temperature):
     assert kd_loss(teacher, teacher, temperature).abs() < 1e-6
 
 
+def test_every_config_field_is_a_flag_with_help_and_its_default(capsys):
+    import argparse
+    import dataclasses
+
+    from toolkit.cli.main import build_parser, main
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["finetune"]
+    flags = {a.dest: a for a in sub._actions}
+    for f in dataclasses.fields(FinetuneConfig):
+        if f.name == "version":
+            continue
+        action = flags[f.name]
+        assert action.option_strings == ["--" + f.name.replace("_", "-")] and action.help, f.name
+        assert action.default == (f.default if f.name != "precision" else "auto"), f.name
+    with pytest.raises(SystemExit) as exit_:  # the field's check runs on the flag, before anything loads
+        main(["finetune", "--model", "m", "--out", "o", "--lora-alpha", "0"])
+    assert exit_.value.code == 2 and "argument --lora-alpha: must be > 0, got 0" in capsys.readouterr().err
+
+
 def test_lora_trains_only_deltas_and_merges_on_export(tiny_ids):
     trainer = make_trainer(tiny_config(train="lora", lr=1e-2))
     base = {n: p.detach().clone() for n, p in trainer.parent.named_parameters()}
