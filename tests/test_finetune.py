@@ -155,6 +155,65 @@ def test_resume_refuses_a_different_setting(tmp_path):
         other.load_checkpoint(tmp_path / "ckpt")
 
 
+def test_resume_from_a_checkpoint_without_scheduler_state(tmp_path):
+    """A checkpoint written before the schedule was a LambdaLR (no "lr_scheduler", no "initial_lr") still
+    resumes to the uninterrupted run: the schedule is a pure function of the step."""
+    config = tiny_config(steps=4, warmup_steps=2)
+    straight = make_trainer(config)
+    for _ in range(4):
+        straight.train_step()
+    assert [h["lr"] for h in straight.history] == pytest.approx([config.lr_at(s) for s in range(4)], rel=1e-12)
+
+    first = make_trainer(config)
+    first.train_step()
+    first.train_step()
+    first.save_checkpoint(tmp_path / "ckpt")
+    state_file = tmp_path / "ckpt" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["lr_scheduler"]
+    state["param_groups"] = [{k: v for k, v in g.items() if k != "initial_lr"} for g in state["param_groups"]]
+    state_file.write_text(json.dumps(state))
+    resumed = make_trainer(config)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    resumed.train_step()
+    resumed.train_step()
+    assert [h["lr"] for h in resumed.history] == [h["lr"] for h in straight.history]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_kd_loss_is_the_mean_per_token_kl_of_teacher_to_student(temperature):
+    from toolkit.finetune.losses import kd_loss
+
+    gen = torch.Generator().manual_seed(3)
+    student, teacher = torch.randn(2, 5, 11, generator=gen), torch.randn(2, 5, 11, generator=gen)
+    s = torch.log_softmax(student / temperature, dim=-1)
+    p = torch.log_softmax(teacher / temperature, dim=-1)
+    by_hand = (p.exp() * (p - s)).sum(-1).mean() * temperature ** 2
+    torch.testing.assert_close(kd_loss(student, teacher, temperature), by_hand, rtol=1e-6, atol=1e-7)
+    assert kd_loss(teacher, teacher, temperature).abs() < 1e-6
+
+
+def test_every_config_field_is_a_flag_with_help_and_its_default(capsys):
+    import argparse
+    import dataclasses
+
+    from toolkit.cli.main import build_parser, main
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["finetune"]
+    flags = {a.dest: a for a in sub._actions}
+    for f in dataclasses.fields(FinetuneConfig):
+        if f.name == "version":
+            continue
+        action = flags[f.name]
+        assert action.option_strings == ["--" + f.name.replace("_", "-")] and action.help, f.name
+        assert action.default == (f.default if f.name != "precision" else "auto"), f.name
+    with pytest.raises(SystemExit) as exit_:  # the field's check runs on the flag, before anything loads
+        main(["finetune", "--model", "m", "--out", "o", "--lora-alpha", "0"])
+    assert exit_.value.code == 2 and "argument --lora-alpha: must be > 0, got 0" in capsys.readouterr().err
+
+
 def test_lora_trains_only_deltas_and_merges_on_export(tiny_ids):
     trainer = make_trainer(tiny_config(train="lora", lr=1e-2))
     base = {n: p.detach().clone() for n, p in trainer.parent.named_parameters()}
@@ -194,6 +253,12 @@ def test_config_round_trip_and_validation():
         FinetuneConfig(min_mlp_fraction=0)
     with pytest.raises(ConfigError, match="f.json: steps"):
         FinetuneConfig.from_dict({"steps": "many"}, "f.json")
+    with pytest.raises(ConfigError, match=r"^f.json: nope: unknown field$"):
+        FinetuneConfig.from_dict({"nope": 1}, "f.json")
+    with pytest.raises(ConfigError, match=r"^f.json: weight_decay: must be >= 0, got -1$"):
+        FinetuneConfig.from_dict({"weight_decay": -1}, "f.json")
+    with pytest.raises(ConfigError, match=r"^num_random: expected a non-negative integer, got boolean True$"):
+        FinetuneConfig(num_random=True)
     w = tiny_config(warmup_steps=2)
     assert w.lr_at(0) < w.lr_at(1) == w.lr and w.lr_at(3) < w.lr_at(1)
 
@@ -272,7 +337,7 @@ def test_a_new_model_never_gets_another_models_skeleton(monkeypatch):
     here by making every id equal), it gets its own skeleton, and a collected parent's entries go with it."""
     import gc
 
-    import toolkit.finetune as F
+    import toolkit.finetune.slicing as F
     from toolkit.models.tiny import llama_tiny
 
     monkeypatch.setattr(F, "id", lambda obj: 1, raising=False)  # ids reused after garbage collection

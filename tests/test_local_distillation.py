@@ -1,4 +1,4 @@
-"""Blockwise local distillation (toolkit.local_distillation) on the tiny random Llama.
+"""Blockwise local distillation (toolkit.finetune.local_distillation) on the tiny random Llama.
 
 What must hold: the re-implemented block is the HF block; the joint least-squares fit is the least-squares
 optimum; training lowers every layer's reconstruction error at every trained width; a run killed between
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit import local_distillation as ld
+from toolkit.finetune import local_distillation as ld
 
 
 def _args(tiny_folder, data, calib, out, *extra) -> list[str]:
@@ -153,7 +153,7 @@ def test_local_training_lowers_every_layers_error_at_every_trained_width(tmp_pat
 
 _KILL_SCRIPT = r"""
 import sys, os, time
-from toolkit import local_distillation as ld
+from toolkit.finetune import local_distillation as ld
 real = ld.train_layer
 def slow(spec):
     rec = real(spec)

@@ -27,6 +27,7 @@ import torch
 from toolkit.errors import UserError
 from toolkit.fileio import atomic_directory, atomic_write_json
 from toolkit.importance import Importance
+from toolkit.models.geometry import group_size, head_dim, head_indices, meta_child
 from toolkit.space import ParentShape, SearchSpace, SubnetConfig
 
 _ATTN_BIAS_NAMES = ("q_proj", "k_proj", "v_proj")
@@ -34,8 +35,8 @@ _ATTN_BIAS_NAMES = ("q_proj", "k_proj", "v_proj")
 
 def _layer_shapes(model) -> list[tuple[int, int]]:
     """(MLP width, query heads) of each layer of a (possibly heterogeneous) model."""
-    head_dim = model.model.layers[0].self_attn.head_dim
-    return [(l.mlp.down_proj.in_features, l.self_attn.o_proj.in_features // head_dim) for l in model.model.layers]
+    hd = head_dim(model.config)
+    return [(l.mlp.down_proj.in_features, l.self_attn.o_proj.in_features // hd) for l in model.model.layers]
 
 
 def check_fits(parent, cfg: SubnetConfig) -> None:
@@ -43,35 +44,7 @@ def check_fits(parent, cfg: SubnetConfig) -> None:
     validator of :func:`toolkit.space.check_fits`, on the parent's real per-layer shapes)."""
     from toolkit.space import check_fits as check
 
-    check(cfg, _layer_shapes(parent), parent.config.num_attention_heads // parent.config.num_key_value_heads)
-
-
-def subnet_hf_config(parent_config, cfg: SubnetConfig):
-    """The transformers config of a sub-network: plain Llama if uniform, elastic_llama otherwise."""
-    from transformers import LlamaConfig
-
-    from toolkit.models.modeling_elastic_llama import ElasticLlamaConfig
-
-    base = parent_config.to_dict()
-    for key in ("layer_intermediate_sizes", "layer_num_attention_heads", "auto_map", "architectures",
-                "model_type", "transformers_version", "_name_or_path", "quantization_config", "dtype", "torch_dtype"):
-        base.pop(key, None)
-    group = parent_config.num_attention_heads // parent_config.num_key_value_heads
-    head_dim = getattr(parent_config, "head_dim", None) or parent_config.hidden_size // parent_config.num_attention_heads
-    base["head_dim"] = head_dim  # must stay explicit: hidden_size // heads changes with heads
-    base["num_hidden_layers"] = cfg.depth
-    base.pop("layer_types", None)
-    if cfg.is_uniform():
-        base.update(intermediate_size=cfg.mlp[0], num_attention_heads=cfg.heads[0], num_key_value_heads=cfg.heads[0] // group)
-        config = LlamaConfig(**base)
-        config.architectures = ["LlamaForCausalLM"]
-    else:
-        # Keep the parent's head counts as the reference for the GQA ratio; per-layer lists hold the truth.
-        base.update(intermediate_size=max(cfg.mlp))
-        config = ElasticLlamaConfig(layer_intermediate_sizes=list(cfg.mlp), layer_num_attention_heads=list(cfg.heads), **base)
-        config.architectures = ["ElasticLlamaForCausalLM"]
-    config._attn_implementation = parent_config._attn_implementation
-    return config
+    check(cfg, _layer_shapes(parent), group_size(parent.config))
 
 
 def extract(parent, cfg: SubnetConfig, importance: Importance | None = None):
@@ -91,22 +64,14 @@ def extract(parent, cfg: SubnetConfig, importance: Importance | None = None):
 
 @torch.no_grad()
 def _extract(parent, cfg: SubnetConfig, importance: Importance | None):
-    from transformers import LlamaForCausalLM
-
-    from toolkit.models.modeling_elastic_llama import ElasticLlamaForCausalLM
-
     check_fits(parent, cfg)
     if importance is None:
         importance = Importance.identity(parent.config)
     if importance.num_layers != len(parent.model.layers):
         raise UserError(f"importance: has {importance.num_layers} layers, the parent has {len(parent.model.layers)}")
-    config = subnet_hf_config(parent.config, cfg)
-    cls = LlamaForCausalLM if cfg.is_uniform() else ElasticLlamaForCausalLM
-    with torch.device("meta"):
-        child = cls(config)
-
-    group = parent.config.num_attention_heads // parent.config.num_key_value_heads
-    head_dim = parent.model.layers[0].self_attn.head_dim
+    child = meta_child(parent.config, cfg)
+    config = child.config
+    group, hd = group_size(parent.config), head_dim(parent.config)
     state: dict[str, torch.Tensor] = {}
     src = parent.model
     state["model.embed_tokens.weight"] = src.embed_tokens.weight.detach().clone()
@@ -118,9 +83,7 @@ def _extract(parent, cfg: SubnetConfig, importance: Importance | None):
         p = f"model.layers.{new_i}."
         ch = importance.mlp_keep(old_i, width)
         groups = importance.groups_keep(old_i, heads // group)
-        kv_idx = (groups[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)  # rows of k/v
-        q_heads = (groups[:, None] * group + torch.arange(group)).reshape(-1)
-        q_idx = (q_heads[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)  # rows of q, cols of o
+        q_idx, kv_idx = head_indices(groups, group, hd)  # rows of q and cols of o, rows of k/v
         attn, mlp = layer.self_attn, layer.mlp
         state[p + "self_attn.q_proj.weight"] = attn.q_proj.weight.index_select(0, q_idx)
         state[p + "self_attn.k_proj.weight"] = attn.k_proj.weight.index_select(0, kv_idx)

@@ -27,6 +27,7 @@ import torch
 
 from toolkit.errors import UserError
 from toolkit.fileio import atomic_write_bytes, cache_dir, sha256_file_cached
+from toolkit.models.geometry import group_size, head_dim
 
 IMPORTANCE_VERSION = 1
 
@@ -93,7 +94,7 @@ class Importance:
         """Scores that keep the first channels/groups and drop the last layers (no calibration)."""
         n = config.num_hidden_layers
         inter = config.layer_intermediate_sizes if hasattr(config, "layer_intermediate_sizes") else [config.intermediate_size] * n
-        group = config.num_attention_heads // config.num_key_value_heads
+        group = group_size(config)
         heads = config.layer_num_attention_heads if hasattr(config, "layer_num_attention_heads") else [config.num_attention_heads] * n
         return cls(
             mlp=tuple(torch.arange(w, 0, -1, dtype=torch.float32) for w in inter),
@@ -108,10 +109,9 @@ def compute_importance(model, batches: Iterable[torch.Tensor], calibration: str 
     """Run ``batches`` of token ids (B, T) through ``model`` and collect the three statistics."""
     layers = model.model.layers
     n = len(layers)
-    group = model.config.num_attention_heads // model.config.num_key_value_heads
-    head_dim = layers[0].self_attn.head_dim
+    group, hd = group_size(model.config), head_dim(model.config)
     mlp_sq = [torch.zeros(l.mlp.down_proj.in_features, dtype=torch.float64) for l in layers]
-    grp_sq = [torch.zeros(l.self_attn.o_proj.in_features // head_dim // group, dtype=torch.float64) for l in layers]
+    grp_sq = [torch.zeros(l.self_attn.o_proj.in_features // hd // group, dtype=torch.float64) for l in layers]
     bi_sum = torch.zeros(n, dtype=torch.float64)
     tokens = 0
     hooks = []
@@ -128,7 +128,7 @@ def compute_importance(model, batches: Iterable[torch.Tensor], calibration: str 
             a = args[0].reshape(-1, args[0].shape[-1])  # (N, heads*head_dim)
             w = module.weight  # (hidden, heads*head_dim)
             for g in range(grp_sq[i].numel()):
-                sl = slice(g * group * head_dim, (g + 1) * group * head_dim)
+                sl = slice(g * group * hd, (g + 1) * group * hd)
                 y = a[:, sl] @ w[:, sl].T  # (N, hidden): the group's contribution
                 grp_sq[i][g] += (y.double() ** 2).sum()
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from toolkit.errors import ConfigError
 from toolkit import schema
+from toolkit.models import geometry
 from toolkit.schema import parse_json, read_text_file
 from toolkit.fileio import sha256_json
 
@@ -201,7 +202,7 @@ class ParentShape:
             intermediate_size=config.intermediate_size,
             num_heads=heads,
             num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            head_dim=geometry.head_dim(config),
             vocab_size=config.vocab_size,
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         )

@@ -41,6 +41,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from toolkit.errors import UserError
+from toolkit.models import geometry
 
 GGUF_FILE = "model.gguf"
 GGUF_F16_TOLERANCE = 2e-2  # max |logit diff| of an f16 GGUF vs PyTorch with f16-rounded weights
@@ -68,8 +69,7 @@ def layer_shapes(model) -> list[dict[str, int]]:
 
 
 def head_dim(model) -> int:
-    c = model.config
-    return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+    return geometry.head_dim(model.config)
 
 
 def _rope_theta(config) -> float:

@@ -5,7 +5,7 @@ forward plus several full forward/backward passes, vocabulary head included, per
 block of the *sorted* parent is trained on its own, from the parent's own input to the parent's own
 output. A block costs about 1/L of the trunk per token and has no vocabulary head, and its regression
 target (a 576-wide vector per token for SmolLM2) is a much denser signal than a next-token KL. Layers
-are independent jobs, so they run in worker processes (and, later, on any executor).
+are independent jobs, so they run in worker processes or on a Ray pool (:func:`run_jobs`).
 
 The data flow, all through files in ``<out>/local_cache`` (bounded memory, resumable per layer):
 
@@ -35,12 +35,12 @@ what adapts the network to dropped layers and to the compounding of every block'
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -50,6 +50,9 @@ import torch.nn.functional as F
 
 from toolkit.errors import UserError
 from toolkit.fileio import atomic_write_bytes, atomic_write_json
+from toolkit.finetune.config import warmup_cosine
+from toolkit.finetune.losses import autocast
+from toolkit.models.geometry import head_dim
 
 LOCAL_CACHE_VERSION = 1
 LOG_EPS = 1e-2
@@ -61,7 +64,7 @@ _BLOCK_PARAMS = ("input_layernorm.weight", "post_attention_layernorm.weight",
 
 
 # -- one block, sliced ----------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class BlockGeometry:
     """What a block forward needs beyond its weights (plain numbers: it travels to worker processes)."""
 
@@ -77,13 +80,11 @@ class BlockGeometry:
 
     @classmethod
     def of(cls, config) -> "BlockGeometry":
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(config.hidden_size, config.num_attention_heads, config.num_key_value_heads, head_dim,
+        return cls(config.hidden_size, config.num_attention_heads, config.num_key_value_heads, head_dim(config),
                    float(config.rms_norm_eps))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"hidden_size": self.hidden_size, "num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
-                "head_dim": self.head_dim, "rms_norm_eps": self.rms_norm_eps}
+        return dataclasses.asdict(self)
 
 
 def check_local_supported(config) -> None:
@@ -140,7 +141,7 @@ def mlp_hidden(p: Mapping[str, torch.Tensor], x: torch.Tensor, width: int) -> to
 def block_forward(p: Mapping[str, torch.Tensor], h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                   geom: BlockGeometry, width: int, heads: int) -> torch.Tensor:
     """One Llama decoder block of a *sorted* parent cut to ``width`` MLP channels and ``heads`` query
-    heads (prefix slices, as :func:`toolkit.finetune.slice_params`): (B, T, D) -> (B, T, D)."""
+    heads (prefix slices, as :func:`toolkit.finetune.slicing.slice_params`): (B, T, D) -> (B, T, D)."""
     a = attention_heads(p, h, cos, sin, geom, heads)
     h = h + F.linear(a, p["self_attn.o_proj.weight"][:, : heads * geom.head_dim], _bias(p, "self_attn.o_proj.bias"))
     x = _rms_norm(h, p["post_attention_layernorm.weight"], geom.rms_norm_eps)
@@ -338,8 +339,6 @@ def train_layer(spec: Mapping[str, Any]) -> dict[str, Any]:
     """
     from safetensors.torch import load_file, save
 
-    from toolkit.finetune import autocast
-
     folder, i = Path(spec["cache"]), int(spec["layer"])
     record_path = folder / "layers" / f"{i:03d}.json"
     spec_hash = _hash(dict(spec, threads=None, cache=None))  # the cache's content is in spec["cache_key"]
@@ -387,13 +386,11 @@ def train_layer(spec: Mapping[str, Any]) -> dict[str, Any]:
         rng = np.random.default_rng([spec["seed"], i])  # all the job's randomness (no torch RNG is drawn)
         params = {k: torch.nn.Parameter(v.clone()) for k, v in p.items()}
         opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+        warm = max(1, steps // 20)  # warm-up, then cosine to lr / 10 at the last step
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warm, steps, 0.1))
         N, bs = h_train.shape[0], int(spec["local_batch"])
-        warm = max(1, steps // 20)
         nets = [(max(mlp_choices), max(head_choices), spec["full_weight"]), (min(mlp_choices), min(head_choices), 1.0)]
-        for step in range(steps):
-            cur = lr * (step + 1) / warm if step < warm else lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm))))
-            for g in opt.param_groups:
-                g["lr"] = cur
+        for _ in range(steps):
             idx = np.sort(rng.choice(N, size=min(bs, N), replace=False))
             hb = torch.from_numpy(np.ascontiguousarray(h_train[idx]))
             tb = torch.from_numpy(np.ascontiguousarray(y_train[idx]))
@@ -410,6 +407,7 @@ def train_layer(spec: Mapping[str, Any]) -> dict[str, Any]:
                 (torch.log(loss + LOG_EPS) * weight).backward()
                 total += float(loss.detach()) * weight
             opt.step()
+            schedule.step()
             losses.append(round(total, 6))
         p = {k: v.detach() for k, v in params.items()}
     errors["trained"] = monitor(p) if steps > 0 else errors.get("least_squares", errors["sliced"])
@@ -477,9 +475,7 @@ def run_jobs(specs: Sequence[Mapping[str, Any]], workers: int = 1, on_done: Call
                 on_done(rec)
         return results
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     pending = list(specs)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
