@@ -166,7 +166,7 @@ class Cache:
 
 
 def predictor_part(args, loaded, profile, work: Path, cache: Cache) -> tuple[dict[str, Any], Any]:
-    from toolkit.elastic import parent_shape, space_for
+    from toolkit.elastic import parent_shape, model_space
     from toolkit.importance import load_or_compute_importance
     from toolkit.calibrate.latency import subnet_measure_fn
     from toolkit.calibrate import Hardware, Measurement, Predictor, choose_calibration_configs
@@ -174,7 +174,7 @@ def predictor_part(args, loaded, profile, work: Path, cache: Cache) -> tuple[dic
     from toolkit.fileio import default_calibration_file
 
     importance = load_or_compute_importance(loaded, default_calibration_file(None, args.data_dir))
-    space = space_for(loaded, importance)
+    space = model_space(loaded, importance)
     shape = parent_shape(loaded.model)
     calib = choose_calibration_configs(space, args.calibration_samples, seed=args.seed)
     keys = {c.key() for c in calib}

@@ -280,7 +280,7 @@ def _main(argv: list[str]) -> int:
 
     from toolkit.baselines import matched
     from toolkit.fileio import data_dir, default_calibration_file
-    from toolkit.elastic import extract, parent_shape, space_for
+    from toolkit.elastic import extract, parent_shape, model_space
     from toolkit.errors import UserError
     from toolkit.evaluate import evaluate_task
     from toolkit.importance import load_or_compute_importance
@@ -342,7 +342,7 @@ def _main(argv: list[str]) -> int:
     same_model = same_model or p_timed.model_hash == sn_timed.model_hash
 
     imp = load_or_compute_importance(sn_timed, default_calibration_file(None, args.data_dir))
-    space = space_for(sn_timed, imp)
+    space = model_space(sn_timed, imp)
     full = shape.full_config()
     parent_params = shape.num_params(full, include_embeddings=False)
 

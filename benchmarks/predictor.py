@@ -36,7 +36,7 @@ def main() -> None:
     import numpy as np
 
     from toolkit.fileio import default_calibration_file
-    from toolkit.elastic import parent_shape, space_for
+    from toolkit.elastic import parent_shape, model_space
     from toolkit.importance import load_or_compute_importance
     from toolkit.calibrate.latency import subnet_measure_fn
     from toolkit.models import load_model
@@ -47,7 +47,7 @@ def main() -> None:
     warn_if_foreign(profile)
     loaded = load_model(args.model, dtype=profile.runtime.dtype, device=profile.runtime.device)
     imp = load_or_compute_importance(loaded, default_calibration_file(None, args.data_dir))
-    space = space_for(loaded, imp)
+    space = model_space(loaded, imp)
     prior = Predictor.prior(loaded.model_hash, profile.name, profile.fingerprint, parent_shape(loaded.model),
                             Hardware.from_profile(profile), profile.workload)
     measure = subnet_measure_fn(loaded, imp, profile, args.repeats)

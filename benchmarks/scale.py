@@ -62,7 +62,7 @@ def _comparable(run: Path) -> list[dict]:
 def model_part(args, work: Path) -> dict:
     """Part 1: the SmolLM2 search with 1 and 2 workers."""
     from toolkit.fileio import data_dir, default_calibration_file
-    from toolkit.elastic import parent_shape, space_for
+    from toolkit.elastic import parent_shape, model_space
     from toolkit.search.executors import ExecutorSpec, RayExecutor
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
@@ -76,7 +76,7 @@ def model_part(args, work: Path) -> dict:
     dtype = args.eval_dtype or profile.runtime.dtype
     loaded = load_model(args.model, dtype=dtype)
     importance = load_or_compute_importance(loaded, default_calibration_file(None, args.data_dir))
-    space = space_for(loaded, importance)
+    space = model_space(loaded, importance)
     root = data_dir(args.data_dir)
     task = load_task(get_task(args.task, root), root).split("search")
     predictor = Predictor.prior(loaded.model_hash, profile.name, profile.fingerprint, parent_shape(loaded.model),

@@ -57,7 +57,7 @@ def main() -> None:
 
     # Measure the front members' real decode speed.
     from toolkit.fileio import default_calibration_file
-    from toolkit.elastic import space_for
+    from toolkit.elastic import model_space
     from toolkit.importance import load_or_compute_importance
     from toolkit.calibrate.latency import subnet_measure_fn
     from toolkit.models import load_model
@@ -67,7 +67,7 @@ def main() -> None:
     profile = load_profile(args.profile)
     loaded = load_model(args.model, dtype=profile.runtime.dtype, device=profile.runtime.device)
     imp = load_or_compute_importance(loaded, default_calibration_file(None, args.data_dir))
-    space = space_for(loaded, imp)
+    space = model_space(loaded, imp)
     measure = subnet_measure_fn(loaded, imp, profile, args.repeats)
     nsga = runs["nsga2"]
     parent_eval = nsga["parent"]

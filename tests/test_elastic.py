@@ -200,20 +200,25 @@ def test_info_on_a_local_folder(tiny_folder):
     assert info["parameters"] == sum(p.numel() for p in __import__("toolkit.models.tiny", fromlist=["x"]).llama_tiny().parameters())
 
 
-def test_space_for_uses_a_supernets_trained_space(tiny_folder, tmp_path):
+def test_model_space_uses_a_supernets_trained_space(tiny_folder, tmp_path):
     import shutil
 
-    from toolkit.elastic import space_for
+    from toolkit.elastic import model_space
     from toolkit.models import load_model
 
     plain = load_model(tiny_folder)
-    assert space_for(plain) == default_space(plain.model)
+    assert model_space(plain) == default_space(plain.model)
     folder = tmp_path / "supernet"
     shutil.copytree(tiny_folder, folder)
     trained = default_space(plain.model, mlp_step=64, min_mlp_fraction=0.5, min_depth_fraction=0.75)
     (folder / "finetune.json").write_text(json.dumps({"search_space": trained.to_dict()}))
     sup = load_model(folder)
-    assert space_for(sup) == trained and space_for(sup).mlp_choices[0] == 128
+    assert model_space(sup) == trained and model_space(sup).mlp_choices[0] == 128
+    (folder / "finetune.json").write_text('{"search_space": {"version": 1,')  # torn by a kill
+    from toolkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"finetune.json: line 1: invalid JSON"):
+        model_space(sup)
 
 
 def test_extract_runs_on_one_thread_and_restores_the_callers_count(tiny, monkeypatch):

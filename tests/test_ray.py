@@ -109,7 +109,7 @@ def test_ray_search_equals_local_search(cluster, tmp_path, tiny_folder, prior, t
 
 
 def _tiny_searcher(tiny_folder, calib_text, task_file, prior, run_dir, executor=None, accuracy=None):
-    from toolkit.elastic import space_for
+    from toolkit.elastic import model_space
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
     from toolkit.calibrate import Predictor
@@ -124,8 +124,8 @@ def _tiny_searcher(tiny_folder, calib_text, task_file, prior, run_dir, executor=
     settings = SearchSettings(evals=32, population=8, seed=3)
     predict = Predictor.load(prior[1]).predict
     if executor is None:
-        return Searcher(space_for(loaded, importance), settings, factory(), predict, run_dir), factory
-    return Searcher(space_for(loaded, importance), settings, None, predict, run_dir, executor=executor), factory
+        return Searcher(model_space(loaded, importance), settings, factory(), predict, run_dir), factory
+    return Searcher(model_space(loaded, importance), settings, None, predict, run_dir, executor=executor), factory
 
 
 def test_a_killed_worker_loses_nothing_and_journals_nothing_twice(cluster, tmp_path, tiny_folder, prior, task_file,

@@ -26,6 +26,7 @@ import torch
 
 from toolkit.errors import UserError
 from toolkit.fileio import atomic_directory, atomic_write_json
+from toolkit.schema import parse_json, read_text_file
 from toolkit.importance import Importance
 from toolkit.models.geometry import group_size, head_dim, head_indices, meta_child
 from toolkit.space import ParentShape, SearchSpace, SubnetConfig
@@ -164,16 +165,17 @@ def default_space(model, importance: Importance | None = None, **kw) -> SearchSp
     return SearchSpace.from_parent(parent_shape(model), layer_order=order, **kw)
 
 
-def space_for(loaded, importance: Importance | None = None, **kw) -> SearchSpace:
-    """The search space of a loaded parent: the one a super-network was trained for (its
-    ``finetune.json``), else the default space. Sub-networks outside a super-network's trained range
-    were never trained and collapse, so searching there would be searching noise."""
+def model_space(loaded, importance: Importance | None = None) -> SearchSpace:
+    """The search space a loaded model is searched in: the one a super-network was trained for (its
+    ``finetune.json``), else :func:`default_space`. It takes no space options on purpose: sub-networks
+    outside a super-network's trained range were never trained and collapse, so a wider space would be
+    searching noise (build one with :func:`default_space` to search a plain model differently)."""
     trained = Path(loaded.folder) / "finetune.json"
-    if trained.is_file() and not kw:
-        data = json.loads(trained.read_text())
-        if "search_space" in data:
+    if trained.is_file():
+        data = parse_json(read_text_file(trained), str(trained))
+        if isinstance(data, dict) and "search_space" in data:
             space = SearchSpace.from_dict(data["search_space"], str(trained))
             if space.parent != parent_shape(loaded.model):
                 raise UserError(f"{trained}: search_space.parent: does not match the model's shape")
             return space
-    return default_space(loaded.model, importance, **kw)
+    return default_space(loaded.model, importance)

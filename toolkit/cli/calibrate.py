@@ -84,7 +84,7 @@ def run(args) -> int:
         new.save(args.out)
         print(json.dumps({"out": args.out, "cv": new.cv}, indent=2))
         return 0
-    from toolkit.elastic import parent_shape, space_for
+    from toolkit.elastic import parent_shape, model_space
     from toolkit.importance import load_or_compute_importance
     from toolkit.calibrate import CalibrationWorker, Hardware, foreign_node_error, machine_record, recording_where
     from toolkit.calibrate.latency import subnet_measure_fn
@@ -119,7 +119,7 @@ def run(args) -> int:
         print(json.dumps({"out": args.out, "calibrated": False}))
         return 0
     importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
-    space = space_for(loaded, importance)
+    space = model_space(loaded, importance)
     configs = choose_calibration_configs(space, args.samples, seed=args.seed)
     from toolkit.progress import progress_bar
 

@@ -32,11 +32,11 @@ def register(sub) -> None:
     p.add_argument("--gguf-type", default=None,
                    help="GGUF file type: f32, f16, q8_0, q4_k_m, ... (llama.cpp's quantizer makes the quantized ones; "
                         "default: the profile's runtime.gguf_type with engine llama.cpp, else f16)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="artifact folder: one sub-folder per format, each with a manifest.json")
     p.add_argument("--profile", default=None, help="device profile (default: the run's); sets threads and workload")
     p.add_argument("--predictor", default=None, help="predictor JSON for predicted throughput (--config only)")
     p.add_argument("--calibration", default=None, help="calibration text (importance and GPTQ)")
-    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--bits", type=int, default=4, help="GPTQ weight bits (default 4)")
     p.add_argument("--group-size", type=int, default=64, help="GPTQ group size (must divide every layer input width)")
     p.add_argument("--gptq-samples", type=positive_int, default=32, help="GPTQ calibration windows of 512 tokens")
     p.add_argument("--task", default=None, help="task for accuracy before/after GPTQ (e.g. arc_easy)")

@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from toolkit.elastic import parent_shape, space_for
+    from toolkit.elastic import parent_shape, model_space
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
 
@@ -34,7 +34,7 @@ def run(args) -> int:
     if not args.no_importance:
         imp = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
     shape = parent_shape(loaded.model)
-    space = space_for(loaded, imp)
+    space = model_space(loaded, imp)
     full = shape.full_config()
     info = {
         "model": args.model,

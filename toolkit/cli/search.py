@@ -58,13 +58,16 @@ def register(sub) -> None:
                         "`toolkit eval --split report` never shares, so reported numbers are free of the search's "
                         "selection); 'all' only to resume or repeat runs made before the split existed")
     p.add_argument("--evals", type=int, default=100, help="distinct sub-networks to evaluate")
-    p.add_argument("--population", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--algorithm", choices=("nsga2", "random"), default="nsga2")
+    p.add_argument("--population", type=int, default=50, help="NSGA-II population: candidates per generation (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search: the same seed gives the same search (default 0)")
+    p.add_argument("--algorithm", choices=("nsga2", "random"), default="nsga2",
+                   help="nsga2 (default) or random sampling of the space (a baseline)")
     p.add_argument("--objectives", default="accuracy,decode_tokens_per_s",
                    help="comma-separated; accuracy plus any of decode_tokens_per_s, prefill_ms, params, peak_mem_bytes")
-    p.add_argument("--min-accuracy", type=float, default=None)
-    p.add_argument("--max-params", type=float, default=None)
+    p.add_argument("--min-accuracy", type=float, default=None,
+                   help="constraint: candidates below this accuracy (0-1) are infeasible")
+    p.add_argument("--max-params", type=float, default=None,
+                   help="constraint: candidates with more parameters than this (e.g. 1e8) are infeasible")
     p.add_argument("--calibration", default=None, help="calibration text for importance")
     p.add_argument("--eval-threads", type=int, default=1,
                    help="torch threads for the accuracy evaluations (not timing; default 1: a tiny-batch forward "
@@ -196,7 +199,7 @@ def run(args) -> int:
     from toolkit.search import require_search_extra
 
     require_search_extra()  # pymoo and matplotlib: a missing extra is found before any work, not after it
-    from toolkit.elastic import space_for
+    from toolkit.elastic import model_space
     from toolkit.evaluate import check_task_lengths, model_max_length, peek_tokenizer, truncation_warning
     from toolkit.importance import load_or_compute_importance
     from toolkit.models import load_model
@@ -248,7 +251,7 @@ def run(args) -> int:
         check_lengths(loaded.tokenizer, model_max_length(loaded.model))
     predictor.check_model(loaded.model_hash, where=args.predictor)
     importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
-    space = space_for(loaded, importance)
+    space = model_space(loaded, importance)
     from toolkit.search.workers import AccuracyWorker, accuracy_fn
 
     accuracy = None

@@ -21,8 +21,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("verify", help="re-check an exported artifact (hashes + teacher-forced parity)", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir")
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("dir", help="what toolkit export wrote: one format's folder (with manifest.json), or the --out folder (every format in it)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for the check (default: the engine's)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let transformers import the artifact's own modeling/tokenizer code (off: the toolkit "
                         "loads it with its own classes and refuses a modeling file that is not its own)")
