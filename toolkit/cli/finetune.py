@@ -107,7 +107,7 @@ def run(args) -> int:
     data = Path(args.data) if args.data else data_dir(args.data_dir) / "calibration" / "c4_sample.jsonl"
     calibration = default_calibration_file(args.calibration, args.data_dir)
     out = finetune(args.model, data, args.out, config, calibration, resume=args.resume, overwrite=args.overwrite,
-                   log=lambda s: print(s, file=sys.stderr, flush=True), max_minutes=args.max_minutes,
+                   max_minutes=args.max_minutes,
                    command=args.command_line, device=device, max_cpu_minutes=args.max_cpu_minutes,
                    workers=args.workers, executor=executor)
     if out is None:  # the local phase stopped between layers (budget or SIGTERM): nothing saved yet

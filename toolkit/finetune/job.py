@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -34,9 +35,11 @@ from toolkit.finetune.config import FinetuneConfig
 from toolkit.finetune.data import batch_indices, pack
 from toolkit.finetune.trainer import SupernetTrainer, save_supernet
 
+log = logging.getLogger(__name__)  # progress notes on stderr (the CLI's -v/-q set the level)
+
 
 def finetune(model: str, data_file: str | Path, out: str | Path, config: FinetuneConfig, calibration_file: str | Path,
-             resume: bool = False, overwrite: bool = False, log: Callable[[str], None] | None = None,
+             resume: bool = False, overwrite: bool = False,
              max_minutes: float | None = None, command: str | None = None, device: str = "cpu",
              max_cpu_minutes: float | None = None, workers: int = 1, executor=None) -> Path | None:
     """Load, sort, train (resumably) on ``device`` and save the super-network. Returns the output folder, or
@@ -47,6 +50,7 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
     whatever else the machine runs.
     ``max_minutes`` (wall clock, this session) and SIGTERM stop training early but cleanly: the step in
     flight finishes, a checkpoint is written and the super-network is saved; ``--resume`` continues.
+    Progress notes go to the ``toolkit.finetune.job`` logger at INFO.
     """
     import copy
 
@@ -100,25 +104,24 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
             "train_tokens_per_step": config.seq_len * config.batch_size * config.grad_accum,
             "held_out_docs": config.val_docs, "device": str(device), "command": command, "method": config.method}
     first_step = trainer.step
-    say = log or (lambda s: None)
-    say(f"{config.method}: training {len(trainer.trainable)} tensors ({sum(p.numel() for p in trainer.trainable):,} parameters) on "
+    log.info(f"{config.method}: training {len(trainer.trainable)} tensors ({sum(p.numel() for p in trainer.trainable):,} parameters) on "
         f"{windows.shape[0]} windows of {config.seq_len} tokens; space: mlp {trainer.space.mlp_choices[0]}.."
         f"{trainer.space.mlp_choices[-1]}, heads {list(trainer.space.head_choices)}, depth "
         f"{trainer.space.depth_choices[0]}..{trainer.space.depth_choices[-1]}")
     if trainer.step == 0 and not trainer.evals:
-        say(f"step 0 held-out perplexity: {json.dumps(trainer.evaluate(phase='sliced')['val_ppl'] if val is not None else {})}")
+        log.info(f"step 0 held-out perplexity: {json.dumps(trainer.evaluate(phase='sliced')['val_ppl'] if val is not None else {})}")
     stop: dict[str, str | None] = {"why": None}
     start = time.monotonic()
     with _sigterm_stops(stop):
         if local and local_record is None:
-            local_record = _local_phase(trainer, out, config, info, say, stop, start, max_minutes, workers, progress_bar,
+            local_record = _local_phase(trainer, out, config, info, stop, start, max_minutes, workers, progress_bar,
                                         max_cpu_minutes, executor=executor)
             if local_record is None:  # stopped between layers: the trained layers are kept, --resume continues
                 return None
         if local_record is not None:
             info["local"] = {k: v for k, v in local_record.items() if k != "layers"}
         if config.method != "local":  # global, or the global sandwich after the local phase
-            _train_loop(trainer, config, ckpt, info, say, stop, start, max_minutes, bar_enabled, progress_bar,
+            _train_loop(trainer, config, ckpt, info, stop, start, max_minutes, bar_enabled, progress_bar,
                         max_cpu_minutes=max_cpu_minutes)
     info = dict(info, stopped_early=stop["why"], sessions=sessions + [
         {"command": command, "steps_from": first_step, "steps_to": trainer.step, "stopped_early": stop["why"]}])
@@ -158,7 +161,7 @@ def _read_local_record(out: Path) -> dict[str, Any] | None:
     return record
 
 
-def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, info, say, stop, start, max_minutes,
+def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, info, stop, start, max_minutes,
                  workers: int, progress_bar, max_cpu_minutes: float | None = None, executor=None) -> dict[str, Any] | None:
     """Blockwise local distillation of the sorted parent (toolkit.finetune.local_distillation), resumable per layer.
 
@@ -214,7 +217,7 @@ def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, in
 
         records = ld.run_jobs(specs, workers=workers, on_done=done, should_stop=should_stop, executor=executor)
     if len(records) < len(specs):
-        say(f"local distillation stopped after {len(records)} of {len(specs)} layers ({stop['why']}); --resume continues")
+        log.info(f"local distillation stopped after {len(records)} of {len(specs)} layers ({stop['why']}); --resume continues")
         parent.train(was)
         return None
     ls_cpu = manifest["cpu_seconds"] + sum(r["ls_cpu_seconds"] for r in records)
@@ -223,12 +226,12 @@ def _local_phase(trainer: SupernetTrainer, out: Path, config: FinetuneConfig, in
         ld.load_layers(parent, cache, "ls")
         ev = trainer.evaluate(phase="least_squares", cpu_seconds=ls_cpu)
         if ev:
-            say(f"after least squares, held-out perplexity: {json.dumps(ev['val_ppl'])}")
+            log.info(f"after least squares, held-out perplexity: {json.dumps(ev['val_ppl'])}")
     ld.load_layers(parent, cache, "trained")
     trainer.cpu_offset_s = cpu
     ev = trainer.evaluate(phase="local")
     if ev:
-        say(f"after local distillation, held-out perplexity: {json.dumps(ev['val_ppl'])}")
+        log.info(f"after local distillation, held-out perplexity: {json.dumps(ev['val_ppl'])}")
     parent.train(was)
     tokens = max(r["tokens"] for r in records)
     record = {"version": 1, "layers_trained": len(records), "cache_windows": n, "cache_cpu_seconds": manifest["cpu_seconds"],
@@ -258,7 +261,7 @@ def _previous_sessions(out: Path) -> list[dict[str, Any]]:
              "stopped_early": prev.get("stopped_early")}]
 
 
-def _train_loop(trainer, config, ckpt, info, say, stop, start, max_minutes, bar_enabled, progress_bar,
+def _train_loop(trainer, config, ckpt, info, stop, start, max_minutes, bar_enabled, progress_bar,
                 max_cpu_minutes: float | None = None) -> None:
     with progress_bar() as bar:
         task = bar.add_task("finetune", total=config.steps, completed=trainer.step, info="")
@@ -268,7 +271,7 @@ def _train_loop(trainer, config, ckpt, info, say, stop, start, max_minutes, bar_
             if max_cpu_minutes is not None and trainer.train_cpu_seconds() >= max_cpu_minutes * 60:
                 stop["why"] = f"CPU budget of {max_cpu_minutes} min"
             if stop["why"]:
-                say(f"stopping at step {trainer.step}: {stop['why']}")
+                log.info(f"stopping at step {trainer.step}: {stop['why']}")
                 if not trainer.evals or trainer.evals[-1]["step"] != trainer.step:
                     trainer.evaluate()
                 trainer.save_checkpoint(ckpt, {"info": info})
@@ -277,11 +280,11 @@ def _train_loop(trainer, config, ckpt, info, say, stop, start, max_minutes, bar_
             text = " ".join(f"{k}={v:.3f}" for k, v in rec["loss"].items())
             bar.update(task, completed=trainer.step, info=text)
             if not bar_enabled():
-                say(f"step {trainer.step}/{config.steps} {rec['seconds']:.1f}s lr={rec['lr']:.2e} {text}")
+                log.info(f"step {trainer.step}/{config.steps} {rec['seconds']:.1f}s lr={rec['lr']:.2e} {text}")
             last = trainer.step == config.steps
             if trainer.step % config.eval_every == 0 or last:
                 ev = trainer.evaluate()
                 if ev:
-                    say(f"step {trainer.step} held-out perplexity: {json.dumps(ev['val_ppl'])}")
+                    log.info(f"step {trainer.step} held-out perplexity: {json.dumps(ev['val_ppl'])}")
             if trainer.step % config.checkpoint_every == 0 or last:
                 trainer.save_checkpoint(ckpt, {"info": info})
