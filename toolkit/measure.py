@@ -17,10 +17,12 @@ through :func:`time_callable`, so that all of them mean the same thing:
 interpolation, as ``numpy.percentile``). It is used rather than ``(max - min) / median`` because on a
 shared machine one descheduled sample would dominate max - min while leaving the median untouched.
 
-Why hand-written rather than ``timeit`` or ``torch.utils.benchmark``: ``timeit`` knows nothing of device
-synchronisation or per-call setup, and ``torch.utils.benchmark.Timer`` reports a mean/median of blocks but
-no per-sample record or spread we control, and it imports torch; this module imports torch only inside
-:func:`sync_for` and :func:`torch_threads`, so timing pure-Python callables stays cheap.
+Why hand-written rather than ``timeit`` or ``torch.utils.benchmark``: a decode step must be timed from a
+freshly prefilled KV cache, so every timed call needs an *untimed* per-call setup. ``timeit`` and
+``torch.utils.benchmark.Timer`` run their setup once per block of calls, not before each call, so the
+cache would grow across a block and the step timed would not be the one deployed. Both also leave the
+choice of spread statistic to us anyway; this module imports torch only inside :func:`sync_for` and
+:func:`torch_threads`, so timing pure-Python callables stays cheap.
 
 Model measurements (prefill latency, decode tokens/s with a KV cache, peak memory) are built on top of
 this primitive in :mod:`toolkit.calibrate.latency`.
@@ -157,7 +159,7 @@ def time_prefill_decode(prefill, decode_from, repeats: int, warmup: int = 1, max
     """Time ``prefill() -> cache`` and ``decode_from(cache)`` (a fresh, untimed prefill before every timed
     decode); re-measured once with twice the repeats when either spread exceeds ``max_spread``.
     Returns (prefill Timing, decode Timing, flagged: still too noisy)."""
-    def once(n_repeats: int):
+    def measure_both(n_repeats: int):
         t_prefill = time_callable(prefill, warmup=warmup, repeats=n_repeats, sync=sync)
         caches = []
 
@@ -170,9 +172,9 @@ def time_prefill_decode(prefill, decode_from, repeats: int, warmup: int = 1, max
         t_decode = time_callable(decode, warmup=warmup, repeats=n_repeats, sync=sync, setup=setup)
         return t_prefill, t_decode
 
-    t_prefill, t_decode = once(repeats)
+    t_prefill, t_decode = measure_both(repeats)
     if max(t_prefill.spread, t_decode.spread) > max_spread:
-        t_prefill, t_decode = once(repeats * 2)
+        t_prefill, t_decode = measure_both(repeats * 2)
     return t_prefill, t_decode, max(t_prefill.spread, t_decode.spread) > max_spread
 
 
