@@ -37,7 +37,7 @@ def test_calibrate_predict_search_report(tmp_path, tiny_folder, task_file, calib
     assert json.loads(refit.read_text())["coefficients"] == pred["coefficients"]
 
     capsys.readouterr()
-    assert main(["predict", "--predictor", str(predictor), "--full"]) == 0
+    assert main(["predict", "--predictor", str(predictor), "--full", "--json"]) == 0
     full = json.loads(capsys.readouterr().out)
     assert full["decode_tokens_per_s"] > 0 and full["calibrated"] is True
 

@@ -260,10 +260,11 @@ def test_cli_output_into_a_closed_pipe_is_quiet(tmp_path, saved_prior, capsys, m
         def flush(self):
             raise BrokenPipeError(32, "Broken pipe")
 
-    monkeypatch.setattr(sys, "stdout", ClosedPipe())
-    assert main(["predict", "--predictor", str(saved_prior), "--full"]) == 141
-    monkeypatch.undo()
-    assert capsys.readouterr().err == ""
+    for output in ([], ["--json"]):  # the table (rich) and the JSON document (print)
+        monkeypatch.setattr(sys, "stdout", ClosedPipe())
+        assert main(["predict", "--predictor", str(saved_prior), "--full", *output]) == 141
+        monkeypatch.undo()
+        assert capsys.readouterr().err == ""
     # the real thing: `toolkit predict ... | head -0`, the reader gone before the first write
     p = subprocess.Popen([sys.executable, "-m", "toolkit.cli.main", "predict", "--predictor", str(saved_prior), "--full"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 EXAMPLES = """examples:
-  toolkit predict --predictor run/predictor.json --config subnet.json
-  toolkit predict --predictor run/predictor.json --full
+  toolkit predict --predictor run/predictor.json --config subnet.json    # a table
+  toolkit predict --predictor run/predictor.json --full --json           # one JSON object on stdout:
+      {"prefill_ms": ..., "decode_ms_per_token": ..., "peak_mem_bytes": ..., "decode_tokens_per_s": ...,
+       "params": ..., "profile": "...", "calibrated": true}
 """
 
 
@@ -30,5 +31,7 @@ def run(args) -> int:
     pred.shape.check(cfg, args.config)  # the same check as eval --subnet: fits the parent, whole GQA groups
     out = pred.predict(cfg)
     out.update(profile=pred.profile_name, calibrated=pred.calibrated)
-    print(json.dumps(out, indent=2))
+    from toolkit.cli.common import emit
+
+    emit(args, out, title=f"toolkit predict: {'the parent' if args.full else args.config}")
     return 0
