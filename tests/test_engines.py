@@ -316,7 +316,7 @@ def test_calibrate_in_llama_cpp_end_to_end(tmp_path, profiles, tiny_folder, cali
     pytest.importorskip("llama_cpp")
     out = tmp_path / "run" / "predictor.json"
     assert main(["calibrate", "--profile", str(profiles["llama.cpp"]), "--model", str(tiny_folder), "--calibration",
-                 str(calib_text), "--samples", "4", "--repeats", "2", "--out", str(out)]) == 0
+                 str(calib_text), "--samples", "4", "--repeats", "2", "--out", str(out), "--json"]) == 0
     pred = json.loads(out.read_text())
     assert (pred["hardware"]["engine"], pred["hardware"]["gguf_type"]) == ("llama.cpp", "q8_0")
     assert len(pred["measurements"]) == 4

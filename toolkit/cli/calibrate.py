@@ -6,15 +6,17 @@ Sub-networks are timed in the profile's ``runtime.engine`` (torch, onnxruntime, 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from toolkit.cli.common import add_data_dir_arg, add_model_arg
+from toolkit.cli.common import add_data_dir_arg, add_model_arg, emit
 from toolkit.fileio import default_calibration_file
 
 EXAMPLES = """examples:
   toolkit calibrate --profile run/profile.yaml --model smollm2-135m --samples 16 --out run/predictor.json
   toolkit calibrate --refit run/predictor.json --out run/predictor.json   # refit saved measurements, no timing
+  toolkit calibrate ... --out run/predictor.json --json   # the summary as one JSON object on stdout, not a table:
+      {"out": "run/predictor.json", "samples": 16, "engine": "torch", "cv": {...}}
+      (with --refit: {"out": ..., "cv": {...}}; with --samples 0: {"out": ..., "calibrated": false})
   toolkit calibrate --profile h100-sxm --model smollm2-135m --samples 0 --out prior.json  # spec-only roofline
   toolkit calibrate --profile cloud-vm-2core-x86-llamacpp --model smollm2-135m --samples 16 --out run/llamacpp.json
                                                         # timed as q8_0 GGUF in llama.cpp (the [llamacpp] extra)
@@ -82,7 +84,7 @@ def run(args) -> int:
             raise UserError(f"{args.refit}: measurements: nothing to refit (no saved measurements)")
         new = old.fit(old.measurements)
         new.save(args.out)
-        print(json.dumps({"out": args.out, "cv": new.cv}, indent=2))
+        emit(args, {"out": args.out, "cv": new.cv}, title="toolkit calibrate --refit")
         return 0
     from toolkit.elastic import parent_shape, model_space
     from toolkit.importance import load_or_compute_importance
@@ -116,7 +118,7 @@ def run(args) -> int:
                             Hardware.from_profile(profile), profile.workload)
     if args.samples == 0:
         prior.save(args.out)
-        print(json.dumps({"out": args.out, "calibrated": False}))
+        emit(args, {"out": args.out, "calibrated": False}, title="toolkit calibrate: roofline prior (nothing timed)")
         return 0
     importance = load_or_compute_importance(loaded, default_calibration_file(args.calibration, args.data_dir))
     space = model_space(loaded, importance)
@@ -165,6 +167,6 @@ def run(args) -> int:
             executor.close()
     fitted.save(args.out)
     journal.unlink(missing_ok=True)
-    print(json.dumps({"out": args.out, "samples": len(configs), "engine": fitted.hardware.engine_label,
-                      "cv": fitted.cv}, indent=2))
+    emit(args, {"out": args.out, "samples": len(configs), "engine": fitted.hardware.engine_label, "cv": fitted.cv},
+         title="toolkit calibrate")
     return 0
