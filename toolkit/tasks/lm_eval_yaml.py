@@ -37,14 +37,8 @@ TruthfulQA MC2 needs a ``process_results`` function; the registered ``truthfulqa
 
 from __future__ import annotations
 
-import ast
-import csv
-import io
-import json
 import os
-import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,6 +47,8 @@ import yaml
 from toolkit import schema
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import expand_user
+from toolkit.tasks.data_files import read_rows
+from toolkit.tasks.lm_eval_docs import Docs, gold_choices, render
 from toolkit.tasks.metrics import METRICS
 
 # Keys of lm-eval's TaskConfig this reader uses, and those it accepts without effect (naming, grouping,
@@ -391,81 +387,9 @@ def portable_definition(path: Path, data_dir: str | os.PathLike | None = None) -
     return values
 
 
-# -- data files ------------------------------------------------------------------------------------
-def _csv_value(v: str, kind: type) -> Any:
-    return None if v == "" else kind(v)
-
-
-def _read_rows(path: Path, builder: str) -> list[tuple[int, dict]]:
-    """(line or row number, row) of one data file, as ``datasets.load_dataset(builder)`` would give them."""
-    try:
-        if builder == "parquet":
-            try:
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise UserError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-            import pyarrow
-
-            try:
-                return [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())]
-            except pyarrow.ArrowException as exc:
-                raise UserError(f"{path}: not a readable Parquet file ({' '.join(str(exc).split())[:120]})") from None
-        # utf-8-sig: a byte-order mark is not part of the first CSV header or JSON row
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read data file ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    rows: list[tuple[int, dict]] = []
-    if builder == "csv":
-        # newline="": a quoted field may span lines (csv's own rule), and no other line break splits a row
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        try:
-            raw = [(reader.line_num, r) for r in reader]
-        except csv.Error as exc:
-            raise ConfigError("<csv>", f"not readable CSV ({exc})", f"{path}:{reader.line_num}") from None
-        cols = reader.fieldnames or []
-        kinds = {}
-        for c in cols:  # pandas' inference, as datasets' csv builder: a column of ints is int, of numbers float
-            vals = [r[c] for _, r in raw if r[c] not in ("", None)]
-            kind: type = str
-            for k in (int, float):
-                try:
-                    [k(v) for v in vals]
-                    kind = k
-                    break
-                except ValueError:
-                    continue
-            kinds[c] = kind if vals else str
-        return [(n, {c: _csv_value(r[c] or "", kinds[c]) for c in cols}) for n, r in raw]
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError("<json>", f"invalid JSON ({exc.msg})", f"{path}:{exc.lineno}") from None
-        for i, obj in enumerate(data):
-            if not isinstance(obj, dict):
-                raise ConfigError(f"[{i}]", f"expected a JSON object per row, got {type(obj).__name__}", str(path))
-            rows.append((i + 1, obj))
-    else:
-        # JSON Lines are split at "\n" only: U+2028 or U+0085 inside a string value is text, not a line break
-        for n, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError("<json>", f"invalid JSON ({exc.msg} at column {exc.colno})", f"{path}:{n}") from None
-            if not isinstance(obj, dict):
-                raise ConfigError("<row>", f"expected a JSON object, got {type(obj).__name__}", f"{path}:{n}")
-            rows.append((n, obj))
-    return rows
-
-
 def _split_rows(spec: YamlSpec, split: str) -> list[tuple[str, dict]]:
     """("file:line", row) of every row of ``split``; missing columns are None, as in a datasets table."""
-    rows = [(f"{p}:{n}", r) for p in spec.files[split] for n, r in _read_rows(p, spec.builder)]
+    rows = [(f"{p}:{n}", r) for p in spec.files[split] for n, r in read_rows(p, spec.builder)]
     if not rows:
         raise UserError(f"{spec.path}: split {split!r} has no rows")
     keys: dict[str, None] = {}
@@ -474,119 +398,7 @@ def _split_rows(spec: YamlSpec, split: str) -> list[tuple[str, dict]]:
     return [(w, {k: r.get(k) for k in keys}) for w, r in rows]
 
 
-# -- lm-eval's doc_to_* -----------------------------------------------------------------------------
-def _regex_replace(string: str, pattern: str, repl: str, count: int = 0) -> str:
-    return re.sub(pattern, repl, string, count=count)
-
-
-@lru_cache(maxsize=1)
-def _jinja():
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
-    env.filters["regex_replace"] = _regex_replace
-    return env
-
-
-@lru_cache(maxsize=256)
-def _compiled(template: str):
-    return _jinja().from_string(template)
-
-
-def _render(template: str, doc: dict, key: str, where: str) -> str:
-    from jinja2 import TemplateError
-
-    try:
-        return _compiled(template).render(**doc)
-    except TemplateError as exc:
-        raise ConfigError(key, f"template failed on this row ({type(exc).__name__}: {exc})", where) from None
-    except Exception as exc:  # anything a template does wrong on one row (re.error, ZeroDivisionError, ...)
-        raise ConfigError(key, f"template failed on this row ({type(exc).__name__}: {exc})", where) from None
-
-
-def _column(doc: dict, column: str, key: str, where: str) -> Any:
-    """A doc_to_* that names a column of the evaluated split, on a row (a few-shot row from another split
-    or fewshot_config.samples) that may not have it."""
-    if column not in doc:
-        raise ConfigError(key, f"names the column {column!r}, which this row does not have", where)
-    return doc[column]
-
-
-def _is_index(s: str) -> bool:
-    """lm-eval reads a rendered ``"2"`` as the index 2 (``str.isdigit``); only ASCII digits are an index here
-    ("²" is a digit to ``isdigit`` and a SyntaxError to ``literal_eval``)."""
-    return s.isascii() and s.isdigit()
-
-
-@dataclass(frozen=True)
-class _Docs:
-    """lm-eval's doc_to_* for one task: ``features`` are the evaluated split's columns."""
-
-    features: frozenset
-    has_choice: bool
-
-    def text(self, doc: dict, t: Any, where: str) -> Any:
-        if isinstance(t, int):
-            return t
-        if t in self.features:
-            return _column(doc, t, "doc_to_text", where)
-        s = _render(t, doc, "doc_to_text", where)
-        return int(s) if _is_index(s) and self.has_choice else s
-
-    def target(self, doc: dict, t: Any, where: str) -> Any:
-        if isinstance(t, (int, list)):
-            return t
-        if t in self.features:
-            return _column(doc, t, "doc_to_target", where)
-        s = _render(t, doc, "doc_to_target", where)
-        if _is_index(s) and self.has_choice:
-            return int(s)
-        if len(s) >= 2 and s[0] == "[" and s[-1] == "]":
-            try:
-                return ast.literal_eval(s)
-            except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
-                return s
-        return s
-
-    def choice(self, doc: dict, t: Any, where: str) -> list:
-        if isinstance(t, list):
-            out = t
-        elif isinstance(t, dict):
-            out = list(t.values())
-        elif t in self.features:
-            out = _column(doc, t, "doc_to_choice", where)
-        else:
-            s = _render(t, doc, "doc_to_choice", where)
-            try:
-                out = ast.literal_eval(s)
-            except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
-                raise ConfigError("doc_to_choice", f"rendered {s[:60]!r}, not a list literal", where) from None
-        if not isinstance(out, list) or len(out) < 2 or not all(isinstance(c, str) and c for c in out):
-            raise ConfigError("doc_to_choice", f"expected a list of at least 2 non-empty strings, got {str(out)[:80]}", where)
-        return out
-
-
-def _gold(target: Any, choices: list[str], where: str) -> tuple[int, ...] | int:
-    """lm-eval's gold: an index, a choice's text, or a list of indices (several true choices)."""
-    if isinstance(target, list):
-        if not target or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(choices) for i in target):
-            raise ConfigError("doc_to_target", f"{target!r}: expected indices of the {len(choices)} choices", where)
-        if len(set(target)) != len(target):
-            raise ConfigError("doc_to_target", f"{target!r}: a choice is listed twice (mc2 would count it twice)", where)
-        return tuple(target)
-    if isinstance(target, bool):
-        raise ConfigError("doc_to_target", f"{target!r}: expected a choice index or text", where)
-    if isinstance(target, int):
-        if not 0 <= target < len(choices):
-            raise ConfigError("doc_to_target", f"{target} is out of range for {len(choices)} choices", where)
-        return target
-    if isinstance(target, str) and target in choices:
-        return choices.index(target)
-    raise ConfigError("doc_to_target", f"{str(target)[:60]!r} is neither a choice index nor one of the choices", where)
-
-
-def _shot(docs: _Docs, spec: YamlSpec, doc: dict, where: str) -> str:
+def _shot(docs: Docs, spec: YamlSpec, doc: dict, where: str) -> str:
     """One few-shot block: text + target delimiter + answer + few-shot delimiter (lm-eval's build_qa_turn)."""
     q = docs.text(doc, spec.fs_doc_to_text, where)
     if not isinstance(q, str):
@@ -609,7 +421,7 @@ def load_yaml_examples(task, num_fewshot: int, seed: int):
 
     spec: YamlSpec = task.spec
     rows = _split_rows(spec, spec.eval_split)
-    docs = _Docs(frozenset(rows[0][1]), True)
+    docs = Docs(frozenset(rows[0][1]), True)
     shots: list[list[dict]] = [[] for _ in rows]
     if num_fewshot:
         if spec.fewshot_samples is not None:
@@ -632,12 +444,12 @@ def load_yaml_examples(task, num_fewshot: int, seed: int):
             raise ConfigError("doc_to_text", "gave an index: multiple-input tasks (several contexts, one "
                               "continuation) are not supported; use a common-schema file with partial scoring", where)
         choices = docs.choice(doc, spec.doc_to_choice, where)
-        gold = _gold(docs.target(doc, spec.doc_to_target, where), choices, where)
+        gold = gold_choices(docs.target(doc, spec.doc_to_target, where), choices, where)
         if "mc2" in task.metrics and not isinstance(gold, tuple):
             raise ConfigError("doc_to_target", "mc2 needs several true choices: a list of indices", where)
         desc = ""
         if spec.description:
-            desc = doc[spec.description] if spec.description in doc else _render(spec.description, doc, "description", where)
+            desc = doc[spec.description] if spec.description in doc else render(spec.description, doc, "description", where)
             desc = "" if desc is None else str(desc)
         shot_where = f"{pool_where if num_fewshot else where} (a few-shot row of {where})"
         context = desc + "".join(_shot(docs, spec, s, shot_where) for s in doc_shots) + q
