@@ -59,7 +59,8 @@ def plot_pareto(path: str | Path, evals: Sequence, front: Sequence, objectives: 
     import matplotlib.pyplot as plt
 
     labels = dict(labels or {})
-    x_name, y_name = objectives[1], objectives[0]  # speed/size on x, accuracy on y
+    y_name = "accuracy"  # accuracy on y, the first other objective (speed, size) on x
+    x_name = next(o for o in objectives if o != y_name)
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     feas = [e for e in evals if e.feasible]
     # An infeasible candidate's accuracy is usually not measured: only those with both values are drawn.
