@@ -104,7 +104,7 @@ def evaluation(i, cfg, **over):
 
 
 @pytest.mark.parametrize("bad, where", [
-    ({"feasible": "false"}, "line 2: feasible: expected true or false, got 'false'"),
+    ({"feasible": "false"}, "line 2: feasible: expected true or false, got string 'false'"),
     ({"index": "1"}, "line 2: index: expected a non-negative integer"),
     ({"metrics": {"accuracy": "0.5"}}, "line 2: metrics.accuracy: expected a number"),
     ({"metrics": [0.5]}, "line 2: metrics: expected an object"),

@@ -29,7 +29,7 @@ import yaml
 
 from toolkit.errors import ConfigError
 
-__all__ = ["Invalid", "MISSING", "show", "number", "positive", "positive_bytes", "nonnegative", "count", "integer",
+__all__ = ["Invalid", "MISSING", "show", "number", "real", "index", "mapping_of", "positive", "positive_bytes", "nonnegative", "count", "integer",
            "integers", "optional", "text", "string", "strings", "free_text", "flag", "choice", "name", "date", "get",
            "checked", "Record", "read_text_file", "parse_json", "parse_yaml", "check_duplicate_keys"]
 
@@ -70,6 +70,40 @@ def number(v: Any) -> float:
     if not math.isfinite(v):
         raise Invalid(f"must be finite, got {v}")
     return v
+
+
+def real(v: Any) -> float:
+    """A number written as a number (JSON the toolkit wrote: a string or a boolean there means an edit by
+    hand), finite, as a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Invalid(f"expected a number, got {v!r}")
+    if not math.isfinite(v):
+        raise Invalid(f"must be finite, got {v}")
+    return float(v)
+
+
+def index(v: Any) -> int:
+    """A non-negative integer (a position, a count from zero)."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise Invalid(f"expected a non-negative integer, got {v!r}")
+    return v
+
+
+def mapping_of(check: Callable[[Any], Any], what: str = "values") -> Callable[[Any], dict]:
+    """A mapping whose every value passes ``check``; a bad value is named by its key."""
+
+    def checked_mapping(v: Any) -> dict:
+        if not isinstance(v, dict):
+            raise Invalid(f"expected an object of {what}, got {type(v).__name__}")
+        out = {}
+        for k, x in v.items():
+            try:
+                out[str(k)] = check(x)
+            except Invalid as bad:
+                raise Invalid(bad.problem, subpath(str(k), bad.subfield)) from None
+        return out
+
+    return checked_mapping
 
 
 def positive(v: Any) -> float:

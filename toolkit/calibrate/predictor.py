@@ -21,6 +21,7 @@ import numpy as np
 
 from toolkit.calibrate.roofline import (FEATURE_NAMES, TARGETS, Hardware, Workload,
                                         roofline_features, roofline_prior)
+from toolkit import schema
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import atomic_write_json
 from toolkit.schema import parse_json, read_text_file
@@ -89,12 +90,13 @@ class Measurement:
 
 def _number(field_name: str, v: Any, file: str | None, positive: bool = False) -> float:
     """A finite JSON number (not a bool, not a string); ``positive``: > 0, else >= 0."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(field_name, f"expected a number, got {v!r}", file)
-    v = float(v)
-    if not np.isfinite(v) or v < 0 or (positive and v == 0):
-        raise ConfigError(field_name, f"expected a finite {'positive' if positive else 'non-negative'} number, got {v!r}", file)
-    return v
+    try:
+        x = schema.real(v)
+        if x < 0 or (positive and x == 0):
+            raise schema.Invalid(f"expected a finite {'positive' if positive else 'non-negative'} number, got {x!r}")
+    except schema.Invalid as bad:
+        raise ConfigError(field_name, bad.problem, file) from None
+    return x
 
 
 def fit_coefficients(X: np.ndarray, y: np.ndarray) -> np.ndarray:

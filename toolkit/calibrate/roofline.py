@@ -75,9 +75,7 @@ def _gguf_type_names() -> tuple[str, ...]:
 def _positive_number(v: Any) -> float:
     """A finite number > 0, written as a number (a JSON string "2e11" is refused: this file is written by
     the toolkit, so a string there means it was edited by hand)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise Invalid(f"expected a number, got {schema.show(v)}")
-    return schema.positive(v)
+    return schema.positive(schema.real(v))
 
 
 def _gguf_type(v: Any) -> str | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from toolkit import schema
 from toolkit.errors import ConfigError, UserError
 from toolkit.search.journal import JournalFile, line_error
 from toolkit.space import SearchSpace, SubnetConfig
@@ -47,11 +48,6 @@ class Evaluation:
         def bad(name: str, problem: str) -> ConfigError:
             return ConfigError(name, problem, file)
 
-        def number(name: str, v: Any) -> float:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise bad(name, f"expected a number, got {v!r}")
-            return float(v)
-
         if not isinstance(d, Mapping):
             raise bad("<root>", "expected a JSON object")
         unknown = set(d) - {"index", "key", "config", "metrics", "feasible", "violation", "error", "seconds"}
@@ -59,27 +55,33 @@ class Evaluation:
             raise bad(sorted(unknown)[0], "unknown field")
         for name in ("index", "key", "config", "metrics", "feasible"):
             if name not in d:
-                raise bad(name, "missing required field")
-        index, key, feasible, error = d["index"], d["key"], d["feasible"], d.get("error")
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise bad("index", f"expected a non-negative integer, got {index!r}")
-        if not isinstance(feasible, bool):
-            raise bad("feasible", f"expected true or false, got {feasible!r}")
-        if error is not None and not isinstance(error, str):
-            raise bad("error", f"expected a string or null, got {error!r}")
-        if not isinstance(d["metrics"], Mapping):
-            raise bad("metrics", f"expected an object of numbers, got {type(d['metrics']).__name__}")
-        metrics = {str(k): number(f"metrics.{k}", v) for k, v in d["metrics"].items()}
-        violation = number("violation", d.get("violation", 0.0))
-        seconds = number("seconds", d.get("seconds", 0.0))
-        if not violation >= 0 or not seconds >= 0:
-            raise bad("violation" if not violation >= 0 else "seconds", "must be non-negative")
+                raise bad(name, schema.MISSING)
+        key = d["key"]
+        index = schema.get(d, "index", schema.index, file)
+        feasible = schema.get(d, "feasible", schema.flag, file)
+        error = schema.get(d, "error", schema.optional(_text_or_null), file, None)
+        metrics = schema.get(d, "metrics", schema.mapping_of(schema.real, "numbers"), file)
+        violation = schema.get(d, "violation", _non_negative_real, file, 0.0)
+        seconds = schema.get(d, "seconds", _non_negative_real, file, 0.0)
         if feasible and (violation > 0 or error is not None):
             raise bad("feasible", "true, but the record has a violation or an error")
         cfg = SubnetConfig.from_nested(d["config"], "config", file, space.validate if space is not None else None)
         if key != cfg.key():
             raise bad("key", f"{key!r} is not the key of its config ({cfg.key()!r})")
         return cls(index, key, cfg, metrics, feasible, violation, error, seconds)
+
+
+def _text_or_null(v: Any) -> str:
+    if not isinstance(v, str):
+        raise schema.Invalid(f"expected a string or null, got {v!r}")
+    return v
+
+
+def _non_negative_real(v: Any) -> float:
+    x = schema.real(v)
+    if not x >= 0:
+        raise schema.Invalid("must be non-negative")
+    return x
 
 
 class EvaluationJournal:
