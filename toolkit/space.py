@@ -324,6 +324,7 @@ class SearchSpace:
     # -- genome -----------------------------------------------------------------------------------
     @property
     def genome_length(self) -> int:
+        """1 depth gene + one MLP-width gene and one head-count gene per parent layer."""
         return 1 + 2 * self.parent.num_layers
 
     def genome_bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -345,6 +346,11 @@ class SearchSpace:
         return tuple(sorted(self.layer_order[:depth]))
 
     def decode(self, genome: Sequence[int]) -> SubnetConfig:
+        """The sub-network of an integer genome of :attr:`genome_length` genes, each within
+        :meth:`genome_bounds`: gene 0 indexes :attr:`depth_choices` (the kept layers are the first ``depth``
+        of :attr:`layer_order`, in model order); genes ``1..L`` index :attr:`mlp_choices` and genes
+        ``L+1..2L`` :attr:`head_choices`, one per parent layer. Genes of dropped layers are ignored, so
+        many genomes decode to one config. A wrong length or an out-of-range gene is a ConfigError."""
         g = np.asarray(genome).astype(np.int64).ravel()
         L = self.parent.num_layers
         if g.shape[0] != self.genome_length:
@@ -359,6 +365,9 @@ class SearchSpace:
         return SubnetConfig(layers, mlp, heads)
 
     def encode(self, cfg: SubnetConfig) -> np.ndarray:
+        """A genome that decodes to ``cfg`` (int64, :attr:`genome_length` genes): ``decode(encode(c)) == c``
+        for every config of this space. Genes of dropped layers are set to the largest choice, so encoding
+        is a function of the config. A config outside the space is a ConfigError (:meth:`validate`)."""
         self.validate(cfg)
         L = self.parent.num_layers
         g = np.empty(self.genome_length, dtype=np.int64)
