@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 
-def pack(tokenizer, texts: Sequence[str], seq_len: int) -> torch.Tensor:
+def token_windows(tokenizer, texts: Sequence[str], seq_len: int) -> torch.Tensor:
     """Tokenize documents (each followed by EOS), concatenate, cut into (N, seq_len) windows."""
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     ids: list[int] = []

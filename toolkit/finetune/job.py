@@ -32,7 +32,7 @@ from toolkit.corpus import read_texts
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import atomic_write_json
 from toolkit.finetune.config import FinetuneConfig
-from toolkit.finetune.data import batch_indices, pack
+from toolkit.finetune.data import batch_indices, token_windows
 from toolkit.finetune.trainer import SupernetTrainer, save_supernet
 
 log = logging.getLogger(__name__)  # progress notes on stderr (the CLI's -v/-q set the level)
@@ -86,8 +86,8 @@ def finetune(model: str, data_file: str | Path, out: str | Path, config: Finetun
     teacher = copy.deepcopy(loaded.model) if config.teacher == "original" and config.method != "local" else None
     train_texts = texts[: len(texts) - config.val_docs]
     val_texts = texts[len(texts) - config.val_docs:]
-    windows = pack(loaded.tokenizer, train_texts, config.seq_len)
-    val = pack(loaded.tokenizer, val_texts, config.seq_len)[: config.val_windows] if config.val_docs else None
+    windows = token_windows(loaded.tokenizer, train_texts, config.seq_len)
+    val = token_windows(loaded.tokenizer, val_texts, config.seq_len)[: config.val_windows] if config.val_docs else None
     trainer = SupernetTrainer(loaded.model, loaded.tokenizer, importance, windows, config, teacher=teacher, val_windows=val)
     local_record = _read_local_record(out) if resume and local else None
     if resume and (ckpt / "state.json").is_file():
