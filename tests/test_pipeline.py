@@ -46,6 +46,8 @@ def test_calibrate_predict_search_report(tmp_path, tiny_folder, task_file, calib
             "--limit", "8", "--evals", "10", "--population", "4", "--seed", "0", "--out", str(run),
             "--allow-chance"]  # a tiny random model guesses
     assert main(args) == 0
+    shown = capsys.readouterr().out  # for people (no --json): the summary and the front, as tables
+    assert "toolkit search" in shown and "new_evaluations" in shown and "Pareto front of" in shown and "parent:" in shown
     pareto = json.loads((run / "pareto.json").read_text())
     assert pareto["evaluations"] >= 10 and pareto["front"] and pareto["parent"]["metrics"]["accuracy"] >= 0
     # a measured profile written next to the run is not on the profile search path: export finds it by file
@@ -62,8 +64,8 @@ def test_calibrate_predict_search_report(tmp_path, tiny_folder, task_file, calib
     # a second invocation without --resume refuses; with --resume it evaluates nothing new
     assert main(args) == 2
     capsys.readouterr()
-    assert main(args + ["--resume"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["new_evaluations"] == 0
+    assert main(args + ["--resume", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["new_evaluations"] == 0
     # accuracies graded in another dtype would not be comparable: resuming with one is refused
     assert json.loads((run / "run.json").read_text())["meta"]["eval_dtype"] == "float32"
     assert main(args + ["--resume", "--eval-dtype", "bfloat16"]) == 2
@@ -165,10 +167,10 @@ def test_every_candidate_over_the_memory_budget(tmp_path, tiny_folder, tiny_hash
     so in one line, exit 3; `report` prints the parent's measured accuracy and the empty front."""
     profile, predictor = _prior_setup(tmp_path, tiny_hash, PROFILE + "memory: {usable_bytes: 1000}\n")
     run = tmp_path / "run"
-    assert main(_search_args(tiny_folder, profile, predictor, task_file, calib_text, run)) == 3
+    assert main(_search_args(tiny_folder, profile, predictor, task_file, calib_text, run) + ["--json"]) == 3
     out, err = capsys.readouterr()
     assert len(err.strip().splitlines()) == 1 and "no feasible sub-network" in err and "GiB" in err
-    assert json.loads(out.strip().splitlines()[-1])["feasible"] == 0
+    assert json.loads(out)["feasible"] == 0
     pareto = json.loads((run / "pareto.json").read_text())
     assert pareto["feasible_count"] == 0 and pareto["front"] == []
     parent = pareto["parent"]

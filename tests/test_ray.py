@@ -89,11 +89,11 @@ def _front(run):
 
 
 def test_ray_search_equals_local_search(cluster, tmp_path, tiny_folder, prior, task_file, calib_text, capsys):
-    assert main(_search(tiny_folder, prior, task_file, calib_text, tmp_path / "local")) == 0
-    local = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(_search(tiny_folder, prior, task_file, calib_text, tmp_path / "local", "--json")) == 0
+    local = json.loads(capsys.readouterr().out)
     assert main(_search(tiny_folder, prior, task_file, calib_text, tmp_path / "ray",
-                        "--executor", "ray", "--workers", "2", "--worker-threads", "1")) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+                        "--executor", "ray", "--workers", "2", "--worker-threads", "1", "--json")) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["executor"] == "ray" and summary["workers"] == 2 and summary["retries"] == 0
     assert local["executor"] == "local" and summary["evaluations"] == local["evaluations"] >= 24
     a, b = _journal(tmp_path / "local"), _journal(tmp_path / "ray")
@@ -101,11 +101,11 @@ def test_ray_search_equals_local_search(cluster, tmp_path, tiny_folder, prior, t
     assert _comparable(a) == _comparable(b)
     assert any("accuracy" in r["metrics"] for r in b) and _front(tmp_path / "local") == _front(tmp_path / "ray")
     # --resume replays the journal with or without the cluster: nothing new is evaluated
-    assert main(_search(tiny_folder, prior, task_file, calib_text, tmp_path / "ray", "--resume")) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["new_evaluations"] == 0
+    assert main(_search(tiny_folder, prior, task_file, calib_text, tmp_path / "ray", "--resume", "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["new_evaluations"] == 0
     assert main(_search(tiny_folder, prior, task_file, calib_text, tmp_path / "local", "--resume",
-                        "--executor", "ray", "--workers", "2")) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["new_evaluations"] == 0
+                        "--executor", "ray", "--workers", "2", "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["new_evaluations"] == 0
 
 
 def _tiny_searcher(tiny_folder, calib_text, task_file, prior, run_dir, executor=None, accuracy=None):

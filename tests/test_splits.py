@@ -187,8 +187,9 @@ def test_resume_on_another_split_is_refused(tmp_path, tiny_folder, tiny_hash, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was 'all', now 'search'" in err[0] and "--split all" in err[0]
     monkeypatch.setattr(toolkit.models, "load_model", real_load)
-    assert _search(tiny_folder, profile, predictor, task, calib_text, run, "--limit", "4", "--resume", "--split", "all") == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["new_evaluations"] == 0
+    assert _search(tiny_folder, profile, predictor, task, calib_text, run, "--limit", "4", "--resume", "--split", "all",
+                   "--json") == 0
+    assert json.loads(capsys.readouterr().out)["new_evaluations"] == 0
 
 
 def test_the_library_searcher_refuses_a_resume_on_another_split(tmp_path):

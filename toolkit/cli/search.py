@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from toolkit.cli.common import add_data_dir_arg, add_model_arg
+from toolkit.cli.common import add_data_dir_arg, add_model_arg, emit
 from toolkit.fileio import default_calibration_file
 
 EXAMPLES = """examples:
   toolkit search --model smollm2-135m --profile run/profile.yaml --predictor run/predictor.json \\
       --task arc_easy --limit 200 --evals 100 --population 20 --seed 0 --out run/search
   toolkit search ... --out run/search --resume          # continue a killed search
+  toolkit search ... --out run/search --json            # the summary as one JSON object on stdout (no front table):
+      {"run": "run/search", "evaluations": 100, "new_evaluations": 100, "feasible": 97, "front": 6,
+       "hypervolume": 0.41, "executor": "local", ..., "retries": 0}
   toolkit search ... --algorithm random --out run/random  # the baseline at the same budget
   toolkit eval --model smollm2-135m --subnet SUBNET.json --task arc_easy --split report
                                                          # a front member on the half the search never saw
@@ -272,7 +274,7 @@ def run(args) -> int:
             "profile_file": str(find_profile(args.profile).resolve()), "task": task_data.task.name,
             "limit": limit, "split": args.split, "predictor": str(Path(args.predictor).resolve()),
             "eval_dtype": args.eval_dtype or profile.runtime.dtype, "metric": metric, "chance_guard": guard}
-    from toolkit.progress import enabled, progress_bar
+    from toolkit.progress import progress_bar
 
     try:
         if executor is not None:
@@ -300,16 +302,15 @@ def run(args) -> int:
     summary = {"run": args.out, "evaluations": len(result.evaluations), "new_evaluations": searcher.new_evaluations,
                "feasible": feasible, "front": len(result.front), "hypervolume": round(result.hypervolume, 6),
                **spec.describe(), "retries": searcher.retries}
-    print(json.dumps(summary))
+    emit(args, summary, title="toolkit search")
     if searcher.retries:
         print(f"search: {searcher.retries} evaluation(s) re-queued after their worker died (each journaled once)",
               file=sys.stderr)
+    if not args.json:  # people also get the front (--json: the summary is the one document on stdout)
+        from toolkit.cli.report import print_run_front
+
+        print_run_front(Path(args.out))
     if not feasible:
         print(_nothing_feasible(result, settings), file=sys.stderr)
         return EXIT_NOTHING_FEASIBLE
-    if not enabled():
-        return 0
-    from toolkit.cli.report import print_run_front
-
-    print_run_front(Path(args.out))
     return 0
