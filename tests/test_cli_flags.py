@@ -58,3 +58,11 @@ def test_quiet_hides_info_but_not_warnings(capsys):
         assert "a real problem" in err and "a progress note" not in err
     finally:
         configure_logging()
+
+
+def test_limit_says_the_same_in_eval_and_search():
+    """--limit 0 is every example in both commands, and their help says so in the same words."""
+    helps = {name: next(a.help for a in COMMANDS[f"toolkit {name}"]._actions if "--limit" in a.option_strings)
+             for name in ("eval", "search")}
+    assert helps["eval"] == helps["search"] and "0 = all" in helps["eval"]
+    assert COMMANDS["toolkit eval"].parse_args(["--limit", "0"]).limit == 0

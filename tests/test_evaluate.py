@@ -305,6 +305,20 @@ def test_cli_eval_json_on_a_folder(tiny_folder, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--batch-tokens" in err
 
 
+def test_cli_eval_limit_0_is_every_example_as_in_search(tiny_folder, tmp_path, capsys):
+    from toolkit.cli.main import main
+
+    path = _items(tmp_path)
+    results = []
+    for limit in ([], ["--limit", "0"], ["--limit", "5"]):
+        assert main(["eval", "--model", str(tiny_folder), "--task", str(path), "--per-example", "--json",
+                     "--threads", "1", *limit]) == 0
+        results.append(json.loads(capsys.readouterr().out)["results"][0])
+    every, zero, five = results
+    assert every["n"] == zero["n"] == 8 and five["n"] == 5
+    assert zero["per_example"] == every["per_example"] and zero["acc"] == every["acc"]
+
+
 def test_cli_eval_subnet(tiny_folder, tmp_path, capsys, data_dir):
     from toolkit.cli.main import main
 
@@ -393,7 +407,7 @@ def test_cli_eval_warns_once_when_contexts_are_cut(tiny_folder, tmp_path, capsys
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--limit", "-5"], "--limit: must be at least 1"),
+    (["--limit", "-5"], "--limit: must be 0 (all examples) or positive"),  # search's words
     (["--threads", "0"], "--threads: must be at least 1"),
     (["--num-fewshot", "-1"], "--num-fewshot"),
     (["--dtype", "float33"], "--dtype: unknown torch dtype"),

@@ -42,7 +42,8 @@ def register(sub) -> None:
                         ".yaml files (relative paths: the current folder, then the data directory)")
     p.add_argument("--text", default=None, help="perplexity of this text file instead of a task")
     p.add_argument("--subnet", default=None, help="evaluate this sub-network (SubnetConfig JSON) of the model")
-    p.add_argument("--limit", type=int, default=None, help="a seeded fixed subset of N examples (default: all)")
+    p.add_argument("--limit", type=int, default=0,  # the same words as search's --limit
+                   help="a seeded fixed subset of N examples of the --split part; 0 = all of them (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
     p.add_argument("--split", choices=("search", "report", "all"), default="all",
                    help="which part of each task: 'report' is the half `toolkit search` never sees (use it for "
@@ -124,7 +125,9 @@ def _check_numbers(args) -> None:
     """Every numeric flag, before anything is read or loaded."""
     from toolkit.errors import UserError
 
-    for flag, value, low in (("--limit", args.limit, 1), ("--batch-tokens", args.batch_tokens, 1),
+    if args.limit < 0:  # the same check and words as search's --limit
+        raise UserError(f"--limit: must be 0 (all examples) or positive, got {args.limit}")
+    for flag, value, low in (("--batch-tokens", args.batch_tokens, 1),
                              ("--threads", args.threads, 1), ("--window", args.window, 2), ("--stride", args.stride, 1),
                              ("--max-tokens", args.max_tokens, 2), ("--num-fewshot", args.num_fewshot, 0),
                              ("--seed", args.seed, 0), ("--fewshot-seed", args.fewshot_seed, 0)):
@@ -218,6 +221,7 @@ def run(args) -> int:
     if not args.task and not args.text:
         raise UserError("eval: pass --task NAME[,NAME...] or --text FILE (see --list)")
     _check_numbers(args)
+    args.limit = args.limit or None  # 0 = every example of the part, as in search
     _check_engine(args)
     from toolkit.fileio import data_dir, optional_data_dir
     from toolkit.tasks import FEWSHOT_SEED, labels_warning, load_task

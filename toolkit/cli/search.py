@@ -53,8 +53,8 @@ def register(sub) -> None:
     p.add_argument("--allow-chance", action="store_true",
                    help="search even when the parent scores within two standard errors of chance on the search "
                         "subset (such a task cannot rank sub-networks; by default the search refuses to start)")
-    p.add_argument("--limit", type=int, default=200,
-                   help="examples per evaluation (a seeded fixed subset of the --split part); 0 = the whole part")
+    p.add_argument("--limit", type=int, default=200,  # the same words as eval's --limit
+                   help="a seeded fixed subset of N examples of the --split part; 0 = all of them (default: %(default)s)")
     p.add_argument("--split", choices=("search", "all"), default="search",
                    help="the task's part candidates are graded on (default: 'search', the half that "
                         "`toolkit eval --split report` never shares, so reported numbers are free of the search's "
