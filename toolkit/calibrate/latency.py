@@ -364,14 +364,14 @@ def _onnx_measure_fn(loaded, importance, profile, repeats: int, workdir=None):
         child = _extract_fp32_cpu(loaded, cfg, importance)
         vocab = int(child.config.vocab_size)
         with _artifact_dir(workdir) as tmp, mmap_threshold():
-            facts = export_onnx(child, tmp)
+            details = export_onnx(child, tmp)
             del child
             file_bytes = _folder_bytes(tmp)
             if first:  # the first session in a process sets up onnxruntime's environment
                 first.clear()
-                OrtCausalLM(tmp, facts["kv_heads"], facts["head_dim"], threads=rt.threads)
+                OrtCausalLM(tmp, details["kv_heads"], details["head_dim"], threads=rt.threads)
             with _RssSampler() as rss:  # open + one prefill and decode
-                ort = OrtCausalLM(tmp, facts["kv_heads"], facts["head_dim"], threads=rt.threads)
+                ort = OrtCausalLM(tmp, details["kv_heads"], details["head_dim"], threads=rt.threads)
                 ort_measure(ort, vocab, wl.prompt_tokens, wl.generate_tokens, wl.batch_size, repeats=1, warmup=0)
             t_prefill, t_decode, flagged = ort_measure(ort, vocab, wl.prompt_tokens, wl.generate_tokens,
                                                         wl.batch_size, repeats)

@@ -86,10 +86,10 @@ def build_onnx(child, tokenizer, tmp: Path, req: ExportRequest, refs, pt_speed, 
     from toolkit.export.onnx import OrtCausalLM, export_onnx
     from toolkit.export.parity import CONTINUATION_TOKENS, check, merge
 
-    facts = export_onnx(child, tmp)
+    details = export_onnx(child, tmp)
     tokenizer.save_pretrained(tmp)
     child.config.save_pretrained(tmp)
-    ort_lm = OrtCausalLM(tmp, facts["kv_heads"], facts["head_dim"], threads=req.threads)
+    ort_lm = OrtCausalLM(tmp, details["kv_heads"], details["head_dim"], threads=req.threads)
     results = [check(r, ort_lm.teacher_forced_logits(r.sequence, len(r.prompt_ids)), "onnx export") for r in refs]
     ms, spread = ort_lm.decode_ms_per_token(req.prompt_tokens, req.generate_tokens, req.repeats, child.config.vocab_size)
     ort_tps = 1e3 / ms
@@ -99,7 +99,7 @@ def build_onnx(child, tokenizer, tmp: Path, req: ExportRequest, refs, pt_speed, 
                     throughput=_throughput(ort_tps, predicted, runtime="onnxruntime", spread=spread,
                                            pytorch_eager_decode_tokens_per_s=pt_speed.decode_tokens_per_s,
                                            speedup_vs_pytorch_eager=ort_tps / pt_speed.decode_tokens_per_s),
-                    details=facts)
+                    details=details)
 
 
 def build_gptq(child, tokenizer, tmp: Path, req: ExportRequest, subnet, source, fp_quality, predicted,
@@ -118,7 +118,7 @@ def build_gptq(child, tokenizer, tmp: Path, req: ExportRequest, subnet, source, 
             src = Path(scratch) / "hf"
             src.mkdir()
             write_subnet(child, src, tokenizer, SubnetConfig.from_dict(subnet) if subnet else None, source.get("model_hash"))
-        facts = export_gptq(src, tmp, bits=req.gptq_bits, group_size=req.gptq_group_size,
+        details = export_gptq(src, tmp, bits=req.gptq_bits, group_size=req.gptq_group_size,
                             calibration_file=req.calibration_file, num_samples=req.gptq_samples)
         fp_bytes = sum(p.stat().st_size for p in Path(src).glob("*.safetensors"))
     qmodel, qtok = load_gptq(tmp)
@@ -132,7 +132,7 @@ def build_gptq(child, tokenizer, tmp: Path, req: ExportRequest, subnet, source, 
                                               "(4-bit logits differ from fp32 by design: see accuracy)"},
                     accuracy={"before": fp_quality, "after": q_quality},
                     throughput=_throughput(speed.decode_tokens_per_s, predicted, runtime="gptqmodel (CPU)"),
-                    details={**facts, "weights_bytes": q_bytes, "fp32_weights_bytes": fp_bytes,
+                    details={**details, "weights_bytes": q_bytes, "fp32_weights_bytes": fp_bytes,
                              "size_ratio_vs_fp32": fp_bytes / q_bytes, "size_ratio_vs_fp16": fp_bytes / 2 / q_bytes})
 
 
@@ -173,7 +173,7 @@ def build_gguf(child, tokenizer, tmp: Path, req: ExportRequest, refs, pt_speed, 
     from toolkit.export.parity import check, make_reference, merge
 
     t = gguf_type(req.gguf_type)
-    facts = write_gguf(child, tmp / GGUF_FILE, gguf_type=t.name, tokenizer=tokenizer, source_gguf=req.source_gguf,
+    details = write_gguf(child, tmp / GGUF_FILE, gguf_type=t.name, tokenizer=tokenizer, source_gguf=req.source_gguf,
                        threads=req.threads)
     tol = gguf_tolerance(t.name)
     with LlamaCpp(tmp / GGUF_FILE, threads=req.threads, n_ctx=256, kv_f32=True) as lm:
@@ -196,7 +196,7 @@ def build_gguf(child, tokenizer, tmp: Path, req: ExportRequest, refs, pt_speed, 
         for text in (*PARITY_PROMPTS, TOKENIZER_PROBE):
             if lm.tokenize(text) != list(tokenizer(text, add_special_tokens=False)["input_ids"]):
                 raise UserError(f"gguf export: tokenizer: llama.cpp encodes {text!r} differently from the Hugging "
-                                f"Face tokenizer (tokenizer.ggml.pre {facts['tokenizer'].get('pre')!r})")
+                                f"Face tokenizer (tokenizer.ggml.pre {details['tokenizer'].get('pre')!r})")
     with LlamaCpp(tmp / GGUF_FILE, threads=req.threads, n_ctx=req.prompt_tokens + req.generate_tokens + 8,
                   logits_all=False) as lm:
         speed = lm.measure(req.prompt_tokens, req.generate_tokens, req.repeats)
@@ -209,7 +209,7 @@ def build_gguf(child, tokenizer, tmp: Path, req: ExportRequest, refs, pt_speed, 
                                            measured_prefill_ms=speed.prefill_ms, spread=dict(speed.spread),
                                            pytorch_eager_decode_tokens_per_s=pt_speed.decode_tokens_per_s,
                                            speedup_vs_pytorch_eager=speed.decode_tokens_per_s / pt_speed.decode_tokens_per_s),
-                    details={**facts, "fp32_bytes": fp32_bytes, "size_ratio_vs_fp32": fp32_bytes / facts["bytes"]})
+                    details={**details, "fp32_bytes": fp32_bytes, "size_ratio_vs_fp32": fp32_bytes / details["bytes"]})
 
 
 def _check_quantized_perplexity(quality: Mapping[str, Any], type_name: str) -> None:

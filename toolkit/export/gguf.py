@@ -261,7 +261,7 @@ def write_gguf(model, path: str | os.PathLike, *, gguf_type: str = "f32", tokeni
 
     f32 / f16 are written directly; any other type is written as f32 next to ``path`` and quantized by
     llama.cpp into ``path`` (the f32 file is removed). ``path`` appears only when complete (written under
-    a temporary name, then renamed), so a killed export leaves no GGUF behind. Returns the facts a
+    a temporary name, then renamed), so a killed export leaves no GGUF behind. Returns the details a
     manifest records (architecture, per-layer shapes, tokenizer source, type, bytes).
     """
     from toolkit.engines.llamacpp import gguf_type as lookup
@@ -275,7 +275,7 @@ def write_gguf(model, path: str | os.PathLike, *, gguf_type: str = "f32", tokeni
     tmp = Path(tmp_name)
     raw = tmp if t.name in ("f32", "f16") else tmp.with_suffix(".f32.tmp")
     try:
-        facts = _write_float_gguf(model, raw, t.name if t.name in ("f32", "f16") else "f32", tokenizer, src, name)
+        details = _write_float_gguf(model, raw, t.name if t.name in ("f32", "f16") else "f32", tokenizer, src, name)
         if os.environ.get("TOOLKIT_GGUF_TEST_SLEEP"):  # test hook: a kill between writing and quantizing
             import time
 
@@ -290,7 +290,7 @@ def write_gguf(model, path: str | os.PathLike, *, gguf_type: str = "f32", tokeni
     finally:
         for p in {tmp, raw}:
             p.unlink(missing_ok=True)
-    return {**facts, "gguf_type": t.name, "quantized_by": "llama.cpp llama_model_quantize" if t.quantized else None,
+    return {**details, "gguf_type": t.name, "quantized_by": "llama.cpp llama_model_quantize" if t.quantized else None,
             "bytes": path.stat().st_size}
 
 

@@ -257,7 +257,7 @@ def export_gptq(hf_folder: Path, out_dir: Path, *, bits: int = 4, group_size: in
     """Quantize the (already exported, fp32/fp16) HF folder ``hf_folder`` with GPTQModel and write the standard
     GPTQ layout into ``out_dir`` (which the caller created empty; write into it, the caller renames it atomically).
 
-    Returns a dict of facts for the manifest: bits, group_size, quantizer (``"gptqmodel x.y.z"``), calibration
+    Returns the manifest details: bits, group_size, quantizer (``"gptqmodel x.y.z"``), calibration
     {file, num_samples, seq_len, seed}, seconds, size_bytes of out_dir (plus desc_act, sym, dtype, device).
     """
     import torch

@@ -95,7 +95,7 @@ def _needs_copy(model) -> bool:
 
 
 def export_onnx(model, out_dir: Path) -> dict:
-    """Write ``model.onnx`` for ``model`` (fp32, CPU) into ``out_dir``; returns facts for the manifest.
+    """Write ``model.onnx`` for ``model`` (fp32, CPU) into ``out_dir``; returns details for the manifest.
 
     The caller's ``model`` is not changed (dtype, device, train/eval mode, attention implementation)."""
     require_onnx()
