@@ -56,8 +56,8 @@ def extract(parent, cfg: SubnetConfig, importance: Importance | None = None):
     """
     from toolkit.measure import torch_threads
 
-    # Gathers are memory copies: on CPU, intra-op threads only add synchronisation (measured: a
-    # 768-row gather takes 0.07 ms on 1 thread and 12 ms on 2 threads of a busy 2-core machine).
+    # Gathers are memory copies: on a CPU, intra-op threads only add synchronisation (a small gather can
+    # take 100x longer on 2 threads than on 1 when the other core is busy).
     # Scoped: the caller's thread count is back when this returns or raises.
     with torch_threads(1 if parent.device.type == "cpu" else None):
         return _extract(parent, cfg, importance)

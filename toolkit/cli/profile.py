@@ -11,7 +11,7 @@ import re
 import sys
 
 EXAMPLES = """examples:
-  toolkit profile --out run/profile.yaml          # measure this machine (<= 60 s on 2 cores)
+  toolkit profile --out run/profile.yaml          # measure this machine (about a minute)
   toolkit profile --quick                         # fewer repeats (<= 15 s); YAML to stdout
   toolkit profile --device cuda --out gpu.yaml    # a CUDA device instead of the CPU
   toolkit profile validate my-device.yaml         # check a file; exit 2 with file + field if wrong
