@@ -446,7 +446,7 @@ def test_cli_export_then_resume_keeps_the_verified_folder(tiny_folder, calib, tm
     cfg.write_text(CFG.to_json())
     out = tmp_path / "out"
     args = ["export", "--config", str(cfg), "--model", str(tiny_folder), "--format", "hf", "--out", str(out),
-            "--calibration", str(calib)]
+            "--calibration", str(calib), "--json"]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["hf"]["kept"] is False
     manifest = (out / "hf" / "manifest.json").read_bytes()
@@ -457,6 +457,10 @@ def test_cli_export_then_resume_keeps_the_verified_folder(tiny_folder, calib, tm
     assert main([*args, "--resume"]) == 0
     assert json.loads(capsys.readouterr().out)["hf"]["kept"] is True
     assert (out / "hf" / "manifest.json").read_bytes() == manifest and not (out / ".hf.x.tmp").exists()
+    assert main([*args[:-1], "--resume"]) == 0  # without --json: a table for people
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if str(out / "hf") in line)
+    assert "hf" in row and "yes" in row and not table.lstrip().startswith("{")
 
 
 

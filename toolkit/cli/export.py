@@ -13,6 +13,8 @@ EXAMPLES = """examples:
   toolkit export run/search --pick fastest-within:0.01 --format hf,onnx,gptq --out run/export --resume
   toolkit export --model smollm2-135m --config subnet.json --format hf,onnx,gptq --out out/
   toolkit export run/search --pick 0 --format gguf --gguf-type q4_k_m --out run/export   # for llama.cpp / ollama
+  toolkit export ... --out run/export --json     # one JSON object on stdout, by format, instead of the table:
+      {"onnx": {"folder": "run/export/onnx", "kept": false, "parity": {...}, "throughput": {...}}, ...}
   toolkit verify run/export/onnx
 """
 
@@ -172,5 +174,29 @@ def run(args) -> int:
     for fmt, folder in done.items():
         m = json.loads((folder / "manifest.json").read_text())
         summary[fmt] = {"folder": str(folder), "kept": fmt in keep, "parity": m["parity"], "throughput": m["throughput"]}
-    print(json.dumps(summary, indent=2))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_table(summary, args.out)
     return 0
+
+
+def _number(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _print_table(summary: dict, out: str) -> None:
+    """One row per format: where it is, whether it was kept, its parity and its speed (the manifest has the rest)."""
+    from rich.table import Table
+
+    from toolkit.cli.common import stdout_console
+
+    t = Table(title=f"toolkit export: {out}")
+    for col in ("format", "folder", "kept", "max |logit diff|", "decode tok/s", "predicted tok/s"):
+        t.add_column(col, justify="left" if col in ("format", "folder", "kept") else "right")
+    for fmt, s in summary.items():
+        parity, speed = s["parity"], s["throughput"]
+        t.add_row(fmt, s["folder"], "yes" if s["kept"] else "no", _number(parity.get("max_abs_logit_diff"), ".2e"),
+                  _number(speed.get("measured_decode_tokens_per_s"), ".1f"),
+                  _number(speed.get("predicted_decode_tokens_per_s"), ".1f"))
+    stdout_console().print(t)
