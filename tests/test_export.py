@@ -51,9 +51,14 @@ def test_verify_passes_then_fails_on_a_tampered_file(exported, tmp_path, capsys)
     import shutil
 
     out, _ = exported
-    assert main(["verify", str(out)]) == 0
-    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
-    assert {l["format"] for l in lines} == {"hf", "onnx"} and all(l["ok"] for l in lines)
+    assert main(["verify", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # one document for the two folders
+    lines = doc["folders"]
+    assert {l["format"] for l in lines} == {"hf", "onnx"} and all(l["ok"] for l in lines) and doc["ok"]
+    assert doc["dir"] == str(out) and [l["folder"] for l in lines] == [str(out / "hf"), str(out / "onnx")]
+    assert main(["verify", str(out)]) == 0  # for people: one line per folder
+    shown = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in shown] == [["ok", "hf", str(out / "hf")], ["ok", "onnx", str(out / "onnx")]]
     copy = tmp_path / "onnx"
     shutil.copytree(out / "onnx", copy)
     with open(copy / "tokenizer.json", "a") as fh:
@@ -275,8 +280,8 @@ def test_verify_parity_failure_is_one_line_and_small_noise_passes(exported, tmp_
         return logits + rng.uniform(-noise["scale"], noise["scale"], logits.shape).astype(logits.dtype), present
 
     monkeypatch.setattr(OrtCausalLM, "forward", noisy)
-    assert main(["verify", str(copy)]) == 0  # runtime noise well under the tolerance
-    assert json.loads(capsys.readouterr().out)["ok"]
+    assert main(["verify", str(copy), "--json"]) == 0  # runtime noise well under the tolerance
+    assert json.loads(capsys.readouterr().out)["folders"][0]["ok"]
     noise["scale"] = 2e-2
     assert main(["verify", str(copy)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -332,15 +337,15 @@ def test_verify_refuses_a_tampered_modeling_file_and_runs_none_of_it(exported, t
     assert len(err) == 1 and "modeling_elastic_llama.py" in err[0] and "--trust-remote-code" in err[0]
     assert not marker.exists()
     # the untampered folder verifies with the toolkit's own class, no remote code
-    assert main(["verify", str(out / "hf")]) == 0
-    assert json.loads(capsys.readouterr().out)["trust_remote_code"] is False
+    assert main(["verify", str(out / "hf"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["folders"][0]["trust_remote_code"] is False
 
 
 def test_verify_trust_remote_code_runs_the_folders_code_when_asked(exported, tmp_path, capsys):
     marker = tmp_path / "RAN"
     copy = _tampered_hf_copy(exported, tmp_path, marker)
-    assert main(["verify", str(copy), "--trust-remote-code"]) == 0
-    assert marker.exists() and json.loads(capsys.readouterr().out)["trust_remote_code"] is True
+    assert main(["verify", str(copy), "--trust-remote-code", "--json"]) == 0
+    assert marker.exists() and json.loads(capsys.readouterr().out)["folders"][0]["trust_remote_code"] is True
 
 
 def test_hf_loader_refuses_unknown_model_types_without_trust(tmp_path):

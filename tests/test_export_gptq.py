@@ -364,8 +364,8 @@ def test_export_subnet_gptq_verifies_and_resumes(tiny_model, calib_text, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gptq"]  # the scratch HF folder is gone
     m = json.loads((done["gptq"] / "manifest.json").read_text())
     assert m["reference"]["method"] == "teacher-forced" and m["details"]["bits"] == 4
-    assert main(["verify", str(done["gptq"])]) == 0
-    assert json.loads(capsys.readouterr().out)["ok"]
+    assert main(["verify", str(done["gptq"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["folders"][0]["ok"]
     assert export_subnet(None, None, ExportRequest(**req, resume=True), source=src, subnet=cfg.to_dict()) == done
     with pytest.raises(UserError, match=r"cannot be kept \(it was quantized with other settings \(bits\)\)"):
         export_subnet(None, None, ExportRequest(**{**req, "gptq_bits": 8}, resume=True), source=src,

@@ -103,8 +103,8 @@ def test_verify_reruns_the_gguf_in_llamacpp_and_names_a_tampered_file(exported, 
     import shutil
 
     for t in ("f16", "q8_0"):
-        assert main(["verify", str(exported[t])]) == 0
-        line = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert main(["verify", str(exported[t]), "--json"]) == 0
+        [line] = json.loads(capsys.readouterr().out)["folders"]
         assert line["ok"] and line["runtime"] == "llama.cpp" and line["gguf_type"] == t
     copy = tmp_path / "gguf"
     shutil.copytree(exported["q8_0"], copy)
