@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 import pytest
 
 from toolkit.cli.common import configure_logging
-from toolkit.cli.main import build_parser
+from toolkit.cli.main import build_parser, main
 
 
 def _commands(parser: argparse.ArgumentParser, name: str = "toolkit"):
@@ -66,3 +67,73 @@ def test_limit_says_the_same_in_eval_and_search():
              for name in ("eval", "search")}
     assert helps["eval"] == helps["search"] and "0 = all" in helps["eval"]
     assert COMMANDS["toolkit eval"].parse_args(["--limit", "0"]).limit == 0
+
+
+# -- the output rule: readable for people by default, exactly one JSON document on stdout with --json ----
+@pytest.fixture
+def predictor_file(tmp_path):
+    from toolkit.calibrate import Hardware, Predictor, Workload
+    from toolkit.space import ParentShape
+
+    path = tmp_path / "predictor.json"
+    Predictor.prior("h", "test-device", "fp0", ParentShape(4, 64, 256, 4, 2, 16, 256, True), Hardware(1e11, 1e10),
+                    Workload(16, 4, 1)).save(path)
+    return path
+
+
+def test_predict_prints_one_json_object_with_json_and_a_table_without(predictor_file, capsys):
+    argv = ["predict", "--predictor", str(predictor_file), "--full"]
+    assert main([*argv, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # the whole of stdout is one JSON object
+    assert isinstance(doc, dict)
+    assert {"prefill_ms", "decode_ms_per_token", "peak_mem_bytes", "decode_tokens_per_s", "params", "profile",
+            "calibrated"} <= set(doc)  # the keys it always had
+    assert doc["profile"] == "test-device" and doc["calibrated"] is False
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(table)
+    for key, value in doc.items():  # the table holds the same numbers, one row each
+        row = next(line for line in table.splitlines() if f" {key} " in line)
+        assert str(value) in row, row
+
+
+def test_calibrate_prints_one_json_object_with_json_and_a_table_without(tmp_path, tiny_folder, capsys):
+    from toolkit.models.tiny import tiny_profile_yaml
+
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(tiny_profile_yaml())
+    argv = ["calibrate", "--profile", str(profile), "--model", str(tiny_folder), "--samples", "0"]
+    assert main([*argv, "--out", str(tmp_path / "a.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"out": str(tmp_path / "a.json"), "calibrated": False}
+    assert main([*argv, "--out", str(tmp_path / "b.json")]) == 0
+    table = capsys.readouterr().out
+    assert "calibrated" in table and str(tmp_path / "b.json") in table and not table.lstrip().startswith("{")
+
+
+def test_verify_json_is_one_document_that_lists_every_folder(tmp_path, capsys):
+    import shutil
+
+    from toolkit.elastic import extract
+    from toolkit.export import ExportRequest, export_subnet
+    from toolkit.models.tiny import byte_tokenizer, llama_tiny
+    from toolkit.space import SubnetConfig
+
+    cfg = SubnetConfig((0, 1), (64, 64), (2, 2))
+    out = tmp_path / "export"
+    req = ExportRequest(formats=("hf",), out=out, threads=1, prompt_tokens=8, generate_tokens=2, repeats=1)
+    export_subnet(extract(llama_tiny(), cfg), byte_tokenizer(), req, source={"model": "tiny", "model_hash": "h"},
+                  subnet=cfg.to_dict())
+    shutil.copytree(out / "hf", out / "hf-copy")  # two format folders under one --out
+    for folder, n in ((out, 2), (out / "hf", 1)):  # the same shape for a whole export and for one folder
+        assert main(["verify", str(folder), "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["dir"] == str(folder) and doc["ok"] is True and len(doc["folders"]) == n
+        assert all(f["ok"] and f["format"] == "hf" and f["method"] == "teacher-forced" for f in doc["folders"])
+    assert main(["verify", str(out)]) == 0  # for people: one line per folder
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in lines] == [["ok", "hf", str(out / "hf")], ["ok", "hf", str(out / "hf-copy")]]
+    (out / "hf-copy" / "config.json").write_text("{}")  # the second folder fails: nothing on stdout, one line on stderr
+    assert main(["verify", str(out), "--json"]) == 2
+    stdout, stderr = capsys.readouterr()
+    assert stdout == "" and len(stderr.strip().splitlines()) == 1 and "config.json" in stderr
