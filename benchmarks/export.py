@@ -49,8 +49,11 @@ def main() -> None:
     manifests = {f: json.loads((out / f / "manifest.json").read_text()) for f in args.formats.split(",")}
     fresh = {}
     for fmt in manifests:
-        r = subprocess.run([sys.executable, "-m", "toolkit.cli.main", "verify", str(out / fmt)], capture_output=True, text=True)
-        fresh[fmt] = {"returncode": r.returncode, "result": r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()[-300:]}
+        r = subprocess.run([sys.executable, "-m", "toolkit.cli.main", "verify", str(out / fmt), "--json"],
+                           capture_output=True, text=True)
+        # --json: one object listing the folders' results (here one folder); a failure is a line on stderr
+        fresh[fmt] = {"returncode": r.returncode,
+                      "result": json.loads(r.stdout)["folders"][0] if r.returncode == 0 else r.stderr.strip()[-300:]}
     result = {"subnet": next(iter(manifests.values()))["subnet"], "source": next(iter(manifests.values()))["source"],
               "profile": args.profile, "verified_in_fresh_process": fresh}
     if "onnx" in manifests:
