@@ -137,3 +137,19 @@ def test_verify_json_is_one_document_that_lists_every_folder(tmp_path, capsys):
     assert main(["verify", str(out), "--json"]) == 2
     stdout, stderr = capsys.readouterr()
     assert stdout == "" and len(stderr.strip().splitlines()) == 1 and "config.json" in stderr
+
+
+@pytest.mark.parametrize("argv", [["profile", "ls"], ["profile", "show", "h100-sxm"],
+                                  ["profile", "validate", str(Path(__file__).parents[1] / "profiles" / "h100-sxm.yaml")]])
+def test_profile_subcommands_honour_json(argv, capsys):
+    import json
+
+    from toolkit.cli.main import main
+
+    assert main([*argv, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # one document, nothing else on stdout
+    assert isinstance(doc, dict) and doc
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)

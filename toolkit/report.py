@@ -121,9 +121,11 @@ def print_front(pareto: Mapping[str, Any], run_dir: str | Path, parent_accuracy_
     """The front of ``pareto.json`` (its contents, ``pareto``) as a table on the console, then which examples
     its accuracies are on and the parent's line. ``parent_accuracy_measured``: whether the parent's
     ``metrics.accuracy`` is a result (the search's rule, :func:`toolkit.search.accuracy_measured`)."""
-    from rich.console import Console
     from rich.table import Table
 
+    from toolkit.progress import stdout_console
+
+    out = stdout_console()
     parent = pareto.get("parent") or {}
     pm = parent.get("metrics", {})
     t = Table(title=f"Pareto front of {run_dir} ({pareto['evaluations']} evaluations, HV {pareto['hypervolume']:.4f})")
@@ -136,12 +138,12 @@ def print_front(pareto: Mapping[str, Any], run_dir: str | Path, parent_accuracy_
                   f"{m.get('params', 0) / 1e6:.1f}M", f"{m['accuracy']:.3f}±{m.get('accuracy_stderr', 0):.2f}",
                   f"{speed:.1f}" if speed else "-",
                   f"{speed / pm['decode_tokens_per_s']:.2f}x" if speed and pm.get("decode_tokens_per_s") else "-")
-    Console().print(t)
+    out.print(t)
     if pareto.get("task"):
-        Console().print(accuracy_source(pareto))
+        out.print(accuracy_source(pareto))
     if pm:
         acc = f"accuracy {pm['accuracy']:.3f}" if parent_accuracy_measured else "accuracy not measured"
         over = "" if parent.get("feasible", True) else " (over the constraints: not a candidate)"
-        Console().print(f"parent: {acc}, predicted {pm.get('decode_tokens_per_s', 0):.1f} tok/s{over}")
+        out.print(f"parent: {acc}, predicted {pm.get('decode_tokens_per_s', 0):.1f} tok/s{over}")
     if pareto.get("feasible_count") == 0:
-        Console().print(f"no feasible sub-network among the {pareto['evaluations']} evaluated: the front is empty")
+        out.print(f"no feasible sub-network among the {pareto['evaluations']} evaluated: the front is empty")

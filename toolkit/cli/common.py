@@ -51,7 +51,7 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     """``--json``, ``-v`` and ``-q``, the same on every subcommand (added by ``cli.main`` to each one)."""
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true",
-                     help="print the command's result as one JSON object on stdout (default: a table for people)")
+                     help="print the command's result as one JSON object on stdout (default: tables and lines for people)")
     out.add_argument("-v", "--verbose", action="count", default=0,
                      help="more messages on stderr (-v: debug messages of the toolkit, -vv: also of its libraries)")
     out.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr, no progress bars")
@@ -90,24 +90,6 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def stdout_console():
-    """A rich console on stdout for a command's tables.
-
-    In a pipe or a file it is as wide as its lines need (rich's default there is 80 columns, which cuts
-    paths and numbers). A reader that goes away (``| head``) raises BrokenPipeError, which ``cli.main``
-    turns into a quiet exit 141; rich's own handling would exit with status 1.
-    """
-    from rich.console import Console
-
-    class _Console(Console):
-        def on_broken_pipe(self) -> None:
-            self.quiet = True
-            raise BrokenPipeError(32, "Broken pipe")
-
-    isatty = getattr(sys.stdout, "isatty", None)  # stdout may be replaced by an object without one
-    return _Console() if isatty is not None and isatty() else _Console(width=400)
-
-
 def emit(args: argparse.Namespace, result: Mapping[str, Any], title: str | None = None) -> None:
     """A command's result on stdout: one JSON object with ``--json``, else a two-column table."""
     if getattr(args, "json", False):
@@ -118,4 +100,6 @@ def emit(args: argparse.Namespace, result: Mapping[str, Any], title: str | None 
     t = Table(title=title, show_header=False)
     for k, v in result.items():
         t.add_row(str(k), json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+    from toolkit.progress import stdout_console
+
     stdout_console().print(t)

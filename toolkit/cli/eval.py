@@ -77,13 +77,9 @@ def register(sub) -> None:
 
 
 def _console():
-    """A rich console; in a pipe or a file as wide as its lines need (rich's default there is 80 columns,
-    which would cut task names and paths)."""
-    import sys
+    from toolkit.progress import stdout_console
 
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=400)
+    return stdout_console()
 
 
 def _list_tasks() -> int:

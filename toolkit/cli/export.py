@@ -189,7 +189,7 @@ def _print_table(summary: dict, out: str) -> None:
     """One row per format: where it is, whether it was kept, its parity and its speed (the manifest has the rest)."""
     from rich.table import Table
 
-    from toolkit.cli.common import stdout_console
+    from toolkit.progress import stdout_console
 
     t = Table(title=f"toolkit export: {out}")
     for col in ("format", "folder", "kept", "max |logit diff|", "decode tok/s", "predicted tok/s"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -113,5 +114,8 @@ def run(args) -> int:
     if out is None:  # the local phase stopped between layers (budget or SIGTERM): nothing saved yet
         print("finetune: stopped in the local phase; the layers done are kept, --resume continues", file=sys.stderr)
         return 3
-    print(out)
+    if args.json:
+        print(json.dumps({"out": str(out)}, indent=2))
+    else:
+        print(out)
     return 0

@@ -61,11 +61,11 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    from rich.console import Console
+    from toolkit.progress import stdout_console
     from rich.table import Table
 
     t = Table(title=f"toolkit info {args.model}", show_header=False)
     for k, v in info.items():
         t.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
-    Console().print(t)
+    stdout_console().print(t)
     return 0

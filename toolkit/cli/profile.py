@@ -7,6 +7,7 @@ measure nothing. The measuring form and the sub-actions share one parser: the su
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 
@@ -98,8 +99,14 @@ def run(args) -> int:
         peaks = ", ".join(figure(f"compute.peak_flops.{dt}", f"{dt} {_si(v, 'FLOP/s')}")
                           for dt, v in profile.compute.peak_flops.items())
         bw = figure("memory.bandwidth_bytes_per_s", _si(profile.memory.bandwidth_bytes_per_s, "B/s"))
-        print(f"wrote {args.out}: {profile.name}, {profile.describe_machine()}; peak {peaks}; bandwidth {bw}; "
-              f"engines {_engines(profile)}; fingerprint {profile.fingerprint}")
+        if args.json:
+            print(json.dumps({"out": str(args.out), "name": profile.name, "fingerprint": profile.fingerprint,
+                              "machine": profile.describe_machine(), "engines": dict(profile.engines)}, indent=2))
+        else:
+            print(f"wrote {args.out}: {profile.name}, {profile.describe_machine()}; peak {peaks}; bandwidth {bw}; "
+                  f"engines {_engines(profile)}; fingerprint {profile.fingerprint}")
+    elif args.json:
+        print(json.dumps(profile.to_dict(), indent=2))
     else:
         sys.stdout.write(profile.to_yaml())
         err.print(f"engines installed: {_engines(profile)}", soft_wrap=True, highlight=False)
@@ -118,14 +125,19 @@ def _engines(profile) -> str:
 def run_validate(args) -> int:
     from toolkit.profiles import load_profile
 
+    checked = []
     for f in args.files:
         prof = load_profile(f)
-        print(f"ok: {f} ({prof.name}, {prof.kind}, {prof.source_kind}, fingerprint {prof.fingerprint})")
+        checked.append({"file": str(f), "name": prof.name, "kind": prof.kind, "source": prof.source_kind,
+                        "fingerprint": prof.fingerprint})
+        if not args.json:
+            print(f"ok: {f} ({prof.name}, {prof.kind}, {prof.source_kind}, fingerprint {prof.fingerprint})")
+    if args.json:  # after every file passed: a bad one is one line on stderr and nothing on stdout
+        print(json.dumps({"ok": True, "profiles": checked}, indent=2))
     return 0
 
 
 def run_ls(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from toolkit.errors import UserError
@@ -134,18 +146,27 @@ def run_ls(args) -> int:
     t = Table(title="device profiles (* = this machine)")
     for col in ("name", "kind", "model", "peak (runtime dtype)", "bandwidth", "usable memory", "figures", "file"):
         t.add_column(col)
+    listed = []
     for name, path in list_profiles().items():
         try:
             p = load_profile(path)
         except UserError as exc:
             t.add_row(name, "", "", "", "", "", "[red]invalid[/]", str(exc))
+            listed.append({"name": name, "file": str(path), "error": str(exc)})
             continue
         mark = "*" if p.matches_current_machine() else ""
+        listed.append({"name": p.name, "file": str(path), "kind": p.kind, "model": p.identity.model,
+                       "source": p.source_kind, "this_machine": bool(mark)})
         t.add_row(f"{mark}{p.name}", p.kind, p.identity.model,
                   f"{_si(p.compute.peak_flops[p.runtime.dtype], 'FLOP/s')} {p.runtime.dtype}",
                   _si(p.memory.bandwidth_bytes_per_s, "B/s"), f"{p.memory.usable_bytes / 2**30:.1f} GiB",
                   p.source_kind, str(path))
-    Console(width=200).print(t)
+    if args.json:
+        print(json.dumps({"profiles": listed, "searched": [str(d) for d in profile_search_path()]}, indent=2))
+        return 0
+    from toolkit.progress import stdout_console
+
+    stdout_console().print(t)
     print("searched: " + ", ".join(str(d) for d in profile_search_path()))
     return 0
 
@@ -156,5 +177,8 @@ def run_show(args) -> int:
     path = find_profile(args.profile)
     p = load_profile(path)
     here = "yes" if p.matches_current_machine() else "no"
+    if args.json:
+        print(json.dumps({"file": str(path), "this_machine": here == "yes", "profile": p.to_dict()}, indent=2))
+        return 0
     sys.stdout.write(f"# file: {path}\n# this machine: {here}\n" + p.to_yaml())
     return 0
