@@ -181,6 +181,21 @@ def test_resume_from_a_checkpoint_without_scheduler_state(tmp_path):
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
 
 
+def test_resume_with_more_steps_follows_the_new_schedule_from_its_first_step(tmp_path):
+    """--steps may grow on a resume: the cosine then decays over the new total, from the first resumed step
+    (the checkpoint's lr belongs to the old schedule)."""
+    first = make_trainer(tiny_config(steps=4, warmup_steps=1))
+    first.train_step()
+    first.train_step()
+    first.save_checkpoint(tmp_path / "ckpt")
+    longer = tiny_config(steps=8, warmup_steps=1)
+    resumed = make_trainer(longer)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    resumed.train_step()
+    resumed.train_step()
+    assert [h["lr"] for h in resumed.history[2:]] == pytest.approx([longer.lr_at(2), longer.lr_at(3)], rel=1e-12)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_kd_loss_is_the_mean_per_token_kl_of_teacher_to_student(temperature):
     from toolkit.finetune.losses import kd_loss

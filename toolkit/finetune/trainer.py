@@ -278,6 +278,10 @@ class SupernetTrainer:
             for g in self.optimizer.param_groups:
                 g.setdefault("initial_lr", self.config.lr)
             self.scheduler = self._scheduler(last_epoch=self.step - 1)
+        # The schedule is a pure function of the step and *this* run's config: a resume with a larger --steps
+        # continues on the new schedule from its first step (the checkpoint's lr was computed for the old one).
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.config.lr_at(self.step)
         self.history = list(state["history"])
         self.evals = list(state["evals"])
 
