@@ -154,3 +154,30 @@ def test_profile_subcommands_honour_json(argv, capsys):
     text = capsys.readouterr().out
     with pytest.raises(json.JSONDecodeError):
         json.loads(text)
+
+
+def test_output_flags_before_a_nested_subcommand_are_kept():
+    """argparse copies a sub-parser's defaults over its parent's values: `profile --json ls` must keep --json."""
+    parser = build_parser()
+    assert parser.parse_args(["profile", "--json", "ls"]).json is True
+    assert parser.parse_args(["profile", "-q", "ls"]).quiet is True
+    assert parser.parse_args(["profile", "ls", "--json"]).json is True
+    assert parser.parse_args(["profile", "ls"]).json is False
+
+
+def test_quiet_does_not_outlive_its_command(monkeypatch, capsys):
+    import os
+
+    from toolkit.cli.main import main
+
+    monkeypatch.delenv("TOOLKIT_PROGRESS", raising=False)
+    assert main(["profile", "ls", "-q", "--json"]) == 0
+    assert "TOOLKIT_PROGRESS" not in os.environ
+
+
+def test_search_wants_accuracy_first(capsys):
+    from toolkit.cli.main import main
+
+    rc = main(["search", "--model", "x", "--profile", "h100-sxm", "--predictor", "p.json", "--task", "arc_easy",
+               "--out", "unused", "--objectives", "decode_tokens_per_s,accuracy"])
+    assert rc == 2 and "--objectives: accuracy must come first" in capsys.readouterr().err

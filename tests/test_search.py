@@ -170,8 +170,7 @@ def test_kill_minus_9_three_times_then_resume_gives_the_same_front(tmp_path):
     ("max_params", -1, "positive"), ("max_params", 0, "positive"), ("min_accuracy", 2.0, "[0, 1]"),
     ("min_accuracy", -0.1, "[0, 1]"), ("memory_budget_bytes", 0, "positive"), ("evals", 2.5, "integer"),
     ("min_accuracy", float("nan"), "finite"), ("evals", True, "integer"),
-    ("objectives", ("decode_tokens_per_s", "accuracy"), "accuracy must be the first objective"),
-    ("objectives", ("params", "decode_tokens_per_s"), "accuracy must be the first objective"),
+    ("objectives", ("params", "decode_tokens_per_s"), "accuracy must be one of the objectives"),
 ])
 def test_bad_settings_are_refused(field, value, message):
     with pytest.raises(ConfigError) as err:

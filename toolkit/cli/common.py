@@ -47,14 +47,16 @@ def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help=f"benchmark data directory (default: ${DATA_DIR_ENV} or ../shared/data)")
 
 
-def add_output_args(parser: argparse.ArgumentParser) -> None:
-    """``--json``, ``-v`` and ``-q``, the same on every subcommand (added by ``cli.main`` to each one)."""
+def add_output_args(parser: argparse.ArgumentParser, suppress_defaults: bool = False) -> None:
+    """``--json``, ``-v`` and ``-q``, the same on every subcommand (added by ``cli.main`` to each one).
+    ``suppress_defaults``: for a sub-subcommand, whose parent has the flags with their defaults already."""
     out = parser.add_argument_group("output")
-    out.add_argument("--json", action="store_true",
+    keep = {"default": argparse.SUPPRESS} if suppress_defaults else {}
+    out.add_argument("--json", action="store_true", **keep,
                      help="print the command's result as one JSON object on stdout (default: tables and lines for people)")
-    out.add_argument("-v", "--verbose", action="count", default=0,
+    out.add_argument("-v", "--verbose", action="count", **(keep or {"default": 0}),
                      help="more messages on stderr (-v: debug messages of the toolkit, -vv: also of its libraries)")
-    out.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr, no progress bars")
+    out.add_argument("-q", "--quiet", action="store_true", **keep, help="only warnings and errors on stderr, no progress bars")
 
 
 def has_option(parser: argparse.ArgumentParser, option: str) -> bool:

@@ -62,14 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_output_args_everywhere(parser: argparse.ArgumentParser, add, has_option) -> None:
-    """``--json``/``-v``/``-q`` on a subcommand and on its own subcommands (``profile ls``), once each."""
+def _add_output_args_everywhere(parser: argparse.ArgumentParser, add, has_option, nested: bool = False) -> None:
+    """``--json``/``-v``/``-q`` on a subcommand and on its own subcommands (``profile ls``), once each.
+
+    On a nested one their defaults are suppressed: argparse copies a sub-parser's defaults over what the
+    parent parsed, so ``profile --json ls`` would otherwise lose its ``--json``."""
     if not has_option(parser, "--verbose"):
-        add(parser)
+        add(parser, suppress_defaults=nested)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                _add_output_args_everywhere(child, add, has_option)
+                _add_output_args_everywhere(child, add, has_option, nested=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.cli.common import configure_logging
 
     configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
-    if getattr(args, "quiet", False):
-        import os
+    import os
 
-        os.environ["TOOLKIT_PROGRESS"] = "0"  # read by toolkit.progress: -q turns the bars off too
+    progress_before = os.environ.get("TOOLKIT_PROGRESS")
+    if getattr(args, "quiet", False):
+        os.environ["TOOLKIT_PROGRESS"] = "0"  # read by toolkit.progress (and Ray workers): -q turns the bars off too
     try:
         rc = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe (`toolkit predict ... | head -1`) surfaces here, not at exit
@@ -101,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:  # main() may be called again in this process (tests, benchmarks/bad_inputs.py)
+        if progress_before is None:
+            os.environ.pop("TOOLKIT_PROGRESS", None)
+        else:
+            os.environ["TOOLKIT_PROGRESS"] = progress_before
 
 
 def _stdout_closed() -> int:

@@ -65,7 +65,7 @@ def register(sub) -> None:
     p.add_argument("--algorithm", choices=("nsga2", "random"), default="nsga2",
                    help="nsga2 (default) or random sampling of the space (a baseline)")
     p.add_argument("--objectives", default="accuracy,decode_tokens_per_s",
-                   help="comma-separated; accuracy plus any of decode_tokens_per_s, prefill_ms, params, peak_mem_bytes")
+                   help="comma-separated: accuracy first, then any of decode_tokens_per_s, prefill_ms, params, peak_mem_bytes")
     p.add_argument("--min-accuracy", type=float, default=None,
                    help="constraint: candidates below this accuracy (0-1) are infeasible")
     p.add_argument("--max-params", type=float, default=None,
@@ -92,9 +92,14 @@ def _settings(args, profile):
     from toolkit.profiles import find_profile
     from toolkit.search import SearchSettings
 
+    objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
+    if objectives and objectives[0] != "accuracy" and "accuracy" in objectives:
+        # the front is ordered by it and `export --pick N` counts from its best (runs made before this rule
+        # with another order still resume and report)
+        raise UserError(f"--objectives: accuracy must come first, got {args.objectives}")
     try:
         return SearchSettings(
-            objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
+            objectives=objectives,
             algorithm=args.algorithm, evals=args.evals, population=args.population, seed=args.seed,
             memory_budget_bytes=float(profile.memory.usable_bytes), min_accuracy=args.min_accuracy,
             max_params=args.max_params,

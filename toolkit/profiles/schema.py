@@ -439,7 +439,7 @@ class DeviceProfile:
                 raise ConfigError(str(k), f"unknown field (known: {', '.join(_TOP)})")
         for k in ("version", "name", "identity", "compute", "memory", "features", "runtime", "provenance"):
             if k not in d:
-                raise ConfigError(k, "required field is missing")
+                raise ConfigError(k, schema.MISSING)
         sections = {sec: cls_.from_mapping(d[sec], sec) for sec, cls_ in _SECTIONS.items() if sec in d}
         prov = d["provenance"]
         if not isinstance(prov, dict):
