@@ -213,6 +213,15 @@ def test_a_yaml_task_builds_lm_evals_requests(tmp_path):
     assert data.examples[0].norm_lengths == (5, 3) and data.examples[1].line == 2
 
 
+def test_a_split_over_several_files_names_each_rows_own_file(tmp_path):
+    path = _yaml(tmp_path, BASIC)
+    _write(tmp_path / "more.jsonl", [{"q": "Which is green?", "opts": ["grass", "sky"], "y": 0}])
+    path.write_text(path.read_text().replace("    test: rows.jsonl\n", "    test: [rows.jsonl, more.jsonl]\n"))
+    data = load_task(get_task(str(path)))
+    assert len(data) == 3
+    assert [Path(e.where(data.file)).name for e in data.examples] == ["rows.jsonl:1", "rows.jsonl:2", "more.jsonl:1"]
+
+
 @pytest.mark.parametrize("text,where,problem", [
     ("doc_to_text: !function utils.doc_to_text\ndoc_to_choice: opts\ndoc_to_target: y\n", ":8", "!function"),
     (BASIC + "process_results: !function utils.process_results\n", ":11", "!function"),

@@ -159,7 +159,7 @@ def _metric(args, subset, resumed: dict | None) -> str:
     metric = args.metric or task.metrics[0]
     if metric == "mc2" and not all(e.golds for e in subset.examples):
         missing = next(e for e in subset.examples if not e.golds)
-        raise UserError(f"--metric mc2: {subset.file}:{missing.line}: the row has no labels (mc2 scores several true "
+        raise UserError(f"--metric mc2: {missing.where(subset.file)}: the row has no labels (mc2 scores several true "
                         "answers per row, given as labels: one 0/1 per choice)")
     if resumed is not None:  # before the model loads: the journal's accuracies are of one metric
         was = resumed["meta"].get("metric", "acc")

@@ -181,7 +181,7 @@ def encode_examples(enc: LmEvalTokenizer, examples: Sequence[Example], file: str
     for r, ((ctx, cont), o) in enumerate(zip(encoded, owners)):
         ex = examples[o]
         first = r if r == 0 or owners[r - 1] != o else first
-        where = f"{file}:{ex.line}" if file else f"example {ex.id} (line {ex.line})"
+        where = ex.where(file)
         if not cont:
             raise UserError(f"{where}: choice {r - first}: encodes to no tokens")
         if enc.max_length is not None:

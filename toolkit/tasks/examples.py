@@ -29,6 +29,14 @@ class Example:
     # an lm-eval YAML's list target (``multiple_target``: acc counts any of them, as lm-eval does).
     golds: tuple[int, ...] = ()
     multiple_target: bool = False
+    # The data file ``line`` is in, when a task's split spans several files (an lm-eval YAML's data_files);
+    # empty: the task's own file (:attr:`TaskData.file`).
+    file: str = ""
+
+    def where(self, task_file: str | Path | None = None) -> str:
+        """``file:line`` of this item, for messages (``task_file``: the task's file, when the item has none)."""
+        f = self.file or task_file
+        return f"{f}:{self.line}" if f else f"example {self.id} (line {self.line})"
 
     @property
     def num_choices(self) -> int:
@@ -68,7 +76,7 @@ class TaskData:
     seeded subset (of the part)."""
 
     task: Task
-    file: Path  # the file the examples' line numbers refer to
+    file: Path  # the file the examples' line numbers refer to (an example naming its own file: that one)
     examples: tuple[Example, ...]
     num_fewshot: int = 0
     indices: tuple[int, ...] = ()  # positions in the full file (all of them when not a subset)

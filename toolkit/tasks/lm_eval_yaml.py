@@ -455,7 +455,8 @@ def load_yaml_examples(task, num_fewshot: int, seed: int):
         context = desc + "".join(_shot(docs, spec, s, shot_where) for s in doc_shots) + q
         golds = gold if isinstance(gold, tuple) else ()
         label = golds[0] if golds else gold
-        line = int(where.rsplit(":", 1)[1])
+        file, line = where.rsplit(":", 1)
         examples.append(Example(f"{task.name}-{i}", tuple((context, spec.target_delimiter + c) for c in choices),
-                                tuple(max(len(c), 1) for c in choices), label, line, golds, multiple_target=bool(golds)))
+                                tuple(max(len(c), 1) for c in choices), label, int(line), golds,
+                                multiple_target=bool(golds), file=file))
     return spec.files[spec.eval_split][0], examples
