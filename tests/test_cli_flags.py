@@ -94,9 +94,9 @@ def test_predict_prints_one_json_object_with_json_and_a_table_without(predictor_
     table = capsys.readouterr().out
     with pytest.raises(json.JSONDecodeError):
         json.loads(table)
-    for key, value in doc.items():  # the table holds the same numbers, one row each
+    for key, value in doc.items():  # the table holds the same numbers (floats to 4 digits), one row each
         row = next(line for line in table.splitlines() if f" {key} " in line)
-        assert str(value) in row, row
+        assert (f"{value:.4g}" if isinstance(value, float) else str(value)) in row, row
 
 
 def test_calibrate_prints_one_json_object_with_json_and_a_table_without(tmp_path, tiny_folder, capsys):
@@ -181,3 +181,13 @@ def test_search_wants_accuracy_first(capsys):
     rc = main(["search", "--model", "x", "--profile", "h100-sxm", "--predictor", "p.json", "--task", "arc_easy",
                "--out", "unused", "--objectives", "decode_tokens_per_s,accuracy"])
     assert rc == 2 and "--objectives: accuracy must come first" in capsys.readouterr().err
+
+
+def test_the_table_for_people_flattens_nested_results(capsys):
+    import argparse
+
+    from toolkit.cli.common import emit
+
+    emit(argparse.Namespace(json=False), {"out": "p.json", "cv": {"prefill_ms": {"mape_pct": 47.485705486}}, "n": 8})
+    out = capsys.readouterr().out
+    assert "cv.prefill_ms.mape_pct" in out and "47.49" in out and "47.4857" not in out and "p.json" in out

@@ -93,15 +93,31 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def emit(args: argparse.Namespace, result: Mapping[str, Any], title: str | None = None) -> None:
-    """A command's result on stdout: one JSON object with ``--json``, else a two-column table."""
+    """A command's result on stdout: one JSON object with ``--json``, else a two-column table in which
+    nested objects become dotted rows (``cv.prefill_ms.mape_pct``) and floats are shown to 4 digits."""
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
         return
     from rich.table import Table
 
-    t = Table(title=title, show_header=False)
-    for k, v in result.items():
-        t.add_row(str(k), json.dumps(v) if isinstance(v, (dict, list)) else str(v))
     from toolkit.progress import stdout_console
 
+    t = Table(title=title, show_header=False)
+    for k, v in _rows(result):
+        t.add_row(k, v)
     stdout_console().print(t)
+
+
+def _rows(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    rows = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            rows.extend(_rows(v, key + "."))
+        elif isinstance(v, float):
+            rows.append((key, f"{v:.4g}"))
+        elif isinstance(v, (list, dict)):
+            rows.append((key, json.dumps(v)))
+        else:
+            rows.append((key, str(v)))
+    return rows
