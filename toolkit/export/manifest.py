@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
+from toolkit import schema
 from toolkit.errors import ConfigError, UserError
 from toolkit.fileio import atomic_write_json, sha256_file
 
@@ -119,40 +120,21 @@ class Manifest:
         """Validate a manifest's fields (types, the file table's names and hashes, the reference)."""
         from toolkit.export.parity import Reference
 
-        def bad(name: str, problem: str) -> ConfigError:
-            return ConfigError(name, problem, file)
-
         if not isinstance(d, Mapping):
-            raise bad("<root>", f"expected a JSON object (a manifest written by toolkit export), got {type(d).__name__}")
+            raise ConfigError("<root>", f"expected a JSON object (a manifest written by toolkit export), got "
+                              f"{type(d).__name__}", file)
         if d.get("version") != MANIFEST_VERSION:
-            raise bad("version", f"unsupported manifest version {d.get('version')!r} (this toolkit reads "
-                                 f"{MANIFEST_VERSION}); re-export the artifact")
-        for name in ("format", "source", "reference", "files"):
-            if name not in d:
-                raise bad(name, "missing required field")
-        if d["format"] not in FORMATS:
-            raise bad("format", f"unknown format {d['format']!r} ({', '.join(FORMATS)})")
-        for name in ("source", "parity", "accuracy", "throughput", "details", "files"):
-            if not isinstance(d.get(name, {}), Mapping):
-                raise bad(name, f"expected an object, got {type(d[name]).__name__}")
+            raise ConfigError("version", f"unsupported manifest version {d.get('version')!r} (this toolkit reads "
+                              f"{MANIFEST_VERSION}); re-export the artifact", file)
+        schema.get(d, "format", _format, file)
+        for name in ("source", "reference", "files"):
+            schema.get(d, name, _object, file)
+        for name in ("parity", "accuracy", "throughput", "details"):
+            schema.get(d, name, _object, file, {})
         for name in ("subnet", "profile"):
-            if d.get(name) is not None and not isinstance(d[name], Mapping):
-                raise bad(name, f"expected an object or null, got {type(d[name]).__name__}")
-        if not isinstance(d.get("created", ""), str):
-            raise bad("created", "expected a string")
-        for name, rec in d["files"].items():
-            where = f"files[{name!r}]"
-            p = PurePosixPath(name)
-            if not name or p.is_absolute() or ".." in p.parts or "\\" in name or name == MANIFEST:
-                raise bad(where, "not a relative path inside the artifact folder")
-            if not isinstance(rec, Mapping):
-                raise bad(where, "expected an object with sha256 and bytes")
-            if not (isinstance(rec.get("sha256"), str) and len(rec["sha256"]) == 64
-                    and all(c in "0123456789abcdef" for c in rec["sha256"])):
-                raise bad(f"{where}.sha256", "expected 64 lowercase hex digits")
-            size = rec.get("bytes")
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise bad(f"{where}.bytes", "expected a non-negative integer")
+            schema.get(d, name, _object_or_null, file, None)
+        schema.get(d, "created", schema.string(), file, "")
+        schema.get(d, "files", _file_table, file)
         Reference.from_dict(d["reference"], file)
         return cls(format=d["format"], source=d["source"], subnet=d.get("subnet"), profile=d.get("profile"),
                    reference=d["reference"], parity=d.get("parity", {}), accuracy=d.get("accuracy", {}),
@@ -167,6 +149,42 @@ class Manifest:
         if not path.is_file():
             raise UserError(f"{folder}: no {MANIFEST} (not an exported artifact)")
         return cls.from_dict(parse_json(read_text_file(path), str(path)), str(path))
+
+
+def _format(v: Any) -> str:
+    if v not in FORMATS:
+        raise schema.Invalid(f"unknown format {v!r} ({', '.join(FORMATS)})")
+    return v
+
+
+def _object(v: Any) -> Mapping:
+    if not isinstance(v, Mapping):
+        raise schema.Invalid(f"expected an object, got {type(v).__name__}")
+    return v
+
+
+def _object_or_null(v: Any) -> Mapping | None:
+    if v is not None and not isinstance(v, Mapping):
+        raise schema.Invalid(f"expected an object or null, got {type(v).__name__}")
+    return v
+
+
+def _file_table(files: Any) -> Mapping:
+    """``{relative POSIX path: {"sha256": 64 hex digits, "bytes": size}}``, every path inside the folder."""
+    for name, rec in _object(files).items():
+        where = f"[{name!r}]"
+        p = PurePosixPath(name)
+        if not name or p.is_absolute() or ".." in p.parts or "\\" in name or name == MANIFEST:
+            raise schema.Invalid("not a relative path inside the artifact folder", where)
+        if not isinstance(rec, Mapping):
+            raise schema.Invalid("expected an object with sha256 and bytes", where)
+        digest = rec.get("sha256")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise schema.Invalid("expected 64 lowercase hex digits", f"{where}.sha256")
+        size = rec.get("bytes")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise schema.Invalid("expected a non-negative integer", f"{where}.bytes")
+    return files
 
 
 def check_files(folder: Path, manifest: Manifest) -> list[str]:
