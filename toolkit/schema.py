@@ -29,7 +29,7 @@ import yaml
 
 from toolkit.errors import ConfigError
 
-__all__ = ["Invalid", "MISSING", "show", "number", "real", "index", "mapping_of", "positive", "positive_bytes", "nonnegative", "count", "integer",
+__all__ = ["Invalid", "MISSING", "show", "number", "real", "index", "mapping_of", "fields", "positive", "positive_bytes", "nonnegative", "count", "integer",
            "integers", "optional", "text", "string", "strings", "free_text", "flag", "choice", "name", "date", "get",
            "checked", "Record", "read_text_file", "parse_json", "parse_yaml", "check_duplicate_keys"]
 
@@ -262,6 +262,21 @@ def get(obj: Any, key: str, check: Callable[[Any], Any], where: str | None = Non
         return check(obj[key])
     except Invalid as bad:
         raise ConfigError(subpath(key, bad.subfield), bad.problem, where) from None
+
+
+def fields(obj: Any, path: str, allowed, required=(), file: str | None = None) -> dict:
+    """``obj`` as a mapping with only ``allowed`` keys and every ``required`` one; else one ConfigError
+    naming ``path.key`` (``path`` "": the file's top level)."""
+    where = path or "<root>"
+    if not isinstance(obj, dict):
+        raise ConfigError(where, f"expected an object, got {type(obj).__name__}", file)
+    for k in obj:
+        if k not in allowed:
+            raise ConfigError(f"{path}.{k}" if path else k, "unknown field", file)
+    for k in required:
+        if k not in obj:
+            raise ConfigError(f"{path}.{k}" if path else k, MISSING, file)
+    return obj
 
 
 def checked(fn: Callable[[Any], Any], default: Any = dataclasses.MISSING, **kw) -> Any:

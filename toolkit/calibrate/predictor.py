@@ -266,14 +266,7 @@ class Predictor:
             return v
 
         def fields_of(name: str, v: Any, allowed: Sequence[str], required: Sequence[str]) -> Mapping[str, Any]:
-            v = obj(name, v)
-            for k in v:
-                if k not in allowed:
-                    raise ConfigError(f"{name}.{k}", "unknown field", file)
-            for k in required:
-                if k not in v:
-                    raise ConfigError(f"{name}.{k}", "missing required field", file)
-            return v
+            return schema.fields(v, name, allowed, required, file)
 
         d = obj("<root>", d)
         if d.get("version") != PREDICTOR_VERSION or isinstance(d.get("version"), bool):

@@ -50,12 +50,8 @@ class Evaluation:
 
         if not isinstance(d, Mapping):
             raise bad("<root>", "expected a JSON object")
-        unknown = set(d) - {"index", "key", "config", "metrics", "feasible", "violation", "error", "seconds"}
-        if unknown:
-            raise bad(sorted(unknown)[0], "unknown field")
-        for name in ("index", "key", "config", "metrics", "feasible"):
-            if name not in d:
-                raise bad(name, schema.MISSING)
+        schema.fields(dict(d), "", ("index", "key", "config", "metrics", "feasible", "violation", "error", "seconds"),
+                      ("index", "key", "config", "metrics", "feasible"), file)
         key = d["key"]
         index = schema.get(d, "index", schema.index, file)
         feasible = schema.get(d, "feasible", schema.flag, file)
