@@ -83,9 +83,11 @@ def real(v: Any) -> float:
 
 
 def index(v: Any) -> int:
-    """A non-negative integer (a position, a count from zero)."""
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise Invalid(f"expected a non-negative integer, got {v!r}")
+    """A non-negative integer (a position, a count that may be 0)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise Invalid(f"expected a non-negative integer, got {show(v)}")
+    if v < 0:
+        raise Invalid(f"must be >= 0, got {v}")
     return v
 
 

@@ -26,15 +26,6 @@ METHODS = ("global", "local", "local+global")
 
 
 # -- checks the shared schema has no name for --------------------------------------------------------
-def _whole(v: Any) -> int:
-    """A non-negative integer (counts that may be 0)."""
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise Invalid(f"expected a non-negative integer, got {show(v)}")
-    if v < 0:
-        raise Invalid(f"must be >= 0, got {v}")
-    return v
-
-
 def _in(low: float, high: float, low_open: bool = False) -> Callable[[Any], float]:
     """A number in [low, high] (or (low, high] with ``low_open``)."""
 
@@ -91,9 +82,9 @@ class FinetuneConfig(Record):
     grad_accum: int = _option(schema.count, 1, "micro-batches per step")
     lr: float = _option(schema.positive, 1e-4, "peak learning rate (try 1e-3 with --train lora)")
     min_lr_fraction: float = _option(_in(0, 1), 0.1, "the cosine schedule decays the learning rate to lr x this")
-    warmup_steps: int = _option(_whole, 10, "steps of linear learning-rate warm-up")
+    warmup_steps: int = _option(schema.index, 10, "steps of linear learning-rate warm-up")
     weight_decay: float = _option(schema.nonnegative, 0.0, "AdamW weight decay of the trained tensors")
-    num_random: int = _option(_whole, 1, "random sub-networks per step besides largest and smallest")
+    num_random: int = _option(schema.index, 1, "random sub-networks per step besides largest and smallest")
     teacher: str = _one_of(("original", "inplace"), "original", help=(
         "distil from the frozen original model (keeps the full network's accuracy; one no-grad forward per step) "
         "or from the super-network's own full network (in-place; the full network trains on the LM loss)"))
@@ -106,9 +97,9 @@ class FinetuneConfig(Record):
     lora_alpha: float = _option(schema.positive, 32.0, "LoRA scale numerator: a delta is (alpha / r) B A")
     train_embeddings: bool = _option(schema.flag, False, "also train the (tied) embeddings (default: frozen)")
     precision: str = _one_of(("bf16", "fp32"), "bf16", help="autocast dtype on the training device")
-    seed: int = _option(_whole, 0, "seed of the data order, the sampled sub-networks and the LoRA init")
+    seed: int = _option(schema.index, 0, "seed of the data order, the sampled sub-networks and the LoRA init")
     # Local distillation (method local / local+global): per-layer job settings.
-    local_steps: int = _option(_whole, 150, "local distillation: AdamW steps per layer (0 = least squares only)")
+    local_steps: int = _option(schema.index, 150, "local distillation: AdamW steps per layer (0 = least squares only)")
     local_lr: float = _option(schema.positive, 1e-3, "local distillation learning rate")
     local_batch: int = _option(schema.count, 4, "windows per local step")
     local_windows: int = _option(schema.count, 64, (
@@ -125,7 +116,7 @@ class FinetuneConfig(Record):
     min_depth_fraction: float = _option(_in(0, 1, low_open=True), 0.9, "search space trained for: shallowest depth, as a fraction")
     min_head_groups: int = _option(schema.count, 2, "search space trained for: fewest GQA head groups")
     # Monitoring and checkpoints.
-    val_docs: int = _option(_whole, 40, "documents held out from the end of --data for the perplexity monitor (never trained on)")
+    val_docs: int = _option(schema.index, 40, "documents held out from the end of --data for the perplexity monitor (never trained on)")
     val_windows: int = _option(schema.count, 4, "held-out windows the perplexity monitor scores")
     eval_every: int = _option(schema.count, 50, "steps between held-out perplexity evaluations")
     checkpoint_every: int = _option(schema.count, 25, "steps between checkpoints (OUT/checkpoint)")
