@@ -297,3 +297,17 @@ def test_a_missing_search_extra_is_one_line_before_any_work(tmp_path, monkeypatc
     assert "pip install 'llm-nas-toolkit[search]'" in err and not out.exists()
     assert main(["report", str(tmp_path)]) == 2
     assert "[search] extra" in capsys.readouterr().err
+
+
+def test_run_json_settings_are_checked_field_by_field(tmp_path):
+    from toolkit.search import read_run_record
+
+    good = {"settings": SearchSettings(evals=16, population=8).to_dict(), "space": {}, "meta": {}}
+    (tmp_path / "run.json").write_text(json.dumps(good))
+    assert read_run_record(tmp_path)["settings"]["evals"] == 16
+    for bad, field in (({"colour": 1}, "settings.colour"), ({"population": 2}, "settings.population"),
+                       ({"objectives": ["accuracy"]}, "settings.objectives")):
+        (tmp_path / "run.json").write_text(json.dumps({**good, "settings": {**good["settings"], **bad}}))
+        with pytest.raises(ConfigError) as err:
+            read_run_record(tmp_path)
+        assert err.value.field == field and str(tmp_path / "run.json") in str(err.value)

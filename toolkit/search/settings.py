@@ -15,7 +15,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from toolkit import schema
 from toolkit.errors import ConfigError, UserError
+from toolkit.schema import Invalid, Record, checked
 
 SEARCH_VERSION = 1
 
@@ -43,57 +45,65 @@ def axis_labels(objectives: Sequence[str]) -> dict[str, str]:
             for i, o in enumerate(objectives)}
 
 
+def _objectives(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, (list, tuple)) or not all(isinstance(o, str) for o in v):
+        raise Invalid(f"expected a list of objective names, got {v!r}")
+    v = tuple(v)
+    if len(v) < 2 or len(set(v)) != len(v):
+        raise Invalid("need at least two distinct objectives")
+    for o in v:
+        if o not in OBJECTIVES:
+            raise Invalid(f"unknown objective {o!r} (known: {', '.join(OBJECTIVES)})")
+    if "accuracy" not in v:
+        raise Invalid("accuracy must be one of the objectives")
+    return v
+
+
+def _integer(low: int, problem: str):
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise Invalid(f"expected an integer, got {v!r}")
+        if v < low:
+            raise Invalid(problem.format(v=v))
+        return v
+
+    return check
+
+
+def _optional_number(check_range, problem: str):
+    def check(v: Any) -> float | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise Invalid(f"expected a finite number, got {v!r}")
+        if not check_range(float(v)):
+            raise Invalid(problem.format(v=float(v)))
+        return float(v)
+
+    return check
+
+
+def _version(v: Any) -> int:
+    if v != SEARCH_VERSION or isinstance(v, bool):
+        raise Invalid(f"unsupported search settings version {v} (this toolkit writes {SEARCH_VERSION})")
+    return v
+
+
 @dataclass(frozen=True)
-class SearchSettings:
+class SearchSettings(Record):
     """Everything that determines a search's trajectory (checked on resume)."""
 
-    objectives: tuple[str, ...] = ("accuracy", "decode_tokens_per_s")
-    algorithm: str = "nsga2"  # or "random"
-    evals: int = 100
-    population: int = 50
-    seed: int = 0
-    memory_budget_bytes: float | None = None
-    min_accuracy: float | None = None
-    max_params: float | None = None
-    version: int = SEARCH_VERSION
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "objectives", tuple(self.objectives))
-        if len(self.objectives) < 2 or len(set(self.objectives)) != len(self.objectives):
-            raise ConfigError("objectives", "need at least two distinct objectives")
-        for o in self.objectives:
-            if o not in OBJECTIVES:
-                raise ConfigError("objectives", f"unknown objective {o!r} (known: {', '.join(OBJECTIVES)})")
-        if "accuracy" not in self.objectives:
-            raise ConfigError("objectives", "accuracy must be one of the objectives")
-        if self.algorithm not in ("nsga2", "random"):
-            raise ConfigError("algorithm", f"unknown algorithm {self.algorithm!r} (nsga2 or random)")
-        for name in ("evals", "population", "seed", "version"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(name, f"expected an integer, got {v!r}")
-        if self.evals < 2:
-            raise ConfigError("evals", f"need at least 2 evaluations, got {self.evals}")
-        if self.population < 4:
-            raise ConfigError("population", f"need a population of at least 4, got {self.population}")
-        if self.seed < 0:
-            raise ConfigError("seed", f"must be a non-negative integer, got {self.seed}")  # numpy refuses negatives
-        for name in ("memory_budget_bytes", "min_accuracy", "max_params"):
-            v = getattr(self, name)
-            if v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
-                raise ConfigError(name, f"expected a finite number, got {v!r}")
-            object.__setattr__(self, name, float(v))
-        # A non-positive budget would silently turn its constraint off (or make everything infeasible).
-        if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
-            raise ConfigError("memory_budget_bytes", f"must be positive, got {self.memory_budget_bytes:g}")
-        if self.max_params is not None and self.max_params <= 0:
-            raise ConfigError("max_params", f"must be positive, got {self.max_params:g}")
-        if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
-            raise ConfigError("min_accuracy", f"must be in [0, 1] (an accuracy, not a percentage), got {self.min_accuracy:g}")
-        if self.version != SEARCH_VERSION:
-            raise ConfigError("version", f"unsupported search settings version {self.version} (this toolkit writes {SEARCH_VERSION})")
+    objectives: tuple[str, ...] = checked(_objectives, ("accuracy", "decode_tokens_per_s"))
+    algorithm: str = checked(schema.choice("nsga2", "random"), "nsga2")
+    evals: int = checked(_integer(2, "need at least 2 evaluations, got {v}"), 100)
+    population: int = checked(_integer(4, "need a population of at least 4, got {v}"), 50)
+    seed: int = checked(_integer(0, "must be a non-negative integer, got {v}"), 0)  # numpy refuses negatives
+    # A non-positive budget would silently turn its constraint off (or make everything infeasible).
+    memory_budget_bytes: float | None = checked(_optional_number(lambda x: x > 0, "must be positive, got {v:g}"), None)
+    min_accuracy: float | None = checked(_optional_number(lambda x: 0.0 <= x <= 1.0,
+                                                          "must be in [0, 1] (an accuracy, not a percentage), got {v:g}"), None)
+    max_params: float | None = checked(_optional_number(lambda x: x > 0, "must be positive, got {v:g}"), None)
+    version: int = checked(_version, SEARCH_VERSION)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -123,11 +133,10 @@ def read_run_record(run_dir: str | Path) -> dict[str, Any]:
         if not isinstance(record.get(part, {} if part == "meta" else None), dict):
             raise ConfigError(part, "missing or not a JSON object", str(path))
     try:
-        SearchSettings(**record["settings"])
+        SearchSettings.from_mapping(record["settings"], "settings")
     except ConfigError as exc:
-        raise ConfigError(f"settings.{exc.field}", exc.problem, str(path)) from None
-    except TypeError as exc:  # an unknown or missing field
-        raise ConfigError("settings", f"not search settings ({exc})", str(path)) from None
+        field = exc.field if exc.field.startswith("settings.") else f"settings.{exc.field}"
+        raise ConfigError(field, exc.problem, str(path)) from None
     return record
 
 
