@@ -59,10 +59,6 @@ def add_output_args(parser: argparse.ArgumentParser, suppress_defaults: bool = F
     out.add_argument("-q", "--quiet", action="store_true", **keep, help="only warnings and errors on stderr, no progress bars")
 
 
-def has_option(parser: argparse.ArgumentParser, option: str) -> bool:
-    return any(option in a.option_strings for a in parser._actions)
-
-
 def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     """Messages of the ``toolkit`` loggers go to stderr (stdout is the command's result): INFO by default,
     WARNING with ``-q``, DEBUG with ``-v``; ``-vv`` also shows the libraries' DEBUG messages."""

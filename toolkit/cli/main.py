@@ -53,26 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"toolkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from toolkit.cli.common import add_output_args, has_option
-
     for name in SUBCOMMANDS:
         importlib.import_module(f"toolkit.cli.{name}").register(sub)
     for command in sub.choices.values():
-        _add_output_args_everywhere(command, add_output_args, has_option)
+        _add_output_args_everywhere(command)
     return parser
 
 
-def _add_output_args_everywhere(parser: argparse.ArgumentParser, add, has_option, nested: bool = False) -> None:
-    """``--json``/``-v``/``-q`` on a subcommand and on its own subcommands (``profile ls``), once each.
+def _add_output_args_everywhere(parser: argparse.ArgumentParser, nested: bool = False) -> None:
+    """``--json``/``-v``/``-q`` on a subcommand and on its own subcommands (``profile ls``).
 
     On a nested one their defaults are suppressed: argparse copies a sub-parser's defaults over what the
-    parent parsed, so ``profile --json ls`` would otherwise lose its ``--json``."""
-    if not has_option(parser, "--verbose"):
-        add(parser, suppress_defaults=nested)
+    parent parsed, so ``profile --json ls`` would otherwise lose its ``--json``. A subcommand that defined
+    one of these flags itself would be an argparse conflict error here, not a second meaning."""
+    from toolkit.cli.common import add_output_args
+
+    add_output_args(parser, suppress_defaults=nested)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                _add_output_args_everywhere(child, add, has_option, nested=True)
+                _add_output_args_everywhere(child, nested=True)
 
 
 def main(argv: list[str] | None = None) -> int:
