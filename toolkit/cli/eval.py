@@ -76,12 +76,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _console():
-    from toolkit.progress import stdout_console
-
-    return stdout_console()
-
-
 def _list_tasks() -> int:
     from rich.table import Table
 
@@ -94,7 +88,9 @@ def _list_tasks() -> int:
         metrics = ", ".join(f"{m} {'↑' if task.higher_is_better[m] else '↓'}" for m in task.metrics)
         shots = "any" if task.fewshot_options is None else "/".join(map(str, task.fewshot_options))
         t.add_row(task.name, task.file, task.scoring, metrics, shots, task.description)
-    _console().print(t)
+    from toolkit.progress import stdout_console
+
+    stdout_console().print(t)
     return 0
 
 
@@ -377,4 +373,6 @@ def _print_table(record) -> None:
             chance = r.get("chance", {}).get(m)
             t.add_row(r["task"] + shots + part, str(r["n"]), m + " ↑" + official, f"{r[m]:.4f}", f"±{r[m + '_stderr']:.4f}",
                       "" if chance is None else f"{chance:.4f}", f"{r['seconds']:.1f}")
-    _console().print(t)
+    from toolkit.progress import stdout_console
+
+    stdout_console().print(t)
