@@ -30,7 +30,7 @@ import yaml
 from toolkit.errors import ConfigError
 
 __all__ = ["Invalid", "MISSING", "show", "number", "real", "index", "mapping_of", "fields", "positive", "positive_bytes", "nonnegative", "count", "integer",
-           "integers", "optional", "text", "string", "strings", "free_text", "flag", "choice", "name", "date", "get",
+           "integers", "optional", "text", "string", "strings", "free_text", "flag", "choice", "name", "date", "get", "check_value",
            "checked", "Record", "read_text_file", "parse_json", "parse_yaml", "check_duplicate_keys"]
 
 MISSING = "missing required field"  # the one wording for an absent required field
@@ -260,10 +260,15 @@ def get(obj: Any, key: str, check: Callable[[Any], Any], where: str | None = Non
         if default is dataclasses.MISSING:
             raise ConfigError(key, MISSING, where)
         return default
+    return check_value(obj[key], check, key, where)
+
+
+def check_value(value: Any, check: Callable[[Any], Any], path: str, where: str | None = None) -> Any:
+    """``check(value)``; a failed check is one :class:`ConfigError` naming ``path`` (and the bad sub-field)."""
     try:
-        return check(obj[key])
+        return check(value)
     except Invalid as bad:
-        raise ConfigError(subpath(key, bad.subfield), bad.problem, where) from None
+        raise ConfigError(subpath(path, bad.subfield), bad.problem, where) from None
 
 
 def fields(obj: Any, path: str, allowed, required=(), file: str | None = None) -> dict:
@@ -297,11 +302,8 @@ class Record:
             check = f.metadata.get("check")
             if check is None:
                 continue
-            try:
-                object.__setattr__(self, f.name, check(getattr(self, f.name)))
-            except Invalid as bad:
-                path = f"{self._SECTION}.{f.name}" if self._SECTION else f.name
-                raise ConfigError(subpath(path, bad.subfield), bad.problem) from None
+            path = f"{self._SECTION}.{f.name}" if self._SECTION else f.name
+            object.__setattr__(self, f.name, check_value(getattr(self, f.name), check, path))
 
     @classmethod
     def from_mapping(cls, d: Any, path: str):

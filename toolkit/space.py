@@ -42,7 +42,7 @@ SPACE_VERSION = 1
 
 
 def _ints(name: str, value: Any, file: str | None) -> tuple[int, ...]:
-    return schema.get({name: value}, name, schema.integers, file)
+    return schema.check_value(value, schema.integers, name, file)
 
 
 @dataclass(frozen=True)
